@@ -1,0 +1,286 @@
+"""The ``tapdiff`` console script: generate, train-classifier, train-score, train-evaluator, evaluate."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_DATA = "../shared/data/fsdd"
+
+
+def _labels(text: str) -> tuple[int, ...]:
+    try:
+        labels = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"labels must be comma-separated digits, got {text!r}")
+    if not labels or any(not 0 <= y <= 9 for y in labels):
+        raise argparse.ArgumentTypeError(f"labels must be digits 0-9, got {text!r}")
+    return labels
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths must be comma-separated integers, got {text!r}")
+    if len(widths) < 3 or any(w < 1 or w % 8 for w in widths):
+        raise argparse.ArgumentTypeError(f"need >= 3 widths, each a positive multiple of 8, got {text!r}")
+    return widths
+
+
+def _command(args) -> str:
+    """The command line that produced an artifact, recorded beside it."""
+    return "tapdiff " + " ".join(shlex.quote(a) for a in args.argv)
+
+
+def cmd_generate(args) -> int:
+    from .api import Engine
+
+    engine = Engine(args.checkpoint, progress=not args.quiet)
+    guidance = 0.0 if args.unguided else args.guidance
+    labels = None if args.digit is None else args.digit
+    t0 = time.monotonic()
+    out = engine.generate(labels, n=args.n, steps=args.steps, guidance=guidance, seed=args.seed, sampler=args.sampler)
+    paths = out.save(args.out)
+    if args.save_mels:
+        import numpy as np
+
+        np.save(Path(args.out) / "mels.npy", out.mels.numpy())
+    for p in paths:
+        print(p)
+    print(f"{len(paths)} clip(s) in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _load_splits(data: str, labels, cfg):
+    from .data import list_items, load_features
+
+    train_items = list_items(data, "train", labels)
+    test_items = list_items(data, "test", labels)
+    return train_items, load_features(train_items, cfg, progress=True), load_features(test_items, cfg, progress=True)
+
+
+def cmd_train_classifier(args) -> int:
+    import torch
+
+    from .bundle import normaliser_to_config
+    from .checkpoint import save_weights, write_config
+    from .config import ClassifierConfig, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max, to_dict
+    from .data import Normaliser, data_hash
+    from .train_classifier import accuracy_by_sigma, train_classifier
+
+    feats = FeatureConfig(frames=args.frames)
+    items, train, test = _load_splits(args.data, args.labels, feats)
+    norm = Normaliser.fit(train.mels)
+    x = norm.normalise(train.mels).flatten(1)
+    sub = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:2000]]
+    sde = SDEConfig(sigma_min=args.sigma_min, sigma_max=edm_sigma_max(float(torch.cdist(sub, sub).max())),
+                    sigma_data=round(float(x.std()), 4))
+    model_cfg = ClassifierConfig(frames=feats.frames, norm=args.norm, n_mels=feats.n_mels, widths=args.widths,
+                                 blocks=(0,) + (1,) * (len(args.widths) - 1))
+    tcfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, seconds=args.seconds, seed=args.seed, labels=args.labels)
+    out = Path(args.out)
+    model, log = train_classifier(train, norm, feats.log_floor, model_cfg, sde, tcfg, out / "state" / "classifier.pt", test)
+    acc = accuracy_by_sigma(model, norm.normalise(test.mels)[:, None], test.labels, sde)
+    cfg = {"features": to_dict(feats), "sde": to_dict(sde), "classifier": to_dict(model_cfg),
+           "normaliser": normaliser_to_config(norm), "labels": list(args.labels),
+           "data": {"hash": data_hash(items), "train_clips": len(train), "test_clips": len(test)},
+           "training": {"classifier": {"command": _command(args), "config": to_dict(tcfg), "steps": log["steps"],
+                                       "seconds": round(log["seconds"], 1), "curve": log["curve"],
+                                       "test_accuracy_by_sigma": {str(k): v for k, v in acc.items()}}}}
+    cfg = save_weights(out, "classifier", model, cfg)
+    write_config(out, cfg)
+    print(json.dumps({"test_accuracy_by_sigma": acc, "steps": log["steps"], "seconds": round(log["seconds"], 1)}))
+    return 0
+
+
+def cmd_train_score(args) -> int:
+    from .bundle import load_bundle
+    from .checkpoint import save_weights, write_config
+    from .config import SubnetConfig, TrainConfig, to_dict
+    from .data import list_items, load_features
+    from .train_score import train_score
+
+    bundle = load_bundle(args.checkpoint, need_subnet=False)
+    feats = bundle.features
+    train = load_features(list_items(args.data, "train", bundle.labels), feats, progress=True)
+    subnet_cfg = SubnetConfig(use_taps=not args.ablation, widths=args.widths)
+    tcfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, seconds=args.seconds, seed=args.seed,
+                       labels=bundle.labels, ema_decay=args.ema)
+    name = "score_ablation" if args.ablation else "score_subnet"
+    out = Path(args.checkpoint)
+    snapshots = out / "state" / f"{name}_snapshots"
+
+    def snapshot(ema, step, elapsed):
+        # EMA weights along the way, for the learning curve (recognised fraction vs training time).
+        from .checkpoint import save_weights as save
+
+        save(snapshots, f"{int(elapsed):06d}s", ema.model, {})
+        return {"snapshot": f"{int(elapsed):06d}s"}
+
+    ema, log = train_score(train, bundle.normaliser, bundle.extractor, subnet_cfg, bundle.sde, tcfg,
+                           (feats.n_mels, feats.frames), bundle.classifier.tap_channels, out / "state" / f"{name}.pt",
+                           on_checkpoint=snapshot, checkpoint_every_s=args.snapshot_every)
+    cfg = dict(bundle.config)
+    cfg[f"{name}_config"] = to_dict(subnet_cfg)
+    cfg.setdefault("training", {})[name] = {
+        "command": _command(args), "config": to_dict(tcfg), "steps": log["steps"], "seconds": round(log["seconds"], 1),
+        "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"]}
+    cfg = save_weights(out, name, ema.model, cfg)
+    write_config(out, cfg)
+    print(json.dumps({"steps": log["steps"], "seconds": round(log["seconds"], 1)}))
+    return 0
+
+
+def cmd_train_evaluator(args) -> int:
+    from .bundle import load_bundle
+    from .checkpoint import save_weights, write_config
+    from .data import list_items, load_features
+    from .evaluation import judge
+    from .evaluator import train_eval_classifier
+    from .train_classifier import silence_frame
+
+    bundle = load_bundle(args.checkpoint, need_subnet=False)
+    feats, norm = bundle.features, bundle.normaliser
+    train = load_features(list_items(args.data, "train"), feats, progress=True)
+    test = load_features(list_items(args.data, "test"), feats, progress=True)
+    t0 = time.monotonic()
+    model = train_eval_classifier(norm.normalise(train.mels), train.labels, train.spans,
+                                  silence_frame(norm, feats.log_floor), epochs=args.epochs, seed=args.seed, progress=True)
+    pred, _ = judge(model, test.mels, norm)
+    acc = float((pred == test.labels).float().mean())
+    cfg = dict(bundle.config)
+    cfg["evaluator"] = {"arch": {"n_mels": feats.n_mels}, "command": _command(args), "epochs": args.epochs,
+                        "seconds": round(time.monotonic() - t0, 1), "clean_test_accuracy": acc}
+    cfg = save_weights(args.checkpoint, "evaluator", model, cfg)
+    write_config(args.checkpoint, cfg)
+    print(json.dumps({"clean_test_accuracy": acc}))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .api import Engine
+    from .bundle import load_bundle
+    from .data import list_items, load_features
+    from .evaluation import QualityReport, real_halves_fd, recognition
+    from .evaluator import frechet_distance
+
+    eval_bundle = load_bundle(args.evaluator or args.checkpoint, need_subnet=False, need_evaluator=True)
+    engine = Engine(args.checkpoint, progress=True)
+    digits = list(args.digits or engine.labels)
+    test = load_features(list_items(args.data, "test", tuple(digits)), eval_bundle.features, progress=True)
+    reports = []
+    for guidance in args.guidance:
+        t0 = time.monotonic()
+        out = engine.generate(digits, n=args.n, steps=args.steps, guidance=guidance, seed=args.seed, sampler=args.sampler)
+        rec, per, emb = recognition(eval_bundle.evaluator, out.waves, out.labels, out.sample_rate,
+                                    eval_bundle.features, eval_bundle.normaliser)
+        from .evaluation import judge
+
+        _, real_emb = judge(eval_bundle.evaluator, test.mels, eval_bundle.normaliser)
+        report = QualityReport(args.n, args.steps or engine.default_steps, guidance, args.sampler or engine.default_sampler,
+                               rec, per, frechet_distance(emb, real_emb),
+                               real_halves_fd(eval_bundle.evaluator, test, eval_bundle.normaliser),
+                               round(time.monotonic() - t0, 1))
+        reports.append(report.to_dict())
+        print(json.dumps(report.to_dict()))
+        if args.save_audio:
+            out.save(Path(args.save_audio) / f"guidance_{guidance:g}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"command": _command(args), "reports": reports}, indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import ClassifierConfig, SubnetConfig
+
+    p = argparse.ArgumentParser(prog="tapdiff", description="Class-conditional speech generation from one frozen classifier.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate spoken digits as 16 kHz WAV files")
+    g.add_argument("--digit", type=int, action="append", help="digit to generate (repeatable); omit for unconditional")
+    g.add_argument("-n", type=int, default=1, help="clips per digit")
+    g.add_argument("--out", default="out", help="output folder")
+    g.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
+    g.add_argument("--guidance", type=float, default=3.0, help="classifier guidance strength gamma")
+    g.add_argument("--unguided", action="store_true", help="no classifier guidance (gamma = 0)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--sampler", choices=("euler_maruyama", "pc", "heun"), default=None)
+    g.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped FSDD checkpoint)")
+    g.add_argument("--save-mels", action="store_true", help="also write mels.npy (de-normalised log-Mel)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("train-classifier", help="train the noise-conditioned classifier into a new checkpoint folder")
+    c.add_argument("--data", default=DEFAULT_DATA, help="FSDD or Speech Commands / SC09 folder")
+    c.add_argument("--out", required=True, help="checkpoint folder to write (resumes from OUT/state/)")
+    c.add_argument("--labels", type=_labels, default=tuple(range(10)), help="label subset, e.g. 0,1,2 or 7")
+    c.add_argument("--seconds", type=float, default=1500.0, help="training-time budget (summed over resumes)")
+    c.add_argument("--norm", choices=("affine", "groupnorm"), default="affine")
+    c.add_argument("--frames", type=int, default=72)
+    c.add_argument("--widths", type=_widths, default=ClassifierConfig().widths, help="channels per depth, e.g. 32,48,96,192")
+    c.add_argument("--sigma-min", type=float, default=0.005)
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--lr", type=float, default=1e-3)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_train_classifier)
+
+    s = sub.add_parser("train-score", help="train ScoreSubnet (classifier frozen) into an existing checkpoint folder")
+    s.add_argument("--data", default=DEFAULT_DATA)
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--seconds", type=float, default=3600.0)
+    s.add_argument("--ablation", action="store_true", help="x_t only, no taps (saved as score_ablation)")
+    s.add_argument("--widths", type=_widths, default=SubnetConfig().widths, help="decoder channels per tap depth")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--ema", type=float, default=0.999)
+    s.add_argument("--snapshot-every", type=float, default=600.0, help="seconds between EMA snapshots")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_train_score)
+
+    e = sub.add_parser("train-evaluator", help="train the independent evaluation classifier on clean speech")
+    e.add_argument("--data", default=DEFAULT_DATA)
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--epochs", type=int, default=30)
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=cmd_train_evaluator)
+
+    v = sub.add_parser("evaluate", help="recognised fraction and Frechet distance of generated clips")
+    v.add_argument("--data", default=DEFAULT_DATA)
+    v.add_argument("--checkpoint", default=None)
+    v.add_argument("--evaluator", default=None, help="folder holding the evaluation classifier (default: --checkpoint)")
+    v.add_argument("-n", type=int, default=10, help="clips per digit")
+    v.add_argument("--digits", type=_labels, default=None)
+    v.add_argument("--steps", type=int, default=None)
+    v.add_argument("--guidance", type=float, nargs="+", default=[3.0])
+    v.add_argument("--sampler", choices=("euler_maruyama", "pc", "heun"), default=None)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--json", default=None, help="write the reports to this JSON file")
+    v.add_argument("--save-audio", default=None, help="also write the generated WAVs under this folder")
+    v.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    if getattr(args, "checkpoint", None) is None and args.command == "evaluate":
+        from .checkpoint import DEFAULT_CHECKPOINT
+
+        args.checkpoint = str(DEFAULT_CHECKPOINT)
+    try:
+        return args.func(args)
+    except (ValueError, CheckpointError, FileNotFoundError, FloatingPointError) as e:
+        print(f"tapdiff: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

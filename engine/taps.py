@@ -1,0 +1,59 @@
+"""Tap extractor: feature taps, JEM gradient taps and the guidance gradient from one forward and one backward.
+
+The backward carries every cotangent at once, stacked on a leading axis:
+  [0] softmax(logits)                -> d logsumexp(logits) / d(activations)   (JEM gradient taps)
+  [1] onehot(y) - softmax(logits)    -> d log p(y | x_t) / d x_t                (guidance, when y is given)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .classifier import NoiseConditionedClassifier
+from .config import SDEConfig
+from .sde import precondition
+
+
+@dataclass
+class Taps:
+    features: list[torch.Tensor]  # per depth (B, C_d, H_d, W_d), full resolution first
+    grads: list[torch.Tensor]  # d logsumexp(logits) / d features[d], same shapes
+    input_grad: torch.Tensor  # d logsumexp(logits) / d x_t, (B, 1, n_mels, frames)
+    guidance: torch.Tensor | None  # d log p(y | x_t) / d x_t, or None when no labels were given
+    logits: torch.Tensor  # (B, n_classes)
+
+
+class TapExtractor(torch.nn.Module):
+    """Wraps the frozen classifier; everything runs without autograd (explicit adjoint)."""
+
+    def __init__(self, classifier: NoiseConditionedClassifier, sde: SDEConfig):
+        super().__init__()
+        self.classifier = classifier
+        self.sde = sde
+
+    @property
+    def tap_channels(self) -> tuple[int, ...]:
+        return self.classifier.tap_channels
+
+    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> Taps:
+        _, _, c_in, c_noise = precondition(sigma, self.sde)
+        fp = self.classifier.forward_with_tape(c_in * x_t, c_noise)
+        probs = torch.softmax(fp.logits, dim=-1)
+        if labels is None:
+            cot = probs[None]
+        else:
+            onehot = F.one_hot(labels, probs.shape[-1]).to(probs)
+            cot = torch.stack([probs, onehot - probs])
+        logits = fp.logits
+        grads, g_in = self.classifier.adjoint(fp, cot)
+        # The classifier sees c_in * x_t, so d/dx_t = c_in * d/d(x_in).
+        g_x = g_in * c_in[None]
+        return Taps(
+            features=fp.taps,
+            grads=[g[0] for g in grads],
+            input_grad=g_x[0],
+            guidance=g_x[1] if labels is not None else None,
+            logits=logits,
+        )

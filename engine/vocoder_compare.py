@@ -1,0 +1,90 @@
+"""Copy-synthesis quality and speed of a vocoder: STOI, log-spectral distance, real-time factor."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000
+
+
+def _stoi(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> float:
+    try:
+        from pystoi import stoi
+    except ImportError as e:
+        raise ModuleNotFoundError("STOI needs the pystoi package: pip install pystoi") from e
+    return float(stoi(reference, degraded, sample_rate, extended=False))
+
+
+def log_spectral_distance(reference: np.ndarray, estimate: np.ndarray, n_fft: int = 512, hop: int = 128,
+                          eps: float = 1e-10) -> float:
+    """Log-spectral distance in dB, averaged over STFT frames.
+
+    For each frame t: LSD_t = sqrt(mean_f (10 log10(|X_tf|^2 + eps) - 10 log10(|Y_tf|^2 + eps))^2), with X
+    the reference's and Y the estimate's STFT (Hann window n_fft, hop ``hop``, no centring, frequencies
+    0..Nyquist); LSD is the mean of LSD_t over all frames. eps (power 1e-10, i.e. -100 dB) keeps silent
+    bins finite; both signals are the same lengths here (the caller truncates).
+    """
+    if len(reference) < n_fft:
+        raise ValueError(f"signals of {len(reference)} samples are shorter than one STFT frame ({n_fft})")
+    window = np.hanning(n_fft + 1)[:-1]  # periodic Hann
+
+    def power_db(x: np.ndarray) -> np.ndarray:
+        frames = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), n_fft)[::hop]
+        return 10.0 * np.log10(np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2 + eps)
+
+    diff = power_db(reference) - power_db(estimate)
+    return float(np.mean(np.sqrt(np.mean(diff ** 2, axis=-1))))
+
+
+def copy_synthesis_metrics(reference_wave: np.ndarray, vocoded_wave: np.ndarray,
+                           sample_rate: int = SAMPLE_RATE) -> dict[str, float]:
+    """STOI (pystoi, extended=False) and LSD (dB) of a vocoded waveform against its reference at 16 kHz.
+
+    Both are 1-D; the longer is truncated to the shorter (a vocoder's output is frames x hop, which may
+    differ from the source length by under one hop).
+    """
+    ref = np.asarray(reference_wave, dtype=np.float64).reshape(-1)
+    voc = np.asarray(vocoded_wave, dtype=np.float64).reshape(-1)
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(f"copy-synthesis metrics are defined at {SAMPLE_RATE} Hz, got {sample_rate}")
+    if not (np.isfinite(ref).all() and np.isfinite(voc).all()):
+        raise ValueError("waveforms contain NaN or infinite values")
+    n = min(len(ref), len(voc))
+    ref, voc = ref[:n], voc[:n]
+    return {"stoi": _stoi(ref, voc, sample_rate), "lsd": log_spectral_distance(ref, voc), "samples": n}
+
+
+def real_time_factor(fn: Callable[[torch.Tensor], torch.Tensor], mel: torch.Tensor, n_repeat: int = 5,
+                     sample_rate: int = SAMPLE_RATE, warmup: int = 1) -> dict[str, float]:
+    """Wall time of ``fn(mel)`` over the audio duration it produces (RTF < 1: faster than real time).
+
+    Runs ``warmup`` untimed calls, then ``n_repeat`` timed ones under inference_mode (synchronising CUDA
+    when the mel is on a GPU). Returns the median RTF and its min/max, the median seconds per call and
+    the audio seconds per call (output samples / sample_rate, summed over the batch).
+    """
+    if n_repeat < 1:
+        raise ValueError("n_repeat must be >= 1")
+
+    def sync():
+        if mel.is_cuda:
+            torch.cuda.synchronize(mel.device)
+
+    with torch.inference_mode():
+        out = None
+        for _ in range(max(warmup, 0)):
+            out = fn(mel)
+        times = []
+        for _ in range(n_repeat):
+            sync()
+            t0 = time.perf_counter()
+            out = fn(mel)
+            sync()
+            times.append(time.perf_counter() - t0)
+    audio_s = out.numel() / sample_rate
+    return {"rtf_median": statistics.median(times) / audio_s, "rtf_min": min(times) / audio_s,
+            "rtf_max": max(times) / audio_s, "seconds_median": statistics.median(times),
+            "audio_seconds": audio_s, "n_repeat": n_repeat}

@@ -1,0 +1,109 @@
+"""The CLI end to end on a tiny config, and every bad input the engine must name."""
+import json
+import math
+
+import pytest
+import torch
+
+from engine.api import Engine
+from engine.audio_io import read_wav
+from engine.checkpoint import CheckpointError
+from engine.cli import main
+
+TINY = ["--widths", "8,8,16,16"]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, fsdd_root):
+    out = tmp_path_factory.mktemp("tiny")
+    data = ["--data", str(fsdd_root)]
+    assert main(["train-classifier", "--out", str(out), "--seconds", "3", "--labels", "1,7", *TINY, *data]) == 0
+    assert main(["train-score", "--checkpoint", str(out), "--seconds", "3", *TINY, *data]) == 0
+    assert main(["train-evaluator", "--checkpoint", str(out), "--epochs", "1", *data]) == 0
+    return out
+
+
+def test_cli_trains_generates_and_evaluates(tiny_checkpoint, tmp_path, fsdd_root, capsys):
+    cfg = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert cfg["labels"] == [1, 7] and cfg["sde"]["sigma_max"] > 50
+    assert cfg["training"]["classifier"]["command"].startswith("tapdiff train-classifier")
+    assert len(cfg["data"]["hash"]) == 64 and cfg["data"]["train_clips"] == 450
+    assert main(["generate", "--checkpoint", str(tiny_checkpoint), "--digit", "7", "-n", "2", "--steps", "3",
+                 "--out", str(tmp_path / "wav"), "--quiet"]) == 0
+    wavs = sorted((tmp_path / "wav").glob("*.wav"))
+    assert [w.name for w in wavs] == ["7_0.wav", "7_1.wav"]
+    x, rate = read_wav(wavs[0])
+    assert rate == 16000 and len(x) == 72 * 160 and x.std() > 0
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(fsdd_root), "-n", "2", "--steps", "2",
+                 "--guidance", "0", "3", "--json", str(report)]) == 0
+    reports = json.loads(report.read_text())["reports"]
+    assert [r["guidance"] for r in reports] == [0.0, 3.0]
+    for r in reports:
+        assert 0.0 <= r["recognised"] <= 1.0 and r["fd"] > 0 and r["fd_real_halves"] > 0
+
+
+def test_same_seed_same_output_and_different_seed_differs(tiny_checkpoint):
+    engine = Engine(tiny_checkpoint)
+    a = engine.generate(7, n=2, steps=3, seed=3)
+    b = engine.generate(7, n=2, steps=3, seed=3)
+    c = engine.generate(7, n=2, steps=3, seed=4)
+    assert torch.equal(a.mels, b.mels) and torch.equal(a.waves, b.waves)
+    assert not torch.allclose(a.mels, c.mels)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"labels": 3}, "unknown digit 3"),
+    ({"labels": 12}, "unknown digit 12"),
+    ({"labels": [7], "n": 0}, "n must be"),
+    ({"labels": [7], "steps": 0}, "steps must be"),
+    ({"labels": [7], "guidance": math.nan}, "guidance must be"),
+    ({"labels": [7], "guidance": -1.0}, "guidance must be"),
+    ({"labels": [], "n": 1}, "labels is empty"),
+])
+def test_bad_generation_requests_are_named(tiny_checkpoint, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Engine(tiny_checkpoint).generate(**kwargs)
+
+
+def test_cli_reports_bad_input_without_traceback(tiny_checkpoint, tmp_path, capsys):
+    assert main(["generate", "--checkpoint", str(tiny_checkpoint), "--digit", "3", "--out", str(tmp_path)]) == 2
+    assert "unknown digit 3" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(tmp_path / "nope"), "--digit", "1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def copy_checkpoint(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("state"))
+    return dst
+
+
+def test_missing_and_corrupt_checkpoints_are_named(tiny_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Engine(tmp_path / "missing")
+    bad_json = copy_checkpoint(tiny_checkpoint, tmp_path / "json")
+    (bad_json / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json is corrupt"):
+        Engine(bad_json)
+    flipped = copy_checkpoint(tiny_checkpoint, tmp_path / "flip")
+    data = bytearray((flipped / "score_subnet.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (flipped / "score_subnet.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="score_subnet.safetensors is corrupt"):
+        Engine(flipped)
+    truncated = copy_checkpoint(tiny_checkpoint, tmp_path / "trunc")
+    cfg = json.loads((truncated / "config.json").read_text())
+    cfg["files"].pop("classifier.safetensors")  # no hash to catch it: the reader must
+    (truncated / "config.json").write_text(json.dumps(cfg))
+    (truncated / "classifier.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="classifier.safetensors is not a readable safetensors"):
+        Engine(truncated)
+    other = copy_checkpoint(tiny_checkpoint, tmp_path / "other")
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["classifier"]["widths"] = [8, 8, 16, 32]
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="does not fit NoiseConditionedClassifier"):
+        Engine(other)
