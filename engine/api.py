@@ -17,7 +17,7 @@ from .features import log_mel_range
 from .guidance import TapdiffScore, guided
 from .samplers import SamplerSpec, draw_noise, sample
 from .sde import karras_schedule
-from .vocoder import GriffinLim
+from .vocoder import make_vocoder
 
 DEFAULT_GUIDANCE = 3.0
 
@@ -51,8 +51,8 @@ class Engine:
     >>> out.save("out/")
     """
 
-    def __init__(self, checkpoint: str | Path | None = None, vocoder: str = "griffin-lim", batch_size: int = 16,
-                 progress: bool = False):
+    def __init__(self, checkpoint: str | Path | None = None, vocoder: str | None = None, batch_size: int = 16,
+                 progress: bool = False, hifigan_dir: str | Path | None = None):
         self.bundle: Bundle = load_bundle(checkpoint or DEFAULT_CHECKPOINT)
         self.batch_size = batch_size
         self.progress = progress
@@ -61,9 +61,8 @@ class Engine:
         self.default_steps = int(sampling.get("steps", 50))
         self.default_sampler = sampling.get("sampler", "pc")
         self.fade_sigma = float(sampling.get("guidance_fade_sigma", 0.0))
-        if vocoder != "griffin-lim":
-            raise ValueError(f"unknown vocoder {vocoder!r}; available: 'griffin-lim'")
-        self.vocoder = GriffinLim(self.bundle.features)
+        self.vocoder_name = vocoder or sampling.get("vocoder", "griffin-lim")
+        self.vocoder = make_vocoder(self.vocoder_name, self.bundle.features, hifigan_dir)
 
     @property
     def labels(self) -> tuple[int, ...]:

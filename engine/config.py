@@ -63,7 +63,7 @@ class ClassifierConfig:
 
 @dataclass(frozen=True)
 class SubnetConfig:
-    widths: tuple[int, ...] = (32, 48, 64, 96)  # decoder widths at the classifier's tap depths
+    widths: tuple[int, ...] = (24, 48, 64, 96)  # decoder widths at the classifier's tap depths
     attention_depths: tuple[int, ...] = (2, 3)  # depths where decoder queries attend to the taps
     heads: int = 4
     emb_dim: int = 64

@@ -92,8 +92,9 @@ def list_items(root: str | Path, split: str, labels: tuple[int, ...] | None = No
 def data_hash(items: list[Item]) -> str:
     """sha256 over file names and contents: recorded with a checkpoint to say what it was trained on."""
     h = hashlib.sha256()
-    for it in sorted(items, key=lambda i: i.path.name):
-        h.update(it.path.name.encode())
+    # Keyed by folder/name: Speech Commands repeats file names across word folders.
+    for key, it in sorted(((f"{i.path.parent.name}/{i.path.name}", i) for i in items), key=lambda t: t[0]):
+        h.update(key.encode())
         h.update(it.path.read_bytes())
     return h.hexdigest()
 

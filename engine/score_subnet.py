@@ -86,7 +86,9 @@ class ScoreSubnet(nn.Module):
         self.embed = SigmaEmbedding(cfg.emb_dim)
         self.scale_embed = nn.Linear(n_scales, cfg.emb_dim) if n_scales else None
         self.proj = nn.ModuleList(nn.Conv2d(in_ch[d], cfg.widths[d], 1) for d in range(depths))
-        self.up = nn.ModuleList(nn.Conv2d(cfg.widths[d + 1], cfg.widths[d], 3, padding=1) for d in range(depths - 1))
+        # 1x1 projection at the coarse resolution, then nearest upsampling: a 3x3 conv here would cost 9x
+        # at the fine resolution, and the next block's 3x3 convs mix space anyway.
+        self.up = nn.ModuleList(nn.Conv2d(cfg.widths[d + 1], cfg.widths[d], 1) for d in range(depths - 1))
         self.blocks = nn.ModuleList(DecoderBlock(cfg.widths[d], cfg.emb_dim) for d in range(depths))
         self.attn = nn.ModuleDict({
             str(d): TapAttention(cfg.widths[d], in_ch[d], cfg.heads, hws[d]) for d in cfg.attention_depths
@@ -123,7 +125,7 @@ class ScoreSubnet(nn.Module):
         for d in reversed(range(len(inputs))):
             z = self.proj[d](inputs[d])
             if h is not None:
-                z = z + self.up[d](F.interpolate(h, size=z.shape[-2:], mode="nearest"))
+                z = z + F.interpolate(self.up[d](h), size=z.shape[-2:], mode="nearest")
             h = self.blocks[d](z, emb)
             if str(d) in self.attn:
                 h = self.post[str(d)](self.attn[str(d)](h, inputs[d]), emb)

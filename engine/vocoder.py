@@ -62,3 +62,29 @@ class GriffinLim:
             angles = angles / (angles.abs() + 1e-16)
             prev = rebuilt
         return _istft(mag * angles, self.cfg, self.window).clamp(-1.0, 1.0)
+
+
+VOCODERS = ("griffin-lim", "hifigan")
+
+
+def make_vocoder(name: str, cfg: FeatureConfig, hifigan_dir=None):
+    """Build a vocoder by name. HiFi-GAN loads the converted weights from ``hifigan_dir`` (default: the
+    user cache that ``tapdiff vocoder import`` writes) and must match the feature definition."""
+    if name == "griffin-lim":
+        return GriffinLim(cfg)
+    if name == "hifigan":
+        from .hifigan import load_vocoder
+
+        model = load_vocoder(hifigan_dir)
+        vc = model.config
+        if (vc.n_mels, vc.hop_length, vc.sample_rate) != (cfg.n_mels, cfg.hop_length, cfg.sample_rate):
+            raise ValueError(f"HiFi-GAN expects {vc.n_mels} bands, hop {vc.hop_length}, {vc.sample_rate} Hz; the "
+                             f"checkpoint's features are {cfg.n_mels} bands, hop {cfg.hop_length}, {cfg.sample_rate} Hz")
+
+        @torch.no_grad()
+        def hifigan(log_mel: torch.Tensor) -> torch.Tensor:
+            return model(log_mel.float())
+
+        hifigan.sample_rate = vc.sample_rate
+        return hifigan
+    raise ValueError(f"unknown vocoder {name!r}; available: {VOCODERS}")

@@ -88,3 +88,23 @@ def real_time_factor(fn: Callable[[torch.Tensor], torch.Tensor], mel: torch.Tens
     return {"rtf_median": statistics.median(times) / audio_s, "rtf_min": min(times) / audio_s,
             "rtf_max": max(times) / audio_s, "seconds_median": statistics.median(times),
             "audio_seconds": audio_s, "n_repeat": n_repeat}
+
+
+def compare_vocoders(vocoders: dict[str, Callable[[torch.Tensor], torch.Tensor]], waves: list[np.ndarray],
+                     feature_cfg) -> list[dict]:
+    """Copy-synthesis of real clips through each vocoder: STOI and LSD on the clips' windows joined end to
+    end (single 0.7 s clips are too short for STOI's 30-frame segments), and the real-time factor.
+
+    ``waves`` are 16 kHz clips already peak-normalised and fitted to the feature window.
+    """
+    from .features import log_mel
+
+    ref = np.concatenate(waves)
+    mels = log_mel(torch.from_numpy(np.stack(waves)), feature_cfg).float()
+    rows = []
+    for name, fn in vocoders.items():
+        with torch.no_grad():
+            out = np.concatenate([fn(mels[i:i + 8]).numpy().reshape(-1) for i in range(0, len(mels), 8)])
+        rtf = real_time_factor(fn, mels[:1], n_repeat=3)
+        rows.append({"vocoder": name, **copy_synthesis_metrics(ref, out), "rtf_median": rtf["rtf_median"]})
+    return rows

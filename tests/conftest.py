@@ -16,3 +16,16 @@ def fsdd_root() -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, fsdd_root):
+    """A checkpoint for digits 1 and 7 trained for seconds through the CLI: exercises the whole pipeline."""
+    from engine.cli import main
+
+    out = tmp_path_factory.mktemp("tiny")
+    data, tiny = ["--data", str(fsdd_root)], ["--widths", "8,8,16,16"]
+    assert main(["train-classifier", "--out", str(out), "--seconds", "3", "--labels", "1,7", *tiny, *data]) == 0
+    assert main(["train-score", "--checkpoint", str(out), "--seconds", "3", *tiny, *data]) == 0
+    assert main(["train-evaluator", "--checkpoint", str(out), "--epochs", "1", *data]) == 0
+    return out

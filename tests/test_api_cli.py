@@ -10,17 +10,6 @@ from engine.audio_io import read_wav
 from engine.checkpoint import CheckpointError
 from engine.cli import main
 
-TINY = ["--widths", "8,8,16,16"]
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, fsdd_root):
-    out = tmp_path_factory.mktemp("tiny")
-    data = ["--data", str(fsdd_root)]
-    assert main(["train-classifier", "--out", str(out), "--seconds", "3", "--labels", "1,7", *TINY, *data]) == 0
-    assert main(["train-score", "--checkpoint", str(out), "--seconds", "3", *TINY, *data]) == 0
-    assert main(["train-evaluator", "--checkpoint", str(out), "--epochs", "1", *data]) == 0
-    return out
 
 
 def test_cli_trains_generates_and_evaluates(tiny_checkpoint, tmp_path, fsdd_root, capsys):

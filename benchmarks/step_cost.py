@@ -1,0 +1,63 @@
+"""CLI: parameters, MACs and CPU wall time per sampling step of a checkpoint, as a Markdown table.
+
+    python benchmarks/step_cost.py [--checkpoint DIR] [--out benchmarks/results/step_cost.md]
+
+MACs count convolutions, transposed convolutions, matmuls and attention on the executed graph; times are
+the median (and quartiles) of one score evaluation on this machine's CPU, guided and unguided side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from engine.bundle import load_bundle
+from engine.checkpoint import DEFAULT_CHECKPOINT
+from engine.cost import step_cost, time_score_eval
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    bundle = load_bundle(args.checkpoint)
+    c = step_cost(bundle)
+    g = 1e9
+    lines = [
+        f"Command: `python benchmarks/{Path(__file__).name} {' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "",
+        "| part | params | GMACs per clip per score evaluation |",
+        "|---|---:|---:|",
+        f"| classifier forward | {c.classifier_params:,} | {c.classifier_forward_macs / g:.3f} |",
+        f"| classifier adjoint, unguided (1 cotangent) | | {c.classifier_adjoint_macs_unguided / g:.3f} |",
+        f"| classifier adjoint, guided (2 stacked cotangents) | | {c.classifier_adjoint_macs_guided / g:.3f} |",
+        f"| ScoreSubnet | {c.subnet_params:,} | {c.subnet_macs / g:.3f} |",
+        f"| **step, unguided** | {c.classifier_params + c.subnet_params:,} total, {c.subnet_params:,} trainable | **{c.unguided_macs / g:.3f}** |",
+        f"| **step, guided** | | **{c.guided_macs / g:.3f}** |",
+        "",
+        "| batch | guidance | median s / score eval | q1 | q3 | ms per clip |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for b in args.batches:
+        for gamma in (0.0, 3.0):
+            t = time_score_eval(bundle, b, gamma, repeats=args.repeats)
+            lines.append(f"| {b} | {gamma:g} | {t['median_s']:.4f} | {t['q1_s']:.4f} | {t['q3_s']:.4f} | "
+                         f"{1000 * t['median_s'] / b:.1f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
