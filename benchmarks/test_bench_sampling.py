@@ -34,3 +34,29 @@ def test_griffin_lim_one_second(benchmark):
     mel = torch.randn(1, cfg.n_mels, 100) - 5
     out = benchmark(GriffinLim(cfg), mel)
     assert out.shape == (1, 16000)
+
+
+@pytest.fixture(scope="module")
+def hifigan():
+    pytest.importorskip("onnxruntime")
+    from vocoder_rtf import hifigan_model
+
+    try:
+        return hifigan_model(None)
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        pytest.skip(f"HiFi-GAN not available: {e}")
+
+
+def test_hifigan_one_second_eager(benchmark, hifigan):
+    mel = torch.randn(1, 80, 100) - 5
+    with torch.no_grad():
+        assert benchmark(hifigan, mel).shape == (1, 16000)
+
+
+def test_hifigan_one_second_onnxruntime(benchmark, hifigan, tmp_path):
+    from export.onnx_export import export_onnx, ort_session
+
+    mel = torch.randn(1, 80, 100) - 5
+    sess = ort_session(export_onnx(hifigan, (mel,), tmp_path, "hifigan", ["log_mel"], ["wave"], lambda: (mel + 0.1,)))
+    out = benchmark(sess.run, None, {"log_mel": mel.numpy()})
+    assert out[0].shape == (1, 16000)

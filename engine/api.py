@@ -11,10 +11,11 @@ import torch
 from tqdm import tqdm
 
 from .audio_io import write_wav
-from .bundle import Bundle, load_bundle
+from .bundle import MODEL_NAMES, Bundle, load_bundle
+from .captured import StaticStepSampler, can_capture
 from .checkpoint import DEFAULT_CHECKPOINT
 from .features import log_mel_range
-from .guidance import TapdiffScore, guided
+from .guidance import PluginScore, TapdiffScore, guided
 from .samplers import SamplerSpec, draw_noise, sample
 from .sde import karras_schedule
 from .vocoder import make_vocoder
@@ -52,11 +53,22 @@ class Engine:
     """
 
     def __init__(self, checkpoint: str | Path | None = None, vocoder: str | None = None, batch_size: int = 16,
-                 progress: bool = False, hifigan_dir: str | Path | None = None):
-        self.bundle: Bundle = load_bundle(checkpoint or DEFAULT_CHECKPOINT)
+                 progress: bool = False, hifigan_dir: str | Path | None = None, device: str = "cpu",
+                 model: str = "tapdiff"):
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available to torch")
+        if model not in MODEL_NAMES:
+            raise ValueError(f"unknown model {model!r}; expected one of {sorted(MODEL_NAMES)}")
+        self.model = model
+        self.bundle: Bundle = load_bundle(checkpoint or DEFAULT_CHECKPOINT, subnet_name=MODEL_NAMES[model])
+        self.bundle.classifier.to(self.device)
+        self.bundle.subnet.to(self.device)
         self.batch_size = batch_size
         self.progress = progress
-        self.score = TapdiffScore(self.bundle.extractor, self.bundle.subnet)
+        # tapdiff: taps and guidance from one classifier pass; the x_t-only models get guidance separately
+        sub, tx = self.bundle.subnet, self.bundle.extractor
+        self.score = TapdiffScore(tx, sub) if sub.uses_taps else PluginScore(sub, tx)
         sampling = self.bundle.config.get("sampling", {})
         self.default_steps = int(sampling.get("steps", 50))
         self.default_sampler = sampling.get("sampler", "pc")
@@ -93,10 +105,16 @@ class Engine:
         chunks = [list(labels[i:i + self.batch_size]) for i in range(0, len(labels), self.batch_size)]
         bar = tqdm(total=steps * len(chunks), desc="sampling", disable=None if self.progress else True, leave=False)
         for chunk in chunks:
-            noise = draw_noise((len(chunk), 1, feats.n_mels, feats.frames), spec, gen)
-            cond = None if any(y is None for y in chunk) or guidance == 0 else torch.tensor(chunk)
+            shape = (len(chunk), 1, feats.n_mels, feats.frames)
+            noise = draw_noise(shape, spec, gen, self.device)
+            cond = None if any(y is None for y in chunk) or guidance == 0 else torch.tensor(chunk, device=self.device)
             fn = guided(self.score, cond, float(guidance), self.fade_sigma)
-            out.append(sample(fn, sigmas, noise, spec, progress=lambda i: bar.update(1)))
+            if can_capture(self.device) and spec.name != "heun":
+                # CUDA: one captured graph per chunk shape, replayed every step
+                out.append(StaticStepSampler(fn, shape, spec, self.device).run(sigmas, noise).cpu())
+                bar.update(steps)
+            else:
+                out.append(sample(fn, sigmas, noise, spec, progress=lambda i: bar.update(1)).cpu())
         bar.close()
         return torch.cat(out)
 

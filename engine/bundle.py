@@ -12,6 +12,7 @@ from .config import ClassifierConfig, FeatureConfig, SDEConfig, SubnetConfig, fr
 from .data import Normaliser
 from .evaluator import EvalClassifier
 from .score_subnet import ScoreSubnet
+from .unet import UNetConfig
 from .taps import TapExtractor
 
 
@@ -59,6 +60,27 @@ def normaliser_to_config(norm: Normaliser) -> dict:
     return {"mean": [round(float(v), 6) for v in norm.mean], "std": [round(float(v), 6) for v in norm.std]}
 
 
+# Score models a bundle can hold: weights file stem -> (config class, the engine's model name).
+SCORE_MODELS = {"score_subnet": (SubnetConfig, "tapdiff"), "score_ablation": (SubnetConfig, "ablation"),
+                "unet": (UNetConfig, "two-model")}
+MODEL_NAMES = {v[1]: k for k, v in SCORE_MODELS.items()}
+
+
+def load_score_model(bundle: "Bundle", name: str) -> torch.nn.Module:
+    """ScoreSubnet / ablation / U-Net ``name`` of a bundle, frozen, in eval mode."""
+    from .train_score import build_score_model
+
+    if name not in SCORE_MODELS:
+        raise ValueError(f"unknown score model {name!r}; expected one of {sorted(SCORE_MODELS)}")
+    key = f"{name}_config"
+    if key not in bundle.config:
+        raise CheckpointError(f"{bundle.directory} has no {name} model; train it with `tapdiff train-score`")
+    f = bundle.features
+    model = build_score_model(_section(bundle.config, key, SCORE_MODELS[name][0]), bundle.sde,
+                              bundle.classifier.tap_channels, (f.n_mels, f.frames))
+    return load_weights(bundle.directory, name, model, bundle.config).eval().requires_grad_(False)
+
+
 def load_bundle(directory: str | Path, subnet_name: str = "score_subnet", need_subnet: bool = True,
                 need_evaluator: bool = False) -> Bundle:
     directory = Path(directory)
@@ -72,9 +94,7 @@ def load_bundle(directory: str | Path, subnet_name: str = "score_subnet", need_s
     clf.eval().requires_grad_(False)
     bundle = Bundle(directory, cfg, features, sde, norm, clf)
     if need_subnet:
-        key = f"{subnet_name}_config"
-        subnet = ScoreSubnet(_section(cfg, key, SubnetConfig), sde, clf.tap_channels, (features.n_mels, features.frames))
-        bundle.subnet = load_weights(directory, subnet_name, subnet, cfg).eval().requires_grad_(False)
+        bundle.subnet = load_score_model(bundle, subnet_name)
     if need_evaluator:
         if "evaluator" not in cfg:
             raise CheckpointError(f"{directory} has no evaluation classifier; run `tapdiff train-evaluator` first")

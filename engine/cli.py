@@ -39,7 +39,7 @@ def _command(args) -> str:
 def cmd_generate(args) -> int:
     from .api import Engine
 
-    engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=not args.quiet)
+    engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=not args.quiet, model=args.model)
     guidance = 0.0 if args.unguided else args.guidance
     labels = None if args.digit is None else args.digit
     t0 = time.monotonic()
@@ -104,29 +104,34 @@ def cmd_train_score(args) -> int:
     from .config import SubnetConfig, TrainConfig, to_dict
     from .data import list_items, load_features
     from .train_score import train_score
+    from .unet import UNetConfig
 
+    if args.model == "unet":
+        if args.ablation:
+            raise ValueError("--ablation applies to --model tapdiff (the x_t-only ScoreSubnet), not to the U-Net")
+        model_cfg = UNetConfig(widths=args.widths or UNetConfig().widths)
+        name = "unet"
+    else:
+        model_cfg = SubnetConfig(use_taps=not args.ablation, widths=args.widths or SubnetConfig().widths)
+        name = "score_ablation" if args.ablation else "score_subnet"
     bundle = load_bundle(args.checkpoint, need_subnet=False)
     feats = bundle.features
     train = load_features(list_items(args.data, "train", bundle.labels), feats, progress=True)
-    subnet_cfg = SubnetConfig(use_taps=not args.ablation, widths=args.widths)
     tcfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, seconds=args.seconds, seed=args.seed,
                        labels=bundle.labels, ema_decay=args.ema)
-    name = "score_ablation" if args.ablation else "score_subnet"
     out = Path(args.checkpoint)
     snapshots = out / "state" / f"{name}_snapshots"
 
     def snapshot(ema, step, elapsed):
         # EMA weights along the way, for the learning curve (recognised fraction vs training time).
-        from .checkpoint import save_weights as save
-
-        save(snapshots, f"{int(elapsed):06d}s", ema.model, {})
+        save_weights(snapshots, f"{int(elapsed):06d}s", ema.model, {})
         return {"snapshot": f"{int(elapsed):06d}s"}
 
-    ema, log = train_score(train, bundle.normaliser, bundle.extractor, subnet_cfg, bundle.sde, tcfg,
+    ema, log = train_score(train, bundle.normaliser, bundle.extractor, model_cfg, bundle.sde, tcfg,
                            (feats.n_mels, feats.frames), bundle.classifier.tap_channels, out / "state" / f"{name}.pt",
                            on_checkpoint=snapshot, checkpoint_every_s=args.snapshot_every)
     cfg = dict(bundle.config)
-    cfg[f"{name}_config"] = to_dict(subnet_cfg)
+    cfg[f"{name}_config"] = to_dict(model_cfg)
     cfg.setdefault("training", {})[name] = {
         "command": _command(args), "config": to_dict(tcfg), "steps": log["steps"], "seconds": round(log["seconds"], 1),
         "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"]}
@@ -170,7 +175,7 @@ def cmd_evaluate(args) -> int:
     from .evaluator import frechet_distance
 
     eval_bundle = load_bundle(args.evaluator or args.checkpoint, need_subnet=False, need_evaluator=True)
-    engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=True)
+    engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=True, model=args.model)
     digits = list(args.digits or engine.labels)
     test = load_features(list_items(args.data, "test", tuple(digits)), eval_bundle.features, progress=True)
     reports = []
@@ -231,7 +236,7 @@ def cmd_vocoder_compare(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import ClassifierConfig, SubnetConfig
+    from .config import ClassifierConfig
 
     p = argparse.ArgumentParser(prog="tapdiff", description="Class-conditional speech generation from one frozen classifier.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -246,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--sampler", choices=("euler_maruyama", "pc", "heun"), default=None)
     g.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped FSDD checkpoint)")
+    g.add_argument("--model", choices=("tapdiff", "two-model", "ablation"), default="tapdiff",
+                   help="tapdiff (single backbone), two-model (U-Net + classifier guidance), ablation (x_t-only decoder)")
     g.add_argument("--vocoder", choices=("griffin-lim", "hifigan"), default=None, help="default: the checkpoint's")
     g.add_argument("--save-mels", action="store_true", help="also write mels.npy (de-normalised log-Mel)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -270,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--seconds", type=float, default=3600.0)
     s.add_argument("--ablation", action="store_true", help="x_t only, no taps (saved as score_ablation)")
-    s.add_argument("--widths", type=_widths, default=SubnetConfig().widths, help="decoder channels per tap depth")
+    s.add_argument("--model", choices=("tapdiff", "unet"), default="tapdiff",
+                   help="tapdiff: ScoreSubnet on the classifier's taps; unet: the two-model baseline's score network")
+    s.add_argument("--widths", type=_widths, default=None, help="channels per depth (default: the model's)")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--ema", type=float, default=0.999)
@@ -297,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--json", default=None, help="write the reports to this JSON file")
     v.add_argument("--save-audio", default=None, help="also write the generated WAVs under this folder")
+    v.add_argument("--model", choices=("tapdiff", "two-model", "ablation"), default="tapdiff",
+                   help="tapdiff (single backbone), two-model (U-Net + classifier guidance), ablation (x_t-only decoder)")
     v.add_argument("--vocoder", choices=("griffin-lim", "hifigan"), default=None)
     v.set_defaults(func=cmd_evaluate)
 

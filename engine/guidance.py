@@ -28,7 +28,20 @@ class TapdiffScore(torch.nn.Module):
 
     def forward(self, x, sigma, labels=None):
         taps = self.extractor(x, sigma, labels)
-        return self.subnet.score(x, sigma, taps if self.subnet.cfg.use_taps else None), taps.guidance
+        return self.subnet.score(x, sigma, taps), taps.guidance
+
+
+class PluginScore(torch.nn.Module):
+    """Any score model that sees only x_t (the two-model U-Net, the x_t-only ablation), with guidance
+    grad_x log p(y | x_t) from a separate pass of the frozen classifier when guided."""
+
+    def __init__(self, model: torch.nn.Module, extractor: TapExtractor):
+        super().__init__()
+        self.model, self.extractor = model, extractor
+
+    def forward(self, x, sigma, labels=None):
+        s = self.model.score(x, sigma, None)
+        return s, (None if labels is None else self.extractor.guidance_gradient(x, sigma, labels))
 
 
 def guidance_weight(sigma: torch.Tensor, fade_sigma: float) -> torch.Tensor:

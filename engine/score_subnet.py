@@ -98,6 +98,10 @@ class ScoreSubnet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    @property
+    def uses_taps(self) -> bool:
+        return self.cfg.use_taps
+
     def _inputs(self, x_in: torch.Tensor, taps: Taps | None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         if not self.cfg.use_taps:
             return [x_in] + [F.adaptive_avg_pool2d(x_in, hw) for hw in self.hws[1:]], None

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .classifier import NoiseConditionedClassifier
 from .config import SDEConfig
@@ -44,7 +43,8 @@ class TapExtractor(torch.nn.Module):
         if labels is None:
             cot = probs[None]
         else:
-            onehot = F.one_hot(labels, probs.shape[-1]).to(probs)
+            # Not F.one_hot: it validates label values on the host, which breaks CUDA-graph capture.
+            onehot = (labels[:, None] == torch.arange(probs.shape[-1], device=labels.device)).to(probs)
             cot = torch.stack([probs, onehot - probs])
         logits = fp.logits
         grads, g_in = self.classifier.adjoint(fp, cot)
@@ -57,3 +57,12 @@ class TapExtractor(torch.nn.Module):
             guidance=g_x[1] if labels is not None else None,
             logits=logits,
         )
+
+    def guidance_gradient(self, x_t: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """grad_x log p(y | x_t) alone (one cotangent): what a two-model pipeline needs from its classifier."""
+        _, _, c_in, c_noise = precondition(sigma, self.sde)
+        fp = self.classifier.forward_with_tape(c_in * x_t, c_noise)
+        probs = torch.softmax(fp.logits, dim=-1)
+        onehot = (labels[:, None] == torch.arange(probs.shape[-1], device=labels.device)).to(probs)
+        _, g_in = self.classifier.adjoint(fp, (onehot - probs)[None])
+        return g_in[0] * c_in

@@ -1,5 +1,7 @@
-"""Export of the tap extractor and ScoreSubnet (ONNX, then TensorRT). Planned; see README "Status".
+"""Export of tapdiff's inference graphs: ONNX with parity checks, and TensorRT compatibility checks.
 
-The classifier's backward is already an explicit adjoint (engine.classifier.NoiseConditionedClassifier
-.adjoint), the form both ONNX exporters accept.
+- ``onnx_export.export_onnx``: artifact + manifest + parity check on onnxruntime (CPU provider here).
+- ``taps_graph.TapsGraph``: the tap extractor (forward + explicit adjoint) as one exportable graph.
+- ``trt_ops.check_onnx_for_tensorrt``: operators and opset against TensorRT's ONNX parser matrix.
+The TensorRT engine build itself needs TensorRT and a GPU: not available on this project's machines.
 """

@@ -29,3 +29,14 @@ def tiny_checkpoint(tmp_path_factory, fsdd_root):
     assert main(["train-score", "--checkpoint", str(out), "--seconds", "3", *tiny, *data]) == 0
     assert main(["train-evaluator", "--checkpoint", str(out), "--epochs", "1", *data]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_with_baselines(tiny_checkpoint, fsdd_root):
+    """The tiny checkpoint plus a U-Net (two-model baseline) and the x_t-only ablation, trained briefly."""
+    from engine.cli import main
+
+    data, ck = ["--data", str(fsdd_root)], ["--checkpoint", str(tiny_checkpoint), "--seconds", "2"]
+    assert main(["train-score", *ck, "--model", "unet", "--widths", "8,8,16,16", *data]) == 0
+    assert main(["train-score", *ck, "--ablation", "--widths", "8,8,16,16", *data]) == 0
+    return tiny_checkpoint

@@ -83,3 +83,30 @@ def test_sampler_spec_rejects_bad_settings():
         SamplerSpec(steps=0)
     with pytest.raises(ValueError, match="sampler"):
         SamplerSpec(name="ddim")
+
+
+def test_static_step_sampler_matches_the_reference_sampler_with_fixed_buffers():
+    from engine.captured import StaticStepSampler
+
+    for name in ("euler_maruyama", "pc"):
+        spec = SamplerSpec(name=name, steps=6)
+        noise = draw_noise((4, 1, 8, 8), spec, torch.Generator().manual_seed(1))
+        ref = sample(exact_score, karras_schedule(6, SDE), noise, spec)
+        runner = StaticStepSampler(exact_score, (4, 1, 8, 8), spec)
+        assert runner.capture is False  # CPU: the same step runs eagerly over the same buffers
+        ptrs = [t.data_ptr() for t in (runner.x, runner.z, runner.zc, runner.sigma, runner.sigma_next)]
+        out = runner.run(karras_schedule(6, SDE), noise)
+        assert torch.allclose(out, ref, rtol=1e-6, atol=1e-6)
+        assert ptrs == [t.data_ptr() for t in (runner.x, runner.z, runner.zc, runner.sigma, runner.sigma_next)]
+        again = runner.run(karras_schedule(6, SDE), noise)  # reusing the buffers gives the same result
+        assert torch.equal(out, again)
+
+
+def test_static_step_sampler_refuses_what_it_cannot_capture():
+    from engine.captured import StaticStepSampler
+
+    with pytest.raises(ValueError, match="heun"):
+        StaticStepSampler(exact_score, (1, 1, 2, 2), SamplerSpec(name="heun", steps=2))
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            StaticStepSampler(exact_score, (1, 1, 2, 2), SamplerSpec(name="pc", steps=2), capture=True)

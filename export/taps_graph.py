@@ -1,0 +1,32 @@
+"""The tap extractor as an exportable graph: inputs (x_t, sigma, onehot labels), outputs every tap.
+
+The classifier's backward is its explicit adjoint, so the exported graph holds the forward and the
+stacked-cotangent backward as ordinary operators (Conv, ConvTranspose, Sigmoid, ...).
+"""
+from __future__ import annotations
+
+import torch
+
+from engine.taps import TapExtractor
+
+
+class TapsGraph(torch.nn.Module):
+    def __init__(self, extractor: TapExtractor):
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor):
+        # Labels enter as a one-hot float tensor: the cotangent onehot - softmax needs no OneHot operator.
+        from engine.sde import precondition
+
+        clf = self.extractor.classifier
+        _, _, c_in, c_noise = precondition(sigma, self.extractor.sde)
+        fp = clf.forward_with_tape(c_in * x_t, c_noise)
+        probs = torch.softmax(fp.logits, dim=-1)
+        grads, g_in = clf.adjoint(fp, torch.stack([probs, onehot - probs]))
+        g_x = g_in * c_in[None]
+        return (*fp.taps, *[g[0] for g in grads], g_x[0], g_x[1], fp.logits)
+
+    def output_names(self) -> list[str]:
+        n = len(self.extractor.tap_channels)
+        return [f"feature_{d}" for d in range(n)] + [f"grad_{d}" for d in range(n)] + ["input_grad", "guidance", "logits"]
