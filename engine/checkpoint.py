@@ -64,6 +64,18 @@ def write_config(directory: str | Path, cfg: dict) -> None:
     _atomic_write_bytes(Path(directory) / "config.json", lambda tmp: Path(tmp).write_text(text))
 
 
+def update_config(directory: str | Path, updates: dict, training: dict | None = None, files: dict | None = None) -> None:
+    """Merge a command's own entries into config.json as it is now (re-read at write time), so commands
+    that add to one bundle (train-score, train-evaluator) never drop each other's entries."""
+    cfg = read_config(directory)
+    cfg.update(updates)
+    if training:
+        cfg["training"] = {**cfg.get("training", {}), **training}
+    if files:
+        cfg["files"] = {**cfg.get("files", {}), **files}
+    write_config(directory, cfg)
+
+
 def save_weights(directory: str | Path, name: str, module: torch.nn.Module, cfg: dict) -> dict:
     """Write ``name.safetensors`` atomically and record its hash in ``cfg['files']`` (returned, not written)."""
     directory = Path(directory)

@@ -100,7 +100,7 @@ def cmd_train_classifier(args) -> int:
 
 def cmd_train_score(args) -> int:
     from .bundle import load_bundle
-    from .checkpoint import save_weights, write_config
+    from .checkpoint import save_weights, update_config
     from .config import SubnetConfig, TrainConfig, to_dict
     from .data import list_items, load_features
     from .train_score import train_score
@@ -130,20 +130,17 @@ def cmd_train_score(args) -> int:
     ema, log = train_score(train, bundle.normaliser, bundle.extractor, model_cfg, bundle.sde, tcfg,
                            (feats.n_mels, feats.frames), bundle.classifier.tap_channels, out / "state" / f"{name}.pt",
                            on_checkpoint=snapshot, checkpoint_every_s=args.snapshot_every)
-    cfg = dict(bundle.config)
-    cfg[f"{name}_config"] = to_dict(model_cfg)
-    cfg.setdefault("training", {})[name] = {
+    files = save_weights(out, name, ema.model, {})["files"]
+    update_config(out, {f"{name}_config": to_dict(model_cfg)}, files=files, training={name: {
         "command": _command(args), "config": to_dict(tcfg), "steps": log["steps"], "seconds": round(log["seconds"], 1),
-        "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"]}
-    cfg = save_weights(out, name, ema.model, cfg)
-    write_config(out, cfg)
+        "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"]}})
     print(json.dumps({"steps": log["steps"], "seconds": round(log["seconds"], 1)}))
     return 0
 
 
 def cmd_train_evaluator(args) -> int:
     from .bundle import load_bundle
-    from .checkpoint import save_weights, write_config
+    from .checkpoint import save_weights, update_config
     from .data import list_items, load_features
     from .evaluation import judge
     from .evaluator import train_eval_classifier
@@ -158,11 +155,10 @@ def cmd_train_evaluator(args) -> int:
                                   silence_frame(norm, feats.log_floor), epochs=args.epochs, seed=args.seed, progress=True)
     pred, _ = judge(model, test.mels, norm)
     acc = float((pred == test.labels).float().mean())
-    cfg = dict(bundle.config)
-    cfg["evaluator"] = {"arch": {"n_mels": feats.n_mels}, "command": _command(args), "epochs": args.epochs,
-                        "seconds": round(time.monotonic() - t0, 1), "clean_test_accuracy": acc}
-    cfg = save_weights(args.checkpoint, "evaluator", model, cfg)
-    write_config(args.checkpoint, cfg)
+    files = save_weights(args.checkpoint, "evaluator", model, {})["files"]
+    update_config(args.checkpoint, {"evaluator": {
+        "arch": {"n_mels": feats.n_mels}, "command": _command(args), "epochs": args.epochs,
+        "seconds": round(time.monotonic() - t0, 1), "clean_test_accuracy": acc}}, files=files)
     print(json.dumps({"clean_test_accuracy": acc}))
     return 0
 

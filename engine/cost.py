@@ -15,7 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .bundle import Bundle
-from .guidance import TapdiffScore, guided
+from .guidance import PluginScore, TapdiffScore, guided
 
 
 def count_macs(fn) -> int:
@@ -30,43 +30,52 @@ def n_params(module: torch.nn.Module) -> int:
 
 @dataclass
 class StepCost:
-    classifier_forward_macs: int
-    classifier_adjoint_macs_unguided: int  # one cotangent (JEM)
-    classifier_adjoint_macs_guided: int  # two stacked cotangents (JEM + guidance)
-    subnet_macs: int
-    classifier_params: int
-    subnet_params: int
+    """MACs of one score evaluation for one clip, and parameter counts, of one system."""
 
-    @property
-    def unguided_macs(self) -> int:
-        return self.classifier_forward_macs + self.classifier_adjoint_macs_unguided + self.subnet_macs
-
-    @property
-    def guided_macs(self) -> int:
-        return self.classifier_forward_macs + self.classifier_adjoint_macs_guided + self.subnet_macs
+    model: str
+    unguided_macs: int
+    guided_macs: int
+    parts: dict  # name -> MACs
+    total_params: int
+    trainable_params: int
 
 
 @torch.no_grad()
 def step_cost(bundle: Bundle) -> StepCost:
-    """MACs per score evaluation for one clip (batch 1)."""
+    """Cost of the bundle's loaded score model (``bundle.subnet``): tapdiff when it uses taps (one
+    classifier pass feeds both the score and guidance), otherwise a plug-in model whose guidance needs
+    its own classifier forward and a one-cotangent adjoint."""
     f = bundle.features
     x = torch.randn(1, 1, f.n_mels, f.frames)
     sigma, y = torch.ones(1), torch.tensor([bundle.labels[0]])
-    clf, tx = bundle.classifier, bundle.extractor
+    clf, tx, model = bundle.classifier, bundle.extractor, bundle.subnet
     fwd = count_macs(lambda: clf(x, torch.zeros(1)))
-    unguided = count_macs(lambda: tx(x, sigma)) - fwd
-    guided_ = count_macs(lambda: tx(x, sigma, y)) - fwd
-    taps = tx(x, sigma, y)
-    sub = count_macs(lambda: bundle.subnet.denoise(x, sigma, taps))
-    return StepCost(fwd, unguided, guided_, sub, n_params(clf), n_params(bundle.subnet))
+    clf_params, model_params = n_params(clf), n_params(model)
+    if model.uses_taps:
+        adj1 = count_macs(lambda: tx(x, sigma)) - fwd
+        adj2 = count_macs(lambda: tx(x, sigma, y)) - fwd
+        taps = tx(x, sigma, y)
+        sub = count_macs(lambda: model.denoise(x, sigma, taps))
+        parts = {"classifier forward": fwd, "classifier adjoint, 1 cotangent": adj1,
+                 "classifier adjoint, 2 stacked cotangents": adj2, "score network": sub}
+        return StepCost("tapdiff", fwd + adj1 + sub, fwd + adj2 + sub, parts, clf_params + model_params, model_params)
+    own = count_macs(lambda: model.denoise(x, sigma, None))
+    guidance = count_macs(lambda: tx.guidance_gradient(x, sigma, y))
+    parts = {"score network": own, "classifier forward + 1-cotangent adjoint (guided only)": guidance}
+    return StepCost(type(model).__name__, own, own + guidance, parts, clf_params + model_params, model_params)
+
+
+def _score_fn(bundle: Bundle, batch: int, guidance: float):
+    sub, tx = bundle.subnet, bundle.extractor
+    labels = torch.tensor([bundle.labels[i % len(bundle.labels)] for i in range(batch)])
+    return guided(TapdiffScore(tx, sub) if sub.uses_taps else PluginScore(sub, tx), labels, guidance)
 
 
 @torch.no_grad()
 def time_score_eval(bundle: Bundle, batch: int, guidance: float, repeats: int = 10, warmup: int = 2) -> dict:
     """Median and spread of the wall time of one score evaluation (the sampler's unit of work)."""
     f = bundle.features
-    score = guided(TapdiffScore(bundle.extractor, bundle.subnet),
-                   torch.tensor([bundle.labels[i % len(bundle.labels)] for i in range(batch)]), guidance)
+    score = _score_fn(bundle, batch, guidance)
     x, sigma = torch.randn(batch, 1, f.n_mels, f.frames), torch.full((batch,), 1.0)
     for _ in range(warmup):
         score(x, sigma)
@@ -78,3 +87,43 @@ def time_score_eval(bundle: Bundle, batch: int, guidance: float, repeats: int = 
     q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     return {"batch": batch, "guidance": guidance, "median_s": statistics.median(times), "q1_s": q[0], "q3_s": q[2],
             "repeats": repeats}
+
+
+_MEMORY_PROBE = r"""
+import json, sys, torch
+from engine.bundle import load_bundle
+from engine.cost import _score_fn
+
+def status_kb(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+
+ckpt, name, batch, gamma = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+b = load_bundle(ckpt, subnet_name=name)
+fn = _score_fn(b, batch, gamma)
+f = b.features
+x, s = torch.randn(batch, 1, f.n_mels, f.frames), torch.ones(batch)
+with torch.no_grad():
+    fn(x, s)  # warm-up: allocator pools and lazy initialisation are not the step's
+    before = status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as cr:
+        cr.write("5")  # reset the peak-RSS high-water mark (VmHWM) to the current RSS
+    for _ in range(3):
+        fn(x, s)
+peak = status_kb("VmHWM")
+print(json.dumps({"rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024, "step_peak_increase_mb": (peak - before) / 1024}))
+"""
+
+
+def peak_step_memory(checkpoint, name: str, batch: int, guidance: float) -> dict:
+    """Peak resident memory of score evaluations, measured in a fresh Linux process (CPU has no allocator
+    statistics): after loading and one warm-up evaluation the peak-RSS mark is reset (/proc/self/clear_refs),
+    then three evaluations run; the increase of the peak over the resident size before them is the step's."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(checkpoint), name, str(batch), str(guidance)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
