@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 import torch
+from report import command_line, emit
 
 from engine.api import Engine
 from engine.bundle import load_bundle
@@ -43,12 +43,11 @@ def main() -> int:
         rec, per, _ = recognition(ev.evaluator, out.waves, out.labels, out.sample_rate, ev.features, ev.normaliser)
         rows.append(f"| {int(f.stem.rstrip('s'))} | {rec:.3f} | {' '.join(f'{d}:{v:.1f}' for d, v in per.items())} |")
         print(rows[-1], flush=True)
-    text = (f"Command: `python benchmarks/{Path(__file__).name} {' '.join(shlex.quote(a) for a in sys.argv[1:])}`\n\n"
+    text = (f"{command_line(__file__)}\n\n"
             f"{args.n} clips per digit, guidance {args.guidance:g}, steps {args.steps or engine.default_steps}, "
             f"sampler {engine.default_sampler}, vocoder {engine.vocoder_name}, judged by the evaluation classifier "
             "on re-analysed audio.\n\n" + "\n".join(rows) + "\n")
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(text, args.out)
     return 0
 
 

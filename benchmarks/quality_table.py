@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shlex
 import sys
 from pathlib import Path
 
 import torch
+from report import command_line, emit
 
 from engine.api import Engine
 from engine.bundle import MODEL_NAMES, load_bundle
@@ -59,7 +59,7 @@ def main() -> int:
             rows.append((Path(ckpt).name, len(labels), model, quality, cost, perf, floor))
             print(rows[-1][:4], flush=True)
     lines = [
-        f"Command: `python benchmarks/{Path(__file__).name} {' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
+        command_line(__file__),
         f"CPU: {platform.machine()}, {torch.get_num_threads()} torch threads. {args.n} clips per digit, seed {args.seed}; "
         "time and memory are per score evaluation (a predictor-corrector step makes two).", "",
         "| regime | system | recognised guided | FD guided | recognised unguided | FD unguided | FD floor (real halves) | "
@@ -73,11 +73,7 @@ def main() -> int:
             f"{c.guided_macs / 1e9:.3f} / {c.unguided_macs / 1e9:.3f} | "
             f"{1e3 * perf[1][3.0][0]:.1f} / {1e3 * perf[1][0.0][0]:.1f} | {1e3 * perf[16][3.0][0]:.1f} / {1e3 * perf[16][0.0][0]:.1f} | "
             f"{perf[1][3.0][1]:.0f} / {perf[1][0.0][1]:.0f} | {perf[16][3.0][1]:.0f} / {perf[16][0.0][1]:.0f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    emit("\n".join(lines) + "\n", args.out)
     return 0
 
 

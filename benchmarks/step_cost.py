@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shlex
 import sys
 from pathlib import Path
 
 import torch
+from report import command_line, emit
 
 from engine.bundle import load_bundle
 from engine.checkpoint import DEFAULT_CHECKPOINT
@@ -31,7 +31,7 @@ def main() -> int:
     c = step_cost(bundle)
     g = 1e9
     lines = [
-        f"Command: `python benchmarks/{Path(__file__).name} {' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
+        command_line(__file__),
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "",
         f"Parameters: {c.total_params:,} total, {c.trainable_params:,} trainable (the score network).",
@@ -50,11 +50,7 @@ def main() -> int:
             t = time_score_eval(bundle, b, gamma, repeats=args.repeats)
             lines.append(f"| {b} | {gamma:g} | {t['median_s']:.4f} | {t['q1_s']:.4f} | {t['q3_s']:.4f} | "
                          f"{1000 * t['median_s'] / b:.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    emit("\n".join(lines) + "\n", args.out)
     return 0
 
 

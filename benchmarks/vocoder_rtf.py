@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shlex
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from report import command_line, emit
 
 from engine.config import FeatureConfig
 from engine.vocoder import GriffinLim
@@ -54,15 +54,12 @@ def main() -> int:
             return torch.from_numpy(sess.run(None, {"log_mel": m.numpy()})[0])
 
         rows["hifigan (onnxruntime CPU)"] = real_time_factor(ort_fn, mel, args.repeats)
-    lines = [f"Command: `python benchmarks/{Path(__file__).name} {' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
+    lines = [command_line(__file__),
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; one second of audio (100 frames), "
              f"batch 1, median of {args.repeats} after warm-up. RTF < 1 is faster than real time.", "",
              "| vocoder | RTF median | min | max |", "|---|---:|---:|---:|"]
     lines += [f"| {k} | {v['rtf_median']:.3f} | {v['rtf_min']:.3f} | {v['rtf_max']:.3f} |" for k, v in rows.items()]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit("\n".join(lines) + "\n", args.out)
     return 0
 
 

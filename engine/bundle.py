@@ -31,9 +31,14 @@ class Bundle:
     def extractor(self) -> TapExtractor:
         return TapExtractor(self.classifier, self.sde)
 
+    subnet_name: str | None = None
+
     @property
     def labels(self) -> tuple[int, ...]:
-        return tuple(self.config.get("labels", range(self.classifier.cfg.n_classes)))
+        """Digits this bundle generates: the loaded score model's training labels (its data regime), else the
+        classifier's."""
+        trained = self.config.get("training", {}).get(self.subnet_name or "", {}).get("config", {}).get("labels")
+        return tuple(trained if trained else self.config.get("labels", range(self.classifier.cfg.n_classes)))
 
 
 def _section(cfg: dict, key: str, cls):
@@ -95,6 +100,7 @@ def load_bundle(directory: str | Path, subnet_name: str = "score_subnet", need_s
     bundle = Bundle(directory, cfg, features, sde, norm, clf)
     if need_subnet:
         bundle.subnet = load_score_model(bundle, subnet_name)
+        bundle.subnet_name = subnet_name
     if need_evaluator:
         if "evaluator" not in cfg:
             raise CheckpointError(f"{directory} has no evaluation classifier; run `tapdiff train-evaluator` first")

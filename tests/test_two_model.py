@@ -53,3 +53,17 @@ def test_model_choice_errors_are_named(tiny_checkpoint, tmp_path):
         Engine(tiny_checkpoint, model="gan")
     assert main(["train-score", "--checkpoint", str(tiny_checkpoint), "--model", "unet", "--ablation",
                  "--seconds", "1"]) == 2
+
+
+def test_score_model_data_regime_restricts_generation(tiny_checkpoint, tmp_path, fsdd_root):
+    import shutil
+
+    ck = tmp_path / "regime"
+    shutil.copytree(tiny_checkpoint, ck, ignore=shutil.ignore_patterns("state"))
+    args = ["train-score", "--checkpoint", str(ck), "--seconds", "1", "--widths", "8,8,16,16", "--data", str(fsdd_root)]
+    assert main([*args, "--labels", "3"]) == 2  # not a label of the classifier (1, 7)
+    assert main([*args, "--labels", "7"]) == 0
+    engine = Engine(ck)
+    assert engine.labels == (7,)
+    with pytest.raises(ValueError, match="unknown digit 1"):
+        engine.generate(1, steps=1)

