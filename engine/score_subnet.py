@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import tap_rms_norm
+from kernels import tap_pair_norm, tap_rms_norm
 
 from .config import SDEConfig, SubnetConfig
 from .sde import precondition
@@ -107,16 +107,14 @@ class ScoreSubnet(nn.Module):
             return [x_in] + [F.adaptive_avg_pool2d(x_in, hw) for hw in self.hws[1:]], None
         per_depth, scales = [], []
         for d, (f, g) in enumerate(zip(taps.features, taps.grads)):
-            fn, fs = tap_rms_norm(f)
-            gn, gs = tap_rms_norm(g)
-            parts = [fn, gn]
-            scales += [fs, gs]
+            fg, s = tap_pair_norm(f, g)  # fused on CUDA: normalise both taps into one concatenated tensor
+            scales.append(s)
             if d == 0:
                 ig, igs = tap_rms_norm(taps.input_grad)
-                parts += [x_in, ig]
-                scales.append(igs)
-            per_depth.append(torch.cat(parts, dim=1))
-        return per_depth, torch.stack(scales, dim=1)
+                fg = torch.cat([fg, x_in, ig], dim=1)
+                scales.append(igs[:, None])
+            per_depth.append(fg)
+        return per_depth, torch.cat(scales, dim=1)
 
     def denoise(self, x_t: torch.Tensor, sigma: torch.Tensor, taps: Taps | None) -> torch.Tensor:
         """EDM denoiser D(x_t, sigma) (B, 1, n_mels, frames)."""

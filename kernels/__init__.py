@@ -1,8 +1,8 @@
 """Fused kernels for tapdiff's hot path, each beside its plain PyTorch reference.
 
-Today this holds the PyTorch references the engine calls; the Triton kernels that replace them on CUDA
-are planned work (see README, "Status").
+``tap_pair_norm`` dispatches to Triton on CUDA (``backend_for`` says which it uses) and to the reference
+elsewhere. The Triton kernels are verified on CPU only, under TRITON_INTERPRET=1.
 """
-from .tap_norm import tap_rms_norm
+from .tap_norm import backend_for, tap_pair_norm, tap_pair_norm_reference, tap_rms_norm
 
-__all__ = ["tap_rms_norm"]
+__all__ = ["backend_for", "tap_pair_norm", "tap_pair_norm_reference", "tap_rms_norm"]
