@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import wave
 from math import gcd
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_write
 
 
 class AudioFileError(ValueError):
@@ -42,20 +43,15 @@ def write_wav(path: str | os.PathLike, wave_data: np.ndarray, rate: int) -> None
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{path}: waveform contains NaN or inf; refusing to write")
     pcm = (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, wave.open(f, "wb") as w:
+
+    def write(tmp: str) -> None:
+        with wave.open(tmp, "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)
             w.setframerate(rate)
             w.writeframes(pcm.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_write
 
 FORMAT = "tapdiff/1"
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "fsdd"
@@ -27,19 +27,6 @@ class CheckpointError(RuntimeError):
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_config(directory: str | Path) -> dict:
@@ -61,7 +48,7 @@ def read_config(directory: str | Path) -> dict:
 def write_config(directory: str | Path, cfg: dict) -> None:
     cfg = {"format": FORMAT, **{k: v for k, v in cfg.items() if k != "format"}}
     text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
-    _atomic_write_bytes(Path(directory) / "config.json", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(Path(directory) / "config.json", lambda tmp: Path(tmp).write_text(text))
 
 
 def update_config(directory: str | Path, updates: dict, training: dict | None = None, files: dict | None = None) -> None:
@@ -81,7 +68,7 @@ def save_weights(directory: str | Path, name: str, module: torch.nn.Module, cfg:
     directory = Path(directory)
     path = directory / f"{name}.safetensors"
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-    _atomic_write_bytes(path, lambda tmp: save_file(state, tmp))
+    atomic_write(path, lambda tmp: save_file(state, tmp))
     cfg = dict(cfg)
     cfg["files"] = {**cfg.get("files", {}), path.name: _sha256(path)}
     return cfg

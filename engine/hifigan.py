@@ -22,7 +22,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .atomic import atomic_write_bytes
 
 LRELU_SLOPE = 0.1
 WEIGHTS_FILE = "hifigan.safetensors"
@@ -411,19 +412,6 @@ def default_vocoder_dir() -> Path:
     return Path(root) / "vocoder" / "hifigan-ts-16k"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_vocoder(model: HiFiGANGenerator, config: HiFiGANConfig, directory: str | os.PathLike, source: str,
                  provenance: dict | None = None) -> Path:
     """Write hifigan.safetensors, then hifigan.json (config, source, weights sha256), each atomically."""
@@ -435,8 +423,8 @@ def save_vocoder(model: HiFiGANGenerator, config: HiFiGANConfig, directory: str 
                 metadata={"format": FORMAT, "source": source})
     meta = {"format": FORMAT, "source": source, "provenance": provenance or {}, "config": config.to_dict(),
             "weights_file": WEIGHTS_FILE, "weights_sha256": hashlib.sha256(blob).hexdigest()}
-    _atomic_write(directory / WEIGHTS_FILE, blob)
-    _atomic_write(directory / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_bytes(directory / WEIGHTS_FILE, blob)
+    atomic_write_bytes(directory / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     return directory
 
 

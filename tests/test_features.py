@@ -106,3 +106,14 @@ def test_wav_round_trip_and_nan_never_overwrites_a_good_file(tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == ["x.wav"]
     with wave.open(str(p)) as w:
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 16000)
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    p = tmp_path / "y.wav"
+    write_wav(p, np.zeros(160, dtype=np.float32), 16000)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask

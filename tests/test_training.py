@@ -66,4 +66,4 @@ def test_training_resumes_from_saved_state(tmp_path):
     _, log2 = train_loop(model2, loss_fn, TrainConfig(seconds=1e9, max_steps=15), state, "t", progress=False)
     assert log1["steps"] == 10 and log2["steps"] == 15
     assert not torch.equal(model2.weight.detach(), w_after_10)  # continued from the restored weights
-    assert state.exists() and not (tmp_path / ".state.pt.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left behind
