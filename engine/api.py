@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -88,7 +89,8 @@ class Engine:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         if not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        if not isinstance(guidance, (int, float)) or math.isnan(guidance) or guidance < 0 or math.isinf(guidance):
+        if (not isinstance(guidance, numbers.Real) or isinstance(guidance, bool) or math.isnan(guidance)
+                or guidance < 0 or math.isinf(guidance)):
             raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
         if not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer, got {seed!r}")

@@ -1,7 +1,9 @@
-"""Export of tapdiff's inference graphs: ONNX with parity checks, and TensorRT compatibility checks.
+"""Export of tapdiff's inference graphs: ONNX with parity checks, TensorRT compatibility and engine build.
 
 - ``onnx_export.export_onnx``: artifact + manifest + parity check on onnxruntime (CPU provider here).
-- ``taps_graph.TapsGraph``: the tap extractor (forward + explicit adjoint) as one exportable graph.
+- ``taps_graph.TapsGraph``: the tap extractor (forward + explicit adjoint) as one graph;
+  ``taps_graph.ScoreGraph``: one whole guided tapdiff score evaluation (taps, ScoreSubnet, guidance).
 - ``trt_ops.check_onnx_for_tensorrt``: operators and opset against TensorRT's ONNX parser matrix.
-The TensorRT engine build itself needs TensorRT and a GPU: not available on this project's machines.
+- ``tensorrt_build``: optimisation profiles from a manifest, engine cache key, engine build (needs
+  TensorRT and an NVIDIA GPU; never run on this project's machines).
 """

@@ -30,3 +30,22 @@ class TapsGraph(torch.nn.Module):
     def output_names(self) -> list[str]:
         n = len(self.extractor.tap_channels)
         return [f"feature_{d}" for d in range(n)] + [f"grad_{d}" for d in range(n)] + ["input_grad", "guidance", "logits"]
+
+
+class ScoreGraph(torch.nn.Module):
+    """One score evaluation of tapdiff as an exportable graph: (x_t, sigma, onehot, gamma) -> guided score.
+
+    gamma is an input, so one engine serves guided and unguided sampling (gamma = 0)."""
+
+    def __init__(self, extractor: TapExtractor, subnet: torch.nn.Module):
+        super().__init__()
+        self.taps = TapsGraph(extractor)
+        self.subnet = subnet
+
+    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor, gamma: torch.Tensor):
+        from engine.taps import Taps
+
+        out = self.taps(x_t, sigma, onehot)
+        n = len(self.taps.extractor.tap_channels)
+        taps = Taps(list(out[:n]), list(out[n:2 * n]), out[2 * n], out[2 * n + 1], out[2 * n + 2])
+        return self.subnet.score(x_t, sigma, taps) + gamma.reshape(-1, 1, 1, 1) * taps.guidance

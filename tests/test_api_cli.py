@@ -48,6 +48,9 @@ def test_same_seed_same_output_and_different_seed_differs(tiny_checkpoint):
     ({"labels": [7], "steps": 0}, "steps must be"),
     ({"labels": [7], "guidance": math.nan}, "guidance must be"),
     ({"labels": [7], "guidance": -1.0}, "guidance must be"),
+    ({"labels": [7], "guidance": float("inf")}, "guidance must be"),
+    ({"labels": [7], "guidance": "3"}, "guidance must be"),
+    ({"labels": [7], "seed": 1.5}, "seed must be"),
     ({"labels": [], "n": 1}, "labels is empty"),
 ])
 def test_bad_generation_requests_are_named(tiny_checkpoint, kwargs, match):
@@ -109,3 +112,13 @@ def test_commands_adding_to_one_bundle_keep_each_others_entries(tiny_checkpoint,
     assert now["evaluator"] == {"x": 1} and now["unet_config"] == {"widths": [8]}
     assert set(stale["files"]) | {"evaluator.safetensors", "unet.safetensors"} == set(now["files"])
     assert set(stale["training"]) | {"unet"} == set(now["training"])
+
+
+def test_engine_takes_its_sampling_defaults_from_the_checkpoint(tiny_checkpoint, tmp_path):
+    from engine.checkpoint import update_config
+
+    ck = copy_checkpoint(tiny_checkpoint, tmp_path / "defaults")
+    update_config(ck, {"sampling": {"sampler": "heun", "steps": 2, "guidance_fade_sigma": 0.5, "vocoder": "griffin-lim"}})
+    engine = Engine(ck)
+    assert (engine.default_sampler, engine.default_steps, engine.fade_sigma) == ("heun", 2, 0.5)
+    assert torch.equal(engine.generate(7, seed=2).mels, engine.generate(7, steps=2, sampler="heun", seed=2).mels)

@@ -72,3 +72,47 @@ def test_failed_parity_check_leaves_nothing_behind(tmp_path):
 def test_missing_provider_is_reported(taps_onnx):
     with pytest.raises((RuntimeError, ValueError)):
         ort_session(taps_onnx[0], providers=("NoSuchExecutionProvider",))
+
+
+def test_whole_guided_score_function_exports_and_uses_only_tensorrt_operators(tmp_path):
+    from engine.config import SubnetConfig
+    from engine.score_subnet import ScoreSubnet
+    from export.taps_graph import ScoreGraph
+
+    clf = NoiseConditionedClassifier(ClassifierConfig(widths=(8, 16, 16, 24), emb_dim=16))
+    sub = ScoreSubnet(SubnetConfig(widths=(8, 16, 16, 24), emb_dim=16, heads=2), SDEConfig(), clf.tap_channels, (80, 72))
+    with torch.no_grad():
+        for p in [*clf.parameters(), *sub.parameters()]:
+            p.add_(0.05 * torch.randn_like(p))  # zero-initialised output layers would make the check vacuous
+    graph = ScoreGraph(TapExtractor(clf.eval(), SDEConfig()), sub.eval())
+
+    def inputs():
+        x, s, oh = taps_inputs(2)
+        return x, s, oh, torch.tensor([3.0, 0.0])
+
+    path = export_onnx(graph, inputs(), tmp_path, "score", ["x_t", "sigma", "onehot", "gamma"], ["score"], inputs)
+    parity = json.loads(path.with_suffix(".json").read_text())["parity"]["errors"]["score"]
+    assert parity["max_ref"] > 0.1 and parity["max_abs"] <= 1e-4 * parity["max_ref"]
+    if MATRIX.is_file():
+        report = check_onnx_for_tensorrt(path, load_support_matrix(MATRIX))
+        assert report.ok and report.dynamic_inputs == [], report.unsupported  # static shapes: a fixed profile
+
+
+def test_tensorrt_profiles_and_cache_key_without_tensorrt(taps_onnx, tmp_path):
+    from export.tensorrt_build import build_engine, engine_cache_key, optimization_profile
+
+    path, _ = taps_onnx
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    prof = optimization_profile(manifest, batch=(1, 8, 16))
+    assert prof["x_t"] == ((1, 1, 80, 72), (8, 1, 80, 72), (16, 1, 80, 72)) and prof["onehot"][2] == (16, 10)
+    with pytest.raises(ValueError, match="dynamic batch"):
+        optimization_profile(manifest)
+    k = engine_cache_key(path, prof, False, "10.0", "H100")
+    assert k != engine_cache_key(path, prof, True, "10.0", "H100") != engine_cache_key(path, prof, False, "10.1", "H100")
+    assert k == engine_cache_key(path, prof, False, "10.0", "H100")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="TensorRT is not installed"):
+            build_engine(path, tmp_path / "x.plan", prof)
+        assert not (tmp_path / "x.plan").exists()

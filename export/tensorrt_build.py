@@ -1,0 +1,95 @@
+"""TensorRT engine build from an exported ONNX graph (written against TensorRT's documented Python API).
+
+TensorRT is imported lazily: it cannot be installed from the package registries this project reaches, and
+the engine build needs an NVIDIA GPU. What runs without it: deriving the optimisation profiles from an
+export manifest, and the cache key that decides when a cached engine is stale. Never built here: no
+TensorRT, no GPU on this project's machines.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from engine.atomic import atomic_write_bytes
+
+Shape = tuple[int, ...]
+
+
+def optimization_profile(manifest: dict, batch: tuple[int, int, int] | None = None) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """(min, opt, max) shapes per input for a TensorRT optimisation profile.
+
+    Inputs exported with static shapes get min = opt = max = their shape. Inputs whose axis 0 was exported
+    as dynamic need ``batch`` = (min, opt, max); other dynamic axes are not supported here.
+    """
+    profile = {}
+    dynamic = manifest.get("dynamic_axes", {})
+    for inp in manifest["inputs"]:
+        shape = tuple(inp["shape"])
+        axes = {int(a) for a in dynamic.get(inp["name"], {})}
+        if not axes:
+            profile[inp["name"]] = (shape, shape, shape)
+            continue
+        if axes != {0}:
+            raise ValueError(f"input {inp['name']}: only a dynamic batch axis is supported, got axes {sorted(axes)}")
+        if batch is None or not (1 <= batch[0] <= batch[1] <= batch[2]):
+            raise ValueError(f"input {inp['name']} has a dynamic batch axis: give batch=(min, opt, max), got {batch}")
+        profile[inp["name"]] = tuple((b, *shape[1:]) for b in batch)
+    return profile
+
+
+def engine_cache_key(onnx_path: str | os.PathLike, profile: dict, fp16: bool, trt_version: str, device_name: str) -> str:
+    """Everything an engine depends on: the graph's bytes, the profile, precision, TensorRT and the GPU."""
+    h = hashlib.sha256(Path(onnx_path).read_bytes())
+    h.update(json.dumps({k: [list(s) for s in v] for k, v in sorted(profile.items())}).encode())
+    h.update(f"fp16={fp16}|trt={trt_version}|gpu={device_name}".encode())
+    return h.hexdigest()[:32]
+
+
+def _tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise ImportError("TensorRT is not installed. It is not on PyPI in a usable form (its -libs wheels download "
+                          "from NVIDIA's index): install it per NVIDIA's instructions on a machine with an NVIDIA GPU.") from e
+    return trt
+
+
+def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, profile: dict, fp16: bool = False,
+                 workspace_bytes: int = 2 << 30) -> Path:
+    """Parse the ONNX graph, build a serialised engine with one optimisation profile, write it atomically."""
+    trt = _tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    opt_profile = builder.create_optimization_profile()
+    for name, (mn, opt, mx) in profile.items():
+        opt_profile.set_shape(name, mn, opt, mx)
+    config.add_optimization_profile(opt_profile)
+    blob = builder.build_serialized_network(network, config)
+    if blob is None:
+        raise RuntimeError(f"TensorRT engine build failed for {onnx_path} (see TensorRT's log above)")
+    return atomic_write_bytes(engine_path, bytes(blob))
+
+
+def cached_engine(onnx_path: str | os.PathLike, cache_dir: str | os.PathLike, batch: tuple[int, int, int] | None = None,
+                  fp16: bool = False) -> Path:
+    """The engine for ``onnx_path`` (its manifest beside it), built once per cache key; a stale engine is
+    never reused because the key covers everything it depends on."""
+    import torch
+
+    trt = _tensorrt()
+    manifest = json.loads(Path(onnx_path).with_suffix(".json").read_text())
+    profile = optimization_profile(manifest, batch)
+    key = engine_cache_key(onnx_path, profile, fp16, trt.__version__, torch.cuda.get_device_name())
+    path = Path(cache_dir) / f"{Path(onnx_path).stem}-{key}.plan"
+    return path if path.exists() else build_engine(onnx_path, path, profile, fp16)
