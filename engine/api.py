@@ -71,8 +71,9 @@ class Engine:
         sub, tx = self.bundle.subnet, self.bundle.extractor
         self.score = TapdiffScore(tx, sub) if sub.uses_taps else PluginScore(sub, tx)
         sampling = self.bundle.config.get("sampling", {})
-        self.default_steps = int(sampling.get("steps", 50))
-        self.default_sampler = sampling.get("sampler", "pc")
+        # Fallbacks for a checkpoint without a measured choice (benchmarks/choose_sampling.py --write)
+        self.default_steps = int(sampling.get("steps", 25))
+        self.default_sampler = sampling.get("sampler", "heun")
         self.fade_sigma = float(sampling.get("guidance_fade_sigma", 0.0))
         self.vocoder_name = vocoder or sampling.get("vocoder", "griffin-lim")
         self.vocoder = make_vocoder(self.vocoder_name, self.bundle.features, hifigan_dir)
