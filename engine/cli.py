@@ -170,25 +170,23 @@ def cmd_evaluate(args) -> int:
     from .api import Engine
     from .bundle import load_bundle
     from .data import list_items, load_features
-    from .evaluation import QualityReport, real_halves_fd, recognition
+    from .evaluation import QualityReport, judge, real_halves_fd, recognition
     from .evaluator import frechet_distance
 
     eval_bundle = load_bundle(args.evaluator or args.checkpoint, need_subnet=False, need_evaluator=True)
     engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=True, model=args.model)
     digits = list(args.digits or engine.labels)
     test = load_features(list_items(args.data, "test", tuple(digits)), eval_bundle.features, progress=True)
+    _, real_emb = judge(eval_bundle.evaluator, test.mels, eval_bundle.normaliser)
+    floor = real_halves_fd(eval_bundle.evaluator, test, eval_bundle.normaliser)
     reports = []
     for guidance in args.guidance:
         t0 = time.monotonic()
         out = engine.generate(digits, n=args.n, steps=args.steps, guidance=guidance, seed=args.seed, sampler=args.sampler)
         rec, per, emb = recognition(eval_bundle.evaluator, out.waves, out.labels, out.sample_rate,
                                     eval_bundle.features, eval_bundle.normaliser)
-        from .evaluation import judge
-
-        _, real_emb = judge(eval_bundle.evaluator, test.mels, eval_bundle.normaliser)
         report = QualityReport(args.n, args.steps or engine.default_steps, guidance, args.sampler or engine.default_sampler,
-                               rec, per, frechet_distance(emb, real_emb),
-                               real_halves_fd(eval_bundle.evaluator, test, eval_bundle.normaliser),
+                               rec, per, frechet_distance(emb, real_emb), floor,
                                round(time.monotonic() - t0, 1))
         reports.append(report.to_dict())
         print(json.dumps(report.to_dict()))
