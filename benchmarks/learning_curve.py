@@ -10,7 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from report import command_line, emit
 
 from engine.api import Engine

@@ -42,10 +42,10 @@ def main() -> None:
     rows = {}
     for norm in ("affine", "groupnorm"):
         clf = NoiseConditionedClassifier(ClassifierConfig(norm=norm)).eval()
-        fwd = median_time(lambda: clf.forward_with_tape(x, c), args.repeats)
-        total = median_time(lambda: clf.adjoint(clf.forward_with_tape(x, c), cot), args.repeats)
+        fwd = median_time(lambda clf=clf: clf.forward_with_tape(x, c), args.repeats)
+        total = median_time(lambda clf=clf: clf.adjoint(clf.forward_with_tape(x, c), cot), args.repeats)
         rows[norm] = (fwd, total - fwd)
-        macs = count_macs(lambda: clf(x[:1], c[:1])) / 1e9
+        macs = count_macs(lambda clf=clf: clf(x[:1], c[:1])) / 1e9
         print(f"| {norm} | {fwd:.4f} | {total - fwd:.4f} | {macs:.3f} | |")
     print(f"\ngroupnorm / affine: forward x{rows['groupnorm'][0] / rows['affine'][0]:.2f}, "
           f"adjoint x{rows['groupnorm'][1] / rows['affine'][1]:.2f}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-from pathlib import Path
 
 import torch
 from report import command_line, emit

@@ -15,7 +15,7 @@ def _labels(text: str) -> tuple[int, ...]:
     try:
         labels = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"labels must be comma-separated digits, got {text!r}")
+        raise argparse.ArgumentTypeError(f"labels must be comma-separated digits, got {text!r}") from None
     if not labels or any(not 0 <= y <= 9 for y in labels):
         raise argparse.ArgumentTypeError(f"labels must be digits 0-9, got {text!r}")
     return labels
@@ -25,7 +25,7 @@ def _widths(text: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"widths must be comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"widths must be comma-separated integers, got {text!r}") from None
     if len(widths) < 3 or any(w < 1 or w % 8 for w in widths):
         raise argparse.ArgumentTypeError(f"need >= 3 widths, each a positive multiple of 8, got {text!r}")
     return widths
@@ -206,7 +206,6 @@ def cmd_vocoder_import(args) -> int:
 
 
 def cmd_vocoder_compare(args) -> int:
-    import numpy as np
 
     from .audio_io import read_wav, resample
     from .config import FeatureConfig

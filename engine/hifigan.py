@@ -384,7 +384,7 @@ def load_torchscript_package(config: HiFiGANConfig | None = None, ts_path: str |
     path = Path(ts_path) if ts_path is not None else find_ts_package_file()
     sha = _sha256_file(path)
     if sha != TS_FILE_SHA256:
-        warnings.warn(f"{path}: sha256 {sha} differs from the known {TS_DISTRIBUTION} {TS_VERSION} file")
+        warnings.warn(f"{path}: sha256 {sha} differs from the known {TS_DISTRIBUTION} {TS_VERSION} file", stacklevel=2)
     with warnings.catch_warnings():  # torch.jit.load is deprecated; reading this one file is its last use here
         warnings.simplefilter("ignore", DeprecationWarning)
         ts = torch.jit.load(str(path), map_location="cpu").eval()

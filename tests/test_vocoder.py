@@ -1,5 +1,4 @@
 """Griffin-Lim and HiFi-GAN inside the engine: copy-synthesis quality, interface, bad input."""
-import numpy as np
 import pytest
 import torch
 
