@@ -13,5 +13,6 @@ def command_line(script: str) -> str:
 def emit(text: str, out: str | None) -> None:
     print(text)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
+        from engine.atomic import atomic_write_bytes
+
+        atomic_write_bytes(out, text.encode())  # a failed run never leaves a half-written report

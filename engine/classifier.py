@@ -171,19 +171,23 @@ class NoiseConditionedClassifier(nn.Module):
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         return self.forward_with_tape(x_in, c_noise, keep_tape=False).logits
 
-    def adjoint(self, fp: ForwardPass, cotangent: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def adjoint(self, fp: ForwardPass, cotangent: torch.Tensor,
+                keep_grads: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
         """cotangent (S, B, n_classes) on the logits -> (grads at each tap (S, B, C, H, W), grad at x_in).
 
-        Consumes ``fp.tape``; run ``forward_with_tape`` again for a second adjoint.
+        Consumes ``fp.tape`` (each entry is released as soon as it is used); run ``forward_with_tape`` again
+        for a second adjoint. ``keep_grads=False`` returns no tap gradients, so none outlives its stage:
+        what a caller that needs only d/dx_in (guidance) should ask for.
         """
         tape = fp.tape
         h_last = tape.pop()
         g = torch.einsum("sbk,kc->sbc", cotangent, self.head.weight)
         g = g[..., None, None] / (h_last.shape[-1] * h_last.shape[-2]) * silu_derivative(h_last)
+        del h_last
         grads = [g]
         for stage in reversed(self.stages):
             g = stage.adjoint(g, tape)
-            grads.append(g)
+            grads = grads + [g] if keep_grads else [g]
         grads.reverse()
         g_in = conv_adjoint(self.stem, grads[0], fp.input_hw)
-        return grads, g_in
+        return (grads if keep_grads else []), g_in

@@ -60,9 +60,13 @@ class TapExtractor(torch.nn.Module):
 
     def guidance_gradient(self, x_t: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """grad_x log p(y | x_t) alone (one cotangent): what a two-model pipeline needs from its classifier."""
+        onehot = (labels[:, None] == torch.arange(self.classifier.cfg.n_classes, device=labels.device)).to(x_t)
+        return self.guidance_from_onehot(x_t, sigma, onehot)
+
+    def guidance_from_onehot(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """``guidance_gradient`` with the labels as a one-hot float tensor (B, n_classes): the exportable form."""
         _, _, c_in, c_noise = precondition(sigma, self.sde)
         fp = self.classifier.forward_with_tape(c_in * x_t, c_noise)
         probs = torch.softmax(fp.logits, dim=-1)
-        onehot = (labels[:, None] == torch.arange(probs.shape[-1], device=labels.device)).to(probs)
-        _, g_in = self.classifier.adjoint(fp, (onehot - probs)[None])
+        _, g_in = self.classifier.adjoint(fp, (onehot - probs)[None], keep_grads=False)
         return g_in[0] * c_in

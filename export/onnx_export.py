@@ -60,7 +60,8 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], out_
             ref = module(*inputs)
         ref = ref if isinstance(ref, (tuple, list)) else (ref,)
         sess = ort_session(tmp)
-        got = sess.run(None, {n: t.numpy() for n, t in zip(input_names, inputs)})
+        graph_inputs = {i.name for i in sess.get_inputs()}  # the exporter drops inputs the graph never reads
+        got = sess.run(None, {n: t.numpy() for n, t in zip(input_names, inputs) if n in graph_inputs})
         errors = {}
         for n, r, g in zip(output_names, ref, got):
             err = float((torch.from_numpy(g) - r).abs().max()) if r.numel() else 0.0
@@ -71,7 +72,8 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], out_
                 raise AssertionError(f"ONNX parity failed for output {n}: max |ORT - eager| = {err:.3g} (ref scale {scale:.3g})")
         manifest = {
             "name": name, "opset": opset, "torch": torch.__version__, "weights_sha256": weights_sha256(module),
-            "inputs": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype)} for n, t in zip(input_names, example)],
+            "inputs": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype)}
+                       for n, t in zip(input_names, example) if n in graph_inputs],
             "outputs": [{"name": n, "shape": list(r.shape), "dtype": str(r.dtype)} for n, r in zip(output_names, ref)],
             "dynamic_axes": dynamic_axes or {}, "parity": {"provider": sess.get_providers()[0], "errors": errors},
         }

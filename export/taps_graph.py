@@ -11,9 +11,11 @@ from engine.taps import TapExtractor
 
 
 class TapsGraph(torch.nn.Module):
-    def __init__(self, extractor: TapExtractor):
+    """``guided=False`` builds the unguided variant: one cotangent, and the guidance output is zeros."""
+
+    def __init__(self, extractor: TapExtractor, guided: bool = True):
         super().__init__()
-        self.extractor = extractor
+        self.extractor, self.guided = extractor, guided
 
     def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor):
         # Labels enter as a one-hot float tensor: the cotangent onehot - softmax needs no OneHot operator.
@@ -23,9 +25,10 @@ class TapsGraph(torch.nn.Module):
         _, _, c_in, c_noise = precondition(sigma, self.extractor.sde)
         fp = clf.forward_with_tape(c_in * x_t, c_noise)
         probs = torch.softmax(fp.logits, dim=-1)
-        grads, g_in = clf.adjoint(fp, torch.stack([probs, onehot - probs]))
+        grads, g_in = clf.adjoint(fp, torch.stack([probs, onehot - probs]) if self.guided else probs[None])
         g_x = g_in * c_in[None]
-        return (*fp.taps, *[g[0] for g in grads], g_x[0], g_x[1], fp.logits)
+        guidance = g_x[1] if self.guided else torch.zeros_like(g_x[0])
+        return (*fp.taps, *[g[0] for g in grads], g_x[0], guidance, fp.logits)
 
     def output_names(self) -> list[str]:
         n = len(self.extractor.tap_channels)
@@ -35,11 +38,12 @@ class TapsGraph(torch.nn.Module):
 class ScoreGraph(torch.nn.Module):
     """One score evaluation of tapdiff as an exportable graph: (x_t, sigma, onehot, gamma) -> guided score.
 
-    gamma is an input, so one engine serves guided and unguided sampling (gamma = 0)."""
+    gamma is an input, so one engine serves guided and unguided sampling (gamma = 0); ``guided=False``
+    builds the cheaper unguided graph (one cotangent in the adjoint, gamma ignored)."""
 
-    def __init__(self, extractor: TapExtractor, subnet: torch.nn.Module):
+    def __init__(self, extractor: TapExtractor, subnet: torch.nn.Module, guided: bool = True):
         super().__init__()
-        self.taps = TapsGraph(extractor)
+        self.taps = TapsGraph(extractor, guided)
         self.subnet = subnet
 
     def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor, gamma: torch.Tensor):
@@ -49,3 +53,25 @@ class ScoreGraph(torch.nn.Module):
         n = len(self.taps.extractor.tap_channels)
         taps = Taps(list(out[:n]), list(out[n:2 * n]), out[2 * n], out[2 * n + 1], out[2 * n + 2])
         return self.subnet.score(x_t, sigma, taps) + gamma.reshape(-1, 1, 1, 1) * taps.guidance
+
+
+class PluginScoreGraph(torch.nn.Module):
+    """One score evaluation of a plug-in score model (the two-model U-Net, the x_t-only ablation) with
+    guidance from a separate pass of the classifier: (x_t, sigma, onehot, gamma) -> guided score.
+
+    ``guided=False`` leaves the classifier out (onehot and gamma ignored)."""
+
+    def __init__(self, extractor: TapExtractor, model: torch.nn.Module, guided: bool = True):
+        super().__init__()
+        self.extractor, self.model, self.guided = extractor, model, guided
+
+    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor, gamma: torch.Tensor):
+        if not self.guided:
+            return self.model.score(x_t, sigma, None)
+        guidance = self.extractor.guidance_from_onehot(x_t, sigma, onehot)
+        return self.model.score(x_t, sigma, None) + gamma.reshape(-1, 1, 1, 1) * guidance
+
+
+def score_graph(extractor: TapExtractor, model: torch.nn.Module, guided: bool = True) -> torch.nn.Module:
+    """The exportable score evaluation of any engine score model, tapdiff's or a plug-in's."""
+    return (ScoreGraph if model.uses_taps else PluginScoreGraph)(extractor, model, guided)

@@ -116,3 +116,41 @@ def test_tensorrt_profiles_and_cache_key_without_tensorrt(taps_onnx, tmp_path):
         with pytest.raises(ImportError, match="TensorRT is not installed"):
             build_engine(path, tmp_path / "x.plan", prof)
         assert not (tmp_path / "x.plan").exists()
+
+
+@pytest.mark.parametrize("name", ["score_subnet", "score_ablation", "unet"])
+def test_macs_counted_on_the_traced_graph_equal_the_eager_count(tiny_with_baselines, name):
+    """Two independent MAC counts of one score evaluation agree exactly: torch's FlopCounterMode over the
+    eager code (explicit adjoint included) and the operators of the exported ONNX graph, guided and not."""
+    from engine.bundle import load_bundle
+    from engine.cost import step_cost
+    from export.onnx_macs import traced_step_macs
+
+    b = load_bundle(tiny_with_baselines, subnet_name=name)
+    traced = traced_step_macs(b.extractor, b.subnet, b.features.n_mels, b.features.frames, label=b.labels[0])
+    eager = step_cost(b)
+    assert traced["guided"]["total"] == eager.guided_macs
+    assert traced["unguided"]["total"] == eager.unguided_macs
+    assert traced["guided"]["ConvTranspose"] > 0  # the classifier's adjoint is in the guided graph
+    assert ("ConvTranspose" in traced["unguided"]) == b.subnet.uses_taps  # plug-ins skip the classifier
+
+
+def test_two_model_score_exports_with_tensorrt_supported_operators(tiny_with_baselines, tmp_path):
+    from engine.bundle import load_bundle
+    from export.taps_graph import score_graph
+
+    b = load_bundle(tiny_with_baselines, subnet_name="unet")
+    with torch.no_grad():
+        for p in b.subnet.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # zero-initialised output layers would make the parity check vacuous
+
+    def inputs():
+        x, s, oh = taps_inputs(2)
+        return x, s, oh, torch.tensor([3.0, 1.0])
+
+    path = export_onnx(score_graph(b.extractor, b.subnet), inputs(), tmp_path, "two_model",
+                       ["x_t", "sigma", "onehot", "gamma"], ["score"], inputs)
+    assert json.loads(path.with_suffix(".json").read_text())["parity"]["errors"]["score"]["max_ref"] > 0.1
+    if MATRIX.is_file():
+        report = check_onnx_for_tensorrt(path, load_support_matrix(MATRIX))
+        assert report.ok, report.unsupported
