@@ -61,7 +61,9 @@ class TapAttention(nn.Module):
         k = k + self.pos
 
         def heads(t):
-            return t.reshape(B, self.heads, C // self.heads, -1).transpose(-1, -2)
+            # Contiguous (B, heads, tokens, C / heads): SDPA's fused kernels need a unit stride in the last
+            # dimension; without it SDPA falls back to materialising the tokens x tokens matrix per head.
+            return t.reshape(B, self.heads, C // self.heads, -1).transpose(-1, -2).contiguous()
 
         a = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))
         return h + self.out(a.transpose(-1, -2).reshape(B, C, H, W))

@@ -48,11 +48,14 @@ class TapExtractor(torch.nn.Module):
             cot = torch.stack([probs, onehot - probs])
         logits = fp.logits
         grads, g_in = self.classifier.adjoint(fp, cot)
+        # Copies, not views: a view of cotangent 0 would keep the guidance cotangent's half of every
+        # stacked gradient alive while the ScoreSubnet runs (its peak-memory phase).
+        grads = [g[0].clone() if len(g) > 1 else g[0] for g in grads]
         # The classifier sees c_in * x_t, so d/dx_t = c_in * d/d(x_in).
         g_x = g_in * c_in[None]
         return Taps(
             features=fp.taps,
-            grads=[g[0] for g in grads],
+            grads=grads,
             input_grad=g_x[0],
             guidance=g_x[1] if labels is not None else None,
             logits=logits,

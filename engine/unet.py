@@ -61,7 +61,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         B, C, H, W = h.shape
-        q, k, v = (t.reshape(B, self.heads, C // self.heads, H * W).transpose(-1, -2)
+        # Contiguous per-head tensors let SDPA use its fused kernel (see engine.score_subnet.TapAttention).
+        q, k, v = (t.reshape(B, self.heads, C // self.heads, H * W).transpose(-1, -2).contiguous()
                    for t in self.qkv(self.norm(h)).chunk(3, dim=1))
         a = F.scaled_dot_product_attention(q, k, v)
         return h + self.out(a.transpose(-1, -2).reshape(B, C, H, W))
