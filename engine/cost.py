@@ -12,14 +12,22 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .bundle import Bundle
 from .guidance import PluginScore, TapdiffScore, guided
 
 
+def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# SDPA's fused CPU kernel is missing from FlopCounterMode's table; without this entry attention counts as 0.
+_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops}
+
+
 def count_macs(fn) -> int:
-    with FlopCounterMode(display=False) as fc:
+    with FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as fc:
         fn()
     return fc.get_total_flops() // 2
 
