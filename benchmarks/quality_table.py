@@ -25,7 +25,7 @@ from report import command_line, emit
 from engine.api import Engine
 from engine.atomic import atomic_write_bytes
 from engine.bundle import MODEL_NAMES, load_bundle
-from engine.cost import n_params, peak_step_memory, step_cost, time_score_eval
+from engine.cost import peak_step_memory, step_cost, time_score_eval
 from engine.data import list_items, load_features
 from engine.evaluation import judge, real_halves_fd, recognition
 from engine.evaluator import frechet_distance
@@ -97,13 +97,13 @@ def main() -> int:
                 cache[key] = quality(engine, ev, args.data, args.clips, args.steps, args.seed)
                 if args.cache:
                     atomic_write_bytes(args.cache, json.dumps(cache, indent=1).encode())
-            cost, b = step_cost(engine.bundle), engine.bundle
+            b = engine.bundle
+            cost = step_cost(b)
             traced = traced_step_macs(b.extractor, b.subnet, b.features.n_mels, b.features.frames, b.labels[0])
             if (traced["guided"]["total"], traced["unguided"]["total"]) != (cost.guided_macs, cost.unguided_macs):
                 raise RuntimeError(f"{model}: MACs of the traced graph {traced} differ from the eager count {cost}")
             rows.append({"regime": Path(ckpt).name, "model": model, "quality": cache[key], "cost": cost,
-                         "budget": budget(config, name), "weights_mb": 4 * n_params(engine.bundle.subnet) / 2**20
-                         + (4 * n_params(engine.bundle.classifier) / 2**20),
+                         "budget": budget(config, name), "weights_mb": 4 * cost.total_params / 2**20,
                          "perf": performance(engine, ckpt, name)})
             print(json.dumps({k: rows[-1][k] for k in ("regime", "model", "quality", "budget")}), flush=True)
     emit(render(rows, args), args.out)

@@ -187,7 +187,10 @@ class NoiseConditionedClassifier(nn.Module):
         grads = [g]
         for stage in reversed(self.stages):
             g = stage.adjoint(g, tape)
-            grads = grads + [g] if keep_grads else [g]
+            if keep_grads:
+                grads.append(g)
+            else:
+                grads = [g]  # only the latest is needed, for the stem
         grads.reverse()
         g_in = conv_adjoint(self.stem, grads[0], fp.input_hw)
         return (grads if keep_grads else []), g_in

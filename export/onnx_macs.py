@@ -1,4 +1,4 @@
-"""Multiply-accumulates of a traced ONNX graph, read from its operators and inferred shapes.
+"""Multiply-accumulates of a traced ONNX graph, read from its operators and the shapes of one run.
 
 An independent count from the exported graph (what TensorRT would build), to check the FlopCounterMode
 count of the eager code: Conv, ConvTranspose, MatMul, Gemm and two-operand Einsum, the operators that hold
@@ -97,6 +97,7 @@ def traced_step_macs(extractor, model, n_mels: int, frames: int, label: int = 0)
     from .taps_graph import score_graph
 
     n_classes = extractor.classifier.cfg.n_classes
+    names = ["x_t", "sigma", "onehot", "gamma"]
 
     def inputs():
         onehot = torch.nn.functional.one_hot(torch.tensor([label]), n_classes).float()
@@ -105,7 +106,7 @@ def traced_step_macs(extractor, model, n_mels: int, frames: int, label: int = 0)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind, flag in (("guided", True), ("unguided", False)):
-            path = export_onnx(score_graph(extractor, model, flag), inputs(), tmp, kind,
-                               ["x_t", "sigma", "onehot", "gamma"], ["score"], inputs, rtol=1e-3)
-            out[kind] = count_onnx_macs(path, dict(zip(["x_t", "sigma", "onehot", "gamma"], (t.numpy() for t in inputs()))))
+            path = export_onnx(score_graph(extractor, model, flag), inputs(), tmp, kind, names, ["score"], inputs,
+                               rtol=1e-3)
+            out[kind] = count_onnx_macs(path, {n: t.numpy() for n, t in zip(names, inputs())})
     return out
