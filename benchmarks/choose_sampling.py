@@ -1,69 +1,177 @@
-"""CLI: choose a checkpoint's default sampler, steps and guidance fade by measurement, and record them.
+"""CLI: quality against score evaluations (NFE) for every solver, and the checkpoint's default chosen by it.
 
-    python benchmarks/choose_sampling.py --checkpoint engine/checkpoints/fsdd -n 5 \
-        --out benchmarks/results/sampling_choice.md --write
+    python benchmarks/choose_sampling.py --checkpoint engine/checkpoints/fsdd --models tapdiff,two-model \
+        --nfe 10,15,20,30,50,100 -n 10 --cache runs/sampling_rows.json \
+        --out benchmarks/results/sampling_choice.md --plot benchmarks/results/sampling_choice.png --write
 
-Each candidate generates the same digits with the same seed at guidance 3; the evaluation classifier
-judges the re-analysed audio. The winner (most recognised,
-then lowest Frechet distance) is written to the checkpoint's config.json "sampling" section with --write,
-which is what Engine uses by default.
+Every point generates ``n`` clips per digit with the same seed at guidance ``--guidance``, judged like
+``tapdiff evaluate`` (evaluation classifier on re-analysed audio: recognised fraction, FD to the real test
+clips); wall time per clip (sampling + vocoder, batch 16) beside it. The choice, for the first model: the
+reference is Euler-Maruyama at 100 NFE; among the points whose recognised fraction is within
+``--tolerance`` of it and whose FD is at most ``--fd-ratio`` x its FD, the fewest NFE wins (then the lower
+FD). With ``--write`` it is recorded in the checkpoint's config.json ("sampling"), which ``Engine`` uses
+by default. ``--cache`` keeps finished points (keyed by weights, code version and settings): a run resumes.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import time
+from pathlib import Path
 
-from report import command_line, emit
+from report import command, emit, header, record
 
 from engine.api import Engine
-from engine.bundle import load_bundle
-from engine.checkpoint import DEFAULT_CHECKPOINT, update_config
-from engine.data import list_items, load_features
-from engine.evaluation import judge, recognition
-from engine.evaluator import frechet_distance
+from engine.diffusion.solvers import SOLVERS, SamplerSpec
+from engine.evaluation.provenance import code_version
+from engine.evaluation.quality import QualityJudge, evaluate_quality
+from engine.models.registry import score_network_kind
+from engine.storage.atomic import atomic_write_bytes
+from engine.storage.bundle import load_bundle
+from engine.storage.checkpoint import DEFAULT_CHECKPOINT, update_config
 
-# (sampler, steps, guidance fade sigma). Score evaluations: PC 2 per step, Heun 2 per step but the last, EM 1.
-CANDIDATES = [("heun", 25, 0.0), ("heun", 50, 0.0), ("pc", 50, 0.0), ("euler_maruyama", 100, 0.0), ("heun", 25, 1.0)]
+REFERENCE = ("euler_maruyama", 100)
+
+
+def _csv(cast):
+    return lambda text: [cast(v) for v in text.split(",") if v.strip()]
+
+
+def sweep(args, cache: dict) -> list[dict]:
+    rows = []
+    ev = load_bundle(args.checkpoint, model=None, need_evaluator=True)
+    for model in args.models:
+        engine = Engine(args.checkpoint, model=model, vocoder="griffin-lim", batch_size=args.batch)
+        judge = QualityJudge(ev, args.data, engine.labels)
+        weights = engine.bundle.weights_sha256(score_network_kind(model).weights)
+        for fade in args.fades:
+            engine.score_model.fade_sigma = fade
+            for solver in args.solvers:
+                for nfe in args.nfe:
+                    spec = SamplerSpec.from_nfe(solver, nfe)
+                    key = json.dumps([str(Path(args.checkpoint).resolve()), model, weights, code_version(), spec.label(),
+                                      fade, args.guidance, args.n, args.seed, args.data, args.batch])
+                    if key not in cache:
+                        r = evaluate_quality(engine, judge, args.n, args.guidance, args.seed, solver, spec.steps)
+                        cache[key] = {"model": model, "solver": solver, "nfe_budget": nfe, "nfe": spec.nfe,
+                                      "steps": spec.steps, "fade": fade, "recognised": r.recognised, "fd": r.fd,
+                                      "fd_floor": r.fd_real_halves, "seconds_per_clip": r.seconds_per_clip}
+                        if args.cache:
+                            atomic_write_bytes(args.cache, json.dumps(cache, indent=1).encode())
+                    rows.append(cache[key])
+                    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def choose(rows: list[dict], model: str, tolerance: float, fd_ratio: float) -> tuple[dict | None, dict | None]:
+    """(reference point, chosen point) of ``model``; None where the reference was not measured."""
+    mine = [r for r in rows if r["model"] == model]
+    ref = next((r for r in mine if (r["solver"], r["nfe"]) == REFERENCE and r["fade"] == 0), None)
+    if ref is None:
+        return None, None
+    ok = [r for r in mine if r["recognised"] >= ref["recognised"] - tolerance and r["fd"] <= fd_ratio * ref["fd"]]
+    return ref, min(ok, key=lambda r: (r["nfe"], r["fd"]))
+
+
+def render(rows: list[dict], args, ref: dict | None, chosen: dict | None) -> str:
+    lines = [header(__file__),
+             f"{args.n} clips per digit, guidance {args.guidance:g}, seed {args.seed}, Griffin-Lim, batch {args.batch}; "
+             "judged by the evaluation classifier on re-analysed audio (recognised fraction, FD to the real test "
+             "clips). NFE = score evaluations per clip (the budget asked for; a 2-evaluation solver may use one "
+             "less). Seconds per clip: sampling and vocoding wall time on this CPU divided by the clips, measured "
+             "while the run had the machine (other work on the machine inflates it).", ""]
+    for model in args.models:
+        for fade in args.fades:
+            lines += [f"### {model}, guidance fade sigma {fade:g}", "",
+                      "| solver | " + " | ".join(f"NFE {n}" for n in args.nfe) + " |",
+                      "|---|" + "---:|" * len(args.nfe)]
+            for solver in args.solvers:
+                cells = []
+                for nfe in args.nfe:
+                    r = next((r for r in rows if (r["model"], r["solver"], r["nfe_budget"], r["fade"]) ==
+                              (model, solver, nfe, fade)), None)
+                    cells.append("" if r is None else f"{r['recognised']:.2f} / {r['fd']:.1f} / {r['seconds_per_clip']:.2f} s")
+                lines.append(f"| {solver} | " + " | ".join(cells) + " |")
+            lines.append("")
+    lines.append("Cells: recognised / FD / seconds per clip. FD floor (two halves of the real test set): "
+                 + ", ".join(sorted({f"{r['fd_floor']:.1f}" for r in rows})) + ".")
+    if ref and chosen:
+        lines += ["", f"Reference ({args.models[0]}): {REFERENCE[0]} at {REFERENCE[1]} NFE, recognised "
+                      f"{ref['recognised']:.3f}, FD {ref['fd']:.1f}. Target: recognised >= reference - {args.tolerance:g}, "
+                      f"FD <= {args.fd_ratio:g} x reference.",
+                  f"Chosen: {chosen['solver']}, {chosen['steps']} steps ({chosen['nfe']} NFE), fade {chosen['fade']:g}: "
+                  f"recognised {chosen['recognised']:.3f}, FD {chosen['fd']:.1f} ({chosen['fd'] / ref['fd']:.2f} x)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], args, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(args.models), 2, figsize=(11, 4 * len(args.models)), squeeze=False)
+    for m, model in enumerate(args.models):
+        for solver in args.solvers:
+            pts = sorted((r["nfe"], r["recognised"], r["fd"]) for r in rows
+                         if r["model"] == model and r["solver"] == solver and r["fade"] == args.fades[0])
+            if pts:
+                nfe, rec, fd = zip(*pts)
+                axes[m][0].plot(nfe, rec, marker="o", label=solver)
+                axes[m][1].plot(nfe, fd, marker="o", label=solver)
+        for ax, what in zip(axes[m], ("recognised fraction", "Frechet distance")):
+            ax.set_xscale("log")
+            ax.set_xticks(args.nfe, [str(n) for n in args.nfe])
+            ax.set_xlabel("score evaluations per clip (NFE)")
+            ax.set_title(f"{model}: {what}")
+            ax.grid(alpha=0.3)
+        axes[m][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--data", default="../shared/data/fsdd")
-    p.add_argument("-n", type=int, default=5)
+    p.add_argument("--models", type=_csv(str), default=["tapdiff", "two-model"])
+    p.add_argument("--solvers", type=_csv(str), default=sorted(SOLVERS))
+    p.add_argument("--nfe", type=_csv(int), default=[10, 15, 20, 30, 50, 100])
+    p.add_argument("--fades", type=_csv(float), default=[0.0], help="guidance fade sigmas to try")
+    p.add_argument("-n", type=int, default=10, help="clips per digit")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--tolerance", type=float, default=0.02, help="recognised fraction may be this much below the reference")
+    p.add_argument("--fd-ratio", type=float, default=1.1, help="FD may be this many times the reference's")
+    p.add_argument("--cache", default=None, help="JSON file of finished points, to resume an interrupted run")
     p.add_argument("--out", default=None)
-    p.add_argument("--write", action="store_true", help="record the winner in the checkpoint's config.json")
+    p.add_argument("--json", default=None, help="every point, with the run's provenance")
+    p.add_argument("--plot", default=None, help="PNG of recognised fraction and FD against NFE (needs matplotlib)")
+    p.add_argument("--write", action="store_true", help="record the choice in the checkpoint's config.json")
     args = p.parse_args()
-    ev = load_bundle(args.checkpoint, need_subnet=False, need_evaluator=True)
-    engine = Engine(args.checkpoint, vocoder="griffin-lim", batch_size=25)
-    digits = list(engine.labels)
-    test = load_features(list_items(args.data, "test", tuple(digits)), ev.features)
-    _, real = judge(ev.evaluator, test.mels, ev.normaliser)
-    rows, results = [], []
-    for sampler, steps, fade in CANDIDATES:
-        engine.fade_sigma = fade
-        t0 = time.monotonic()
-        out = engine.generate(digits, n=args.n, steps=steps, guidance=args.guidance, seed=args.seed, sampler=sampler)
-        rec, _, emb = recognition(ev.evaluator, out.waves, out.labels, out.sample_rate, ev.features, ev.normaliser)
-        fd = frechet_distance(emb, real)
-        results.append((rec, -fd, sampler, steps, fade))
-        rows.append(f"| {sampler} | {steps} | {fade:g} | {rec:.3f} | {fd:.1f} | {time.monotonic() - t0:.0f} |")
-        print(rows[-1], flush=True)
-    rec, neg_fd, sampler, steps, fade = max(results)
-    lines = [command_line(__file__), "",
-             f"{args.n} clips per digit, guidance {args.guidance:g}, seed {args.seed}, Griffin-Lim; judged by the "
-             "evaluation classifier on re-analysed audio. Wall time on this CPU.", "",
-             "| sampler | steps | guidance fade sigma | recognised | FD | seconds |", "|---|---:|---:|---:|---:|---:|",
-             *rows, "", f"Chosen: {sampler}, {steps} steps, fade {fade:g} (recognised {rec:.3f}, FD {-neg_fd:.1f})."]
-    emit("\n".join(lines) + "\n", args.out)
+    record(__file__)  # provenance of the code that measures, before anything runs
+    for s in args.solvers:
+        if s not in SOLVERS:
+            p.error(f"unknown solver {s!r}; expected some of {sorted(SOLVERS)}")
+    cache = {}
+    if args.cache and Path(args.cache).exists():
+        cache = json.loads(Path(args.cache).read_text())
+    rows = sweep(args, cache)
+    ref, chosen = choose(rows, args.models[0], args.tolerance, args.fd_ratio)
+    emit(render(rows, args, ref, chosen), args.out)
+    if args.json:
+        atomic_write_bytes(args.json, (json.dumps({**record(__file__), "points": rows}, indent=1) + "\n").encode())
+    if args.plot:
+        plot(rows, args, args.plot)
     if args.write:
+        if chosen is None:
+            raise SystemExit(f"--write needs the reference point ({REFERENCE[0]} at {REFERENCE[1]} NFE) in the sweep")
+        bundle_cfg = load_bundle(args.checkpoint, model=None).config
         update_config(args.checkpoint, {"sampling": {
-            "sampler": sampler, "steps": steps, "guidance_fade_sigma": fade,
-            "vocoder": engine.bundle.config.get("sampling", {}).get("vocoder", "griffin-lim"),
-            "chosen_by": command_line(__file__), "recognised": rec, "fd": -neg_fd}})
+            "sampler": chosen["solver"], "steps": chosen["steps"], "guidance_fade_sigma": chosen["fade"],
+            "vocoder": bundle_cfg.get("sampling", {}).get("vocoder", "griffin-lim"), "chosen_by": command(__file__),
+            "recognised": chosen["recognised"], "fd": chosen["fd"]}})
     return 0
 
 

@@ -9,51 +9,47 @@ distance, guided (gamma 3) and unguided, judged by the evaluation classifier on 
 ``--clips`` clips per regime and guidance setting, split evenly over its digits, so every FD has the same
 sample size; parameters; training budget; MACs per score evaluation; and CPU peak memory and median wall
 time per score evaluation at batch 1 and 16. ``--cache FILE`` keeps finished quality rows (keyed by the
-weights' sha256 and the settings) so an interrupted run resumes; timings are always measured afresh.
+weights' sha256, the code version and the settings) so an interrupted run resumes; timings are always
+measured afresh.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
-import torch
-from report import command_line, emit
+from report import emit, header, record
 
 from engine.api import Engine
-from engine.atomic import atomic_write_bytes
-from engine.bundle import MODEL_NAMES, load_bundle
-from engine.cost import peak_step_memory, step_cost, time_score_eval
-from engine.data import list_items, load_features
-from engine.evaluation import judge, real_halves_fd, recognition
-from engine.evaluator import frechet_distance
+from engine.evaluation.cost import peak_step_memory, step_cost, time_score_eval
+from engine.evaluation.provenance import code_version
+from engine.evaluation.quality import QualityJudge, evaluate_quality
+from engine.models.registry import SCORE_NETWORKS
+from engine.storage.atomic import atomic_write_bytes
+from engine.storage.bundle import has_model, load_bundle
 from export.onnx_macs import traced_step_macs
 
 GAMMAS = (3.0, 0.0)
 BATCHES = (1, 16)
 
 
-def quality(engine: Engine, ev, data: str, clips: int, steps: int | None, seed: int) -> dict:
+def quality(engine: Engine, ev, data: str, clips: int, seed: int, sampler: str | None, nfe: int | None) -> dict:
     """Recognised fraction and FD against the real test clips of the model's digits, guided and unguided."""
-    labels = list(engine.labels)
-    per_digit = max(1, clips // len(labels))
-    test = load_features(list_items(data, "test", tuple(labels)), ev.features)
-    _, real = judge(ev.evaluator, test.mels, ev.normaliser)
-    row = {"labels": labels, "clips": per_digit * len(labels), "real_clips": len(test),
-           "fd_floor": real_halves_fd(ev.evaluator, test, ev.normaliser)}
+    judge = QualityJudge(ev, data, engine.labels)
+    per_digit = max(1, clips // len(judge.digits))
+    row = {"labels": judge.digits, "clips": per_digit * len(judge.digits), "real_clips": judge.real_clips,
+           "fd_floor": judge.floor}
     for gamma in GAMMAS:
-        out = engine.generate(labels, n=per_digit, steps=steps, guidance=gamma, seed=seed)
-        rec, _, emb = recognition(ev.evaluator, out.waves, out.labels, out.sample_rate, ev.features, ev.normaliser)
-        row[str(gamma)] = {"recognised": rec, "fd": frechet_distance(emb, real)}
+        r = evaluate_quality(engine, judge, per_digit, gamma, seed, sampler, nfe=nfe)
+        row[str(gamma)] = {"recognised": r.recognised, "fd": r.fd, "sampler": r.sampler, "nfe": r.nfe}
     return row
 
 
-def performance(engine: Engine, checkpoint: str, name: str) -> dict:
+def performance(engine: Engine, checkpoint: str) -> dict:
     """Median wall time and peak-RSS increase of one score evaluation, guided and unguided, batch 1 and 16."""
     return {f"{b}/{g}": {"median_s": time_score_eval(engine.bundle, b, g)["median_s"],
-                         "peak_mb": peak_step_memory(checkpoint, name, b, g)["step_peak_increase_mb"]}
+                         "peak_mb": peak_step_memory(checkpoint, engine.model, b, g)["step_peak_increase_mb"]}
             for b in BATCHES for g in GAMMAS}
 
 
@@ -77,47 +73,49 @@ def main() -> int:
     p.add_argument("--evaluator", default=None, help="bundle with the evaluation classifier (default: first checkpoint)")
     p.add_argument("--data", default="../shared/data/fsdd")
     p.add_argument("--clips", type=int, default=100, help="generated clips per regime and guidance setting")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: each checkpoint's chosen)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default=None, help="solver (default: each checkpoint's chosen one)")
+    p.add_argument("--nfe", type=int, default=None, help="score evaluations per clip (default: the checkpoint's)")
     p.add_argument("--cache", default=None, help="JSON file of finished quality rows, to resume an interrupted run")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    ev = load_bundle(args.evaluator or args.checkpoint[0], need_subnet=False, need_evaluator=True)
+    record(__file__)  # provenance of the code that measures, before anything runs
+    ev = load_bundle(args.evaluator or args.checkpoint[0], model=None, need_evaluator=True)
     cache = load_cache(args.cache)
     rows = []
     for ckpt in args.checkpoint:
-        config = load_bundle(ckpt, need_subnet=False).config
-        for model, name in MODEL_NAMES.items():
-            if f"{name}_config" not in config:
+        config = load_bundle(ckpt, model=None).config
+        for model, kind in SCORE_NETWORKS.items():
+            if not has_model(config, model):
                 continue
             engine = Engine(ckpt, model=model)
-            key = json.dumps([str(Path(ckpt).resolve()), model, config["files"][f"{name}.safetensors"],
-                              args.clips, args.steps, args.seed, args.data])
+            spec = engine.sampler_spec(args.sampler, nfe=args.nfe)
+            key = json.dumps([str(Path(ckpt).resolve()), model, config["files"][f"{kind.weights}.safetensors"],
+                              code_version(), spec.label(), args.clips, args.seed, args.data])
             if key not in cache:
-                cache[key] = quality(engine, ev, args.data, args.clips, args.steps, args.seed)
+                cache[key] = quality(engine, ev, args.data, args.clips, args.seed, args.sampler, args.nfe)
                 if args.cache:
                     atomic_write_bytes(args.cache, json.dumps(cache, indent=1).encode())
-            b = engine.bundle
-            cost = step_cost(b)
-            traced = traced_step_macs(b.extractor, b.subnet, b.features.n_mels, b.features.frames, b.labels[0])
+            cost = step_cost(engine.bundle, engine.score_model)
+            traced = traced_step_macs(engine.score_model, engine.bundle.input_hw)
             if (traced["guided"]["total"], traced["unguided"]["total"]) != (cost.guided_macs, cost.unguided_macs):
                 raise RuntimeError(f"{model}: MACs of the traced graph {traced} differ from the eager count {cost}")
             rows.append({"regime": Path(ckpt).name, "model": model, "quality": cache[key], "cost": cost,
-                         "budget": budget(config, name), "weights_mb": 4 * cost.total_params / 2**20,
-                         "perf": performance(engine, ckpt, name)})
+                         "budget": budget(config, kind.weights), "weights_mb": 4 * cost.total_params / 2**20,
+                         "perf": performance(engine, ckpt), "sampler": spec.label()})
             print(json.dumps({k: rows[-1][k] for k in ("regime", "model", "quality", "budget")}), flush=True)
     emit(render(rows, args), args.out)
     return 0
 
 
 def render(rows: list[dict], args) -> str:
+    samplers = sorted({r["sampler"] for r in rows})
     lines = [
-        command_line(__file__),
-        "",
-        f"CPU: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}. Seed {args.seed}; "
-        f"{args.clips} generated clips per regime and guidance setting, against the real test clips of the same "
-        "digits; quality judged by the independent evaluation classifier on re-analysed audio. Time and memory "
-        "are per score evaluation (one Euler-Maruyama step; a Heun step makes two). Peak MB is the peak-RSS "
+        header(__file__),
+        f"Seed {args.seed}; {args.clips} generated clips per regime and guidance setting, against the real test clips "
+        f"of the same digits, solver {'; '.join(samplers)}; quality judged by the "
+        "independent evaluation classifier on re-analysed audio. Time and memory "
+        "are per score evaluation (a solver with 2 evaluations per step makes two per step). Peak MB is the peak-RSS "
         "increase during the evaluation over the resident process (weights already loaded); weights MB is "
         "float32 parameters of everything the system keeps loaded. MACs per clip per score evaluation are counted "
         "on the exported ONNX graph (export/onnx_macs.py) and equal torch's FlopCounterMode count of the eager code.",

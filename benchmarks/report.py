@@ -1,18 +1,34 @@
-"""What every benchmark CLI ends with: the command that reproduces it, then the report printed and saved."""
+"""What every benchmark CLI starts and ends with: the provenance header (command, commit, machine, threads,
+versions), then the report printed and saved atomically."""
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 from pathlib import Path
 
+from engine.evaluation.provenance import markdown_header, run_record
 
-def command_line(script: str) -> str:
-    return f"Command: `python benchmarks/{Path(script).name} {' '.join(shlex.quote(a) for a in sys.argv[1:])}`"
+
+def command(script: str) -> str:
+    """The command line that reproduces this run, from the repository root."""
+    return f"python benchmarks/{Path(script).name} {' '.join(shlex.quote(a) for a in sys.argv[1:])}".rstrip()
+
+
+@functools.lru_cache(maxsize=None)
+def record(script: str) -> dict:
+    """The run's provenance, taken once per process: a long run calls it first, so the commit and code
+    version recorded are those the numbers were measured with."""
+    return run_record(command(script))
+
+
+def header(script: str) -> str:
+    return markdown_header(record(script))
 
 
 def emit(text: str, out: str | None) -> None:
     print(text)
     if out:
-        from engine.atomic import atomic_write_bytes
+        from engine.storage.atomic import atomic_write_bytes
 
         atomic_write_bytes(out, text.encode())  # a failed run never leaves a half-written report

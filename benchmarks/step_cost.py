@@ -8,32 +8,29 @@ the median (and quartiles) of one score evaluation on this machine's CPU, guided
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 
-import torch
-from report import command_line, emit
+from report import emit, header
 
-from engine.bundle import load_bundle
-from engine.checkpoint import DEFAULT_CHECKPOINT
-from engine.cost import step_cost, time_score_eval
+from engine.evaluation.cost import step_cost, time_score_eval
+from engine.storage.bundle import load_bundle
+from engine.storage.checkpoint import DEFAULT_CHECKPOINT
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    p.add_argument("--model", default="tapdiff")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    bundle = load_bundle(args.checkpoint)
+    bundle = load_bundle(args.checkpoint, model=args.model)
     c = step_cost(bundle)
     g = 1e9
     lines = [
-        command_line(__file__),
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-        "",
-        f"Parameters: {c.total_params:,} total, {c.trainable_params:,} trainable (the score network).",
+        header(__file__),
+        f"Model {c.model}. Parameters: {c.total_params:,} total, {c.trainable_params:,} trainable (the score network).",
         "",
         "| part | GMACs per clip per score evaluation |",
         "|---|---:|",

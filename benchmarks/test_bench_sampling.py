@@ -5,25 +5,23 @@
 import pytest
 import torch
 
-from engine.bundle import load_bundle
-from engine.checkpoint import DEFAULT_CHECKPOINT
-from engine.config import FeatureConfig
-from engine.guidance import TapdiffScore, guided
-from engine.vocoder import GriffinLim
+from engine.audio.vocoders import GriffinLim
+from engine.evaluation.cost import score_eval
+from engine.storage.bundle import load_bundle
+from engine.storage.checkpoint import DEFAULT_CHECKPOINT
+from engine.storage.config import FeatureConfig
 
 
-@pytest.fixture(scope="module")
-def bundle():
-    return load_bundle(DEFAULT_CHECKPOINT)
+@pytest.fixture(scope="module", params=["tapdiff", "two-model"])
+def bundle(request):
+    return load_bundle(DEFAULT_CHECKPOINT, model=request.param)
 
 
 @pytest.mark.parametrize("batch", [1, 16])
 @pytest.mark.parametrize("gamma", [0.0, 3.0])
 def test_score_evaluation(benchmark, bundle, batch, gamma):
-    f = bundle.features
-    fn = guided(TapdiffScore(bundle.extractor, bundle.subnet), torch.arange(batch) % 10, gamma)
-    x, s = torch.randn(batch, 1, f.n_mels, f.frames), torch.ones(batch)
-    benchmark.extra_info.update(batch=batch, guidance=gamma)
+    fn, x, s = score_eval(bundle, batch, gamma)
+    benchmark.extra_info.update(model=bundle.model, batch=batch, guidance=gamma)
     with torch.no_grad():
         out = benchmark(fn, x, s)
     assert torch.isfinite(out).all()

@@ -9,21 +9,21 @@ into a temporary folder).
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from report import command_line, emit
+from report import emit, header
 
-from engine.config import FeatureConfig
-from engine.vocoder import GriffinLim
-from engine.vocoder_compare import real_time_factor
+from engine.audio.vocoder_compare import real_time_factor
+from engine.audio.vocoders import GriffinLim
+from engine.storage.config import FeatureConfig
 
 
 def hifigan_model(directory):
-    from engine.hifigan import default_vocoder_dir, import_vocoder, load_vocoder
+    from engine.audio.hifigan_import import import_vocoder
+    from engine.storage.vocoder_store import default_vocoder_dir, load_vocoder
 
     d = Path(directory) if directory else default_vocoder_dir()
     if not (d / "hifigan.json").exists():
@@ -53,9 +53,9 @@ def main() -> int:
             return torch.from_numpy(sess.run(None, {"log_mel": m.numpy()})[0])
 
         rows["hifigan (onnxruntime CPU)"] = real_time_factor(ort_fn, mel, args.repeats)
-    lines = [command_line(__file__),
-             f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads; one second of audio (100 frames), "
-             f"batch 1, median of {args.repeats} after warm-up. RTF < 1 is faster than real time.", "",
+    lines = [header(__file__),
+             f"One second of audio (100 frames), batch 1, median of {args.repeats} after warm-up. RTF < 1 is faster "
+             "than real time.", "",
              "| vocoder | RTF median | min | max |", "|---|---:|---:|---:|"]
     lines += [f"| {k} | {v['rtf_median']:.3f} | {v['rtf_min']:.3f} | {v['rtf_max']:.3f} |" for k, v in rows.items()]
     emit("\n".join(lines) + "\n", args.out)

@@ -11,15 +11,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .audio_io import write_wav
-from .bundle import MODEL_NAMES, Bundle, load_bundle
-from .captured import StaticStepSampler, can_capture
-from .checkpoint import DEFAULT_CHECKPOINT
-from .features import log_mel_range
-from .guidance import PluginScore, TapdiffScore, guided
-from .samplers import SamplerSpec, draw_noise, sample
-from .sde import karras_schedule
-from .vocoder import make_vocoder
+from .audio.features import log_mel_range
+from .audio.vocoders import make_vocoder
+from .audio.wav import write_wav
+from .diffusion.captured import CapturedSampler, can_capture
+from .diffusion.guidance import conditioned
+from .diffusion.noise import clip_seed, draw_noise
+from .diffusion.score_model import score_model
+from .diffusion.solvers import SamplerSpec, get_solver, sample
+from .diffusion.taps import onehot
+from .storage.bundle import Bundle, load_bundle
+from .storage.checkpoint import DEFAULT_CHECKPOINT
 
 DEFAULT_GUIDANCE = 3.0
 
@@ -45,36 +47,37 @@ class Generation:
         return paths
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 class Engine:
     """Class-conditional speech generation with one frozen classifier as the backbone.
 
     >>> engine = Engine()                      # the shipped FSDD checkpoint
     >>> out = engine.generate([7], n=2, seed=0)
     >>> out.save("out/")
+
+    Clip k of a request is driven by its own generator seeded from (seed, k), so a clip does not depend on
+    ``batch_size`` or on the other clips of its request.
     """
 
-    def __init__(self, checkpoint: str | Path | None = None, vocoder: str | None = None, batch_size: int = 16,
-                 progress: bool = False, hifigan_dir: str | Path | None = None, device: str = "cpu",
-                 model: str = "tapdiff"):
+    def __init__(self, checkpoint: str | Path | None = None, model: str = "tapdiff", vocoder: str | None = None,
+                 batch_size: int = 16, progress: bool = False, hifigan_dir: str | Path | None = None,
+                 device: str = "cpu"):
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {device!r} requested but CUDA is not available to torch")
-        if model not in MODEL_NAMES:
-            raise ValueError(f"unknown model {model!r}; expected one of {sorted(MODEL_NAMES)}")
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.bundle: Bundle = load_bundle(checkpoint or DEFAULT_CHECKPOINT, model=model)
         self.model = model
-        self.bundle: Bundle = load_bundle(checkpoint or DEFAULT_CHECKPOINT, subnet_name=MODEL_NAMES[model])
-        self.bundle.classifier.to(self.device)
-        self.bundle.subnet.to(self.device)
-        self.batch_size = batch_size
-        self.progress = progress
-        # tapdiff: taps and guidance from one classifier pass; the x_t-only models get guidance separately
-        sub, tx = self.bundle.subnet, self.bundle.extractor
-        self.score = TapdiffScore(tx, sub) if sub.uses_taps else PluginScore(sub, tx)
+        self.score_model = score_model(self.bundle).to(self.device)
+        self.batch_size, self.progress = batch_size, progress
         sampling = self.bundle.config.get("sampling", {})
-        # Fallbacks for a checkpoint without a measured choice (benchmarks/choose_sampling.py --write)
-        self.default_steps = int(sampling.get("steps", 25))
-        self.default_sampler = sampling.get("sampler", "heun")
-        self.fade_sigma = float(sampling.get("guidance_fade_sigma", 0.0))
+        # Fallback for a checkpoint without a measured choice (benchmarks/choose_sampling.py --write)
+        self.default_sampler = SamplerSpec(sampling.get("sampler", "heun"), int(sampling.get("steps", 25)),
+                                           sampling.get("rho"), tuple(sorted(sampling.get("options", {}).items())))
         self.vocoder_name = vocoder or sampling.get("vocoder", "griffin-lim")
         self.vocoder = make_vocoder(self.vocoder_name, self.bundle.features, hifigan_dir)
 
@@ -82,58 +85,89 @@ class Engine:
     def labels(self) -> tuple[int, ...]:
         return self.bundle.labels
 
-    def _check(self, labels, n, steps, guidance, seed) -> None:
+    def sampler_spec(self, sampler: str | None = None, steps: int | None = None, nfe: int | None = None
+                     ) -> SamplerSpec:
+        """The run a request asks for: the checkpoint's default solver and schedule unless overridden;
+        ``nfe`` (score evaluations per clip) or ``steps``, not both. The default's options and rho carry
+        over only when its solver is kept."""
+        if steps is not None and nfe is not None:
+            raise ValueError("give steps or nfe, not both")
+        d = self.default_sampler
+        name = sampler or d.solver
+        get_solver(name)
+        rho, options = (d.rho, d.options) if name == d.solver else (None, ())
+        if nfe is not None:
+            return SamplerSpec.from_nfe(name, nfe, rho, options)
+        if steps is None:
+            steps = d.steps if name == d.solver else get_solver(name).steps_for_nfe(d.nfe)
+        return SamplerSpec(name, steps, rho, options)
+
+    def _check(self, labels, n, guidance, seed) -> None:
         for y in labels:
-            if y is not None and (isinstance(y, bool) or not isinstance(y, (int, np.integer)) or y not in self.labels):
+            if y is not None and (not _is_int(y) or y not in self.labels):
                 raise ValueError(f"unknown digit {y!r}; this checkpoint generates {list(self.labels)}")
-        if not isinstance(n, (int, np.integer)) or n < 1:
+        if not _is_int(n) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        if not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
         if (not isinstance(guidance, numbers.Real) or isinstance(guidance, bool) or math.isnan(guidance)
                 or guidance < 0 or math.isinf(guidance)):
             raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
-        if not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an integer, got {seed!r}")
+        if not _is_int(seed) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+
+    def _conditioning(self, chunk: Sequence[int | None], guidance: float):
+        """(onehot, gamma) of a chunk, or (None, None) when nothing in it is guided."""
+        if guidance == 0 or all(y is None for y in chunk):
+            return None, None
+        labels = torch.tensor([0 if y is None else y for y in chunk], device=self.device)
+        gamma = torch.tensor([0.0 if y is None else float(guidance) for y in chunk], device=self.device)
+        return onehot(labels, self.score_model.n_classes), gamma
 
     @torch.no_grad()
-    def sample_mels(self, labels: Sequence[int | None], steps: int, guidance: float, seed: int,
-                    sampler: str | None = None) -> torch.Tensor:
-        """Normalised log-Mel samples (N, 1, n_mels, frames), one per entry of ``labels``."""
-        feats, sde = self.bundle.features, self.bundle.sde
-        spec = SamplerSpec(name=sampler or self.default_sampler, steps=steps)
-        sigmas = karras_schedule(steps, sde)
-        gen = torch.Generator().manual_seed(seed)
+    def sample_mels(self, labels: Sequence[int | None], guidance: float, seed: int, spec: SamplerSpec,
+                    first_clip: int = 0) -> torch.Tensor:
+        """Normalised log-Mel samples (N, 1, n_mels, frames), one per entry of ``labels``; entry j is clip
+        ``first_clip + j`` of the request (its noise comes from ``clip_seed(seed, first_clip + j)``)."""
+        feats, solver = self.bundle.features, get_solver(spec.solver)
+        sigmas = spec.schedule(self.bundle.sde)
+        shape = (1, feats.n_mels, feats.frames)
+        options = dict(spec.options)
         out = []
-        chunks = [list(labels[i:i + self.batch_size]) for i in range(0, len(labels), self.batch_size)]
-        bar = tqdm(total=steps * len(chunks), desc="sampling", disable=None if self.progress else True, leave=False)
-        for chunk in chunks:
-            shape = (len(chunk), 1, feats.n_mels, feats.frames)
-            noise = draw_noise(shape, spec, gen, self.device)
-            cond = None if any(y is None for y in chunk) or guidance == 0 else torch.tensor(chunk, device=self.device)
-            fn = guided(self.score, cond, float(guidance), self.fade_sigma)
-            if can_capture(self.device) and spec.name != "heun":
-                # CUDA: one captured graph per chunk shape, replayed every step
-                out.append(StaticStepSampler(fn, shape, spec, self.device).run(sigmas, noise).cpu())
-                bar.update(steps)
+        chunks = range(0, len(labels), self.batch_size)
+        bar = tqdm(total=spec.steps * len(chunks), desc="sampling", disable=None if self.progress else True, leave=False)
+        for start in chunks:
+            chunk = list(labels[start:start + self.batch_size])
+            seeds = [clip_seed(seed, first_clip + start + j) for j in range(len(chunk))]
+            noise = draw_noise(seeds, shape, spec.steps, solver.noise_per_step, self.device)
+            fn = conditioned(self.score_model, *self._conditioning(chunk, guidance))
+            if can_capture(self.device):
+                # CUDA: one captured graph per step kind, replayed every step
+                runner = CapturedSampler(fn, solver, noise.prior.shape, self.device)
+                x = runner.run(sigmas, noise, options, callback=lambda *_: bar.update(1))
             else:
-                out.append(sample(fn, sigmas, noise, spec, progress=lambda i: bar.update(1)).cpu())
+                x = sample(fn, sigmas, noise, solver, options, callback=lambda *_: bar.update(1))
+            out.append(x.cpu())
         bar.close()
         return torch.cat(out)
 
     def generate(self, labels: int | Sequence[int] | None = None, n: int = 1, steps: int | None = None,
-                 guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sampler: str | None = None) -> Generation:
-        """``n`` clips per requested digit (``labels=None``: n unconditional clips, guidance ignored)."""
-        labels = [None] if labels is None else [labels] if isinstance(labels, (int, np.integer)) else list(labels)
+                 guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sampler: str | None = None,
+                 nfe: int | None = None) -> Generation:
+        """``n`` clips per requested digit (``labels=None``: n unconditional clips, guidance ignored).
+        ``sampler``/``steps``/``nfe`` override the checkpoint's measured default solver and budget."""
+        labels = [None] if labels is None else [labels] if _is_int(labels) else list(labels)
         if not labels:
             raise ValueError("labels is empty: ask for at least one digit")
-        steps = self.default_steps if steps is None else steps
-        self._check(labels, n, steps, guidance, seed)
+        self._check(labels, n, guidance, seed)
+        spec = self.sampler_spec(sampler, steps, nfe)
         flat = [y for y in labels for _ in range(n)]
-        x = self.sample_mels(flat, steps, guidance, seed, sampler)
+        x = self.sample_mels(flat, float(guidance), seed, spec)
+        return self.finish(flat, x)
+
+    def finish(self, labels: list[int | None], x: torch.Tensor) -> Generation:
+        """Normalised samples -> de-normalised log-Mels (clamped to what audio can reach) -> waveforms."""
         mels = self.bundle.normaliser.denormalise(x[:, 0])
         if not torch.isfinite(mels).all():
             raise FloatingPointError("sampling produced NaN or inf; try more steps or lower guidance")
         mels = mels.clamp(*log_mel_range(self.bundle.features))
         waves = torch.cat([self.vocoder(mels[i:i + 16]) for i in range(0, len(mels), 16)])
-        return Generation(flat, mels, waves, self.bundle.features.sample_rate)
+        return Generation(labels, mels, waves, self.bundle.features.sample_rate)

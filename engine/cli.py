@@ -1,4 +1,6 @@
-"""The ``tapdiff`` console script: generate, train-classifier, train-score, train-evaluator, evaluate."""
+"""The ``tapdiff`` console script: generate, train-classifier, train-score, train-evaluator, evaluate, vocoder.
+
+Choices (solvers, models, vocoders) are read from the engine's registries."""
 from __future__ import annotations
 
 import argparse
@@ -43,7 +45,8 @@ def cmd_generate(args) -> int:
     guidance = 0.0 if args.unguided else args.guidance
     labels = None if args.digit is None else args.digit
     t0 = time.monotonic()
-    out = engine.generate(labels, n=args.n, steps=args.steps, guidance=guidance, seed=args.seed, sampler=args.sampler)
+    out = engine.generate(labels, n=args.n, steps=args.steps, nfe=args.nfe, guidance=guidance, seed=args.seed,
+                          sampler=args.sampler)
     paths = out.save(args.out)
     if args.save_mels:
         import numpy as np
@@ -56,7 +59,7 @@ def cmd_generate(args) -> int:
 
 
 def _load_splits(data: str, labels, cfg):
-    from .data import list_items, load_features
+    from .audio.datasets import list_items, load_features
 
     train_items = list_items(data, "train", labels)
     test_items = list_items(data, "test", labels)
@@ -66,11 +69,11 @@ def _load_splits(data: str, labels, cfg):
 def cmd_train_classifier(args) -> int:
     import torch
 
-    from .bundle import normaliser_to_config
-    from .checkpoint import save_weights, write_config
-    from .config import ClassifierConfig, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max, to_dict
-    from .data import Normaliser, data_hash
-    from .train_classifier import accuracy_by_sigma, train_classifier
+    from .audio.datasets import Normaliser, data_hash
+    from .storage.bundle import normaliser_to_config
+    from .storage.checkpoint import save_weights, write_config
+    from .storage.config import ClassifierConfig, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max, to_dict
+    from .training.classifier import accuracy_by_sigma, train_classifier
 
     feats = FeatureConfig(frames=args.frames)
     items, train, test = _load_splits(args.data, args.labels, feats)
@@ -99,22 +102,17 @@ def cmd_train_classifier(args) -> int:
 
 
 def cmd_train_score(args) -> int:
-    from .bundle import load_bundle
-    from .checkpoint import save_weights, update_config
-    from .config import SubnetConfig, TrainConfig, to_dict
-    from .data import list_items, load_features
-    from .train_score import train_score
-    from .unet import UNetConfig
+    from .audio.datasets import list_items, load_features
+    from .diffusion.taps import TapExtractor
+    from .models.registry import score_network_kind
+    from .storage.bundle import load_bundle
+    from .storage.checkpoint import save_weights, update_config
+    from .storage.config import TrainConfig, to_dict
+    from .training.score import train_score
 
-    if args.model == "unet":
-        if args.ablation:
-            raise ValueError("--ablation applies to --model tapdiff (the x_t-only ScoreSubnet), not to the U-Net")
-        model_cfg = UNetConfig(widths=args.widths or UNetConfig().widths)
-        name = "unet"
-    else:
-        model_cfg = SubnetConfig(use_taps=not args.ablation, widths=args.widths or SubnetConfig().widths)
-        name = "score_ablation" if args.ablation else "score_subnet"
-    bundle = load_bundle(args.checkpoint, need_subnet=False)
+    kind = score_network_kind(args.model)
+    net_cfg = kind.default_config(args.widths)
+    bundle = load_bundle(args.checkpoint, model=None)
     labels = args.labels or bundle.labels
     if not set(labels) <= set(bundle.labels):
         raise ValueError(f"--labels {list(labels)} must be a subset of the classifier's labels {list(bundle.labels)}")
@@ -123,18 +121,19 @@ def cmd_train_score(args) -> int:
     tcfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, seconds=args.seconds, seed=args.seed,
                        labels=labels, ema_decay=args.ema)
     out = Path(args.checkpoint)
+    name = kind.weights
     snapshots = out / "state" / f"{name}_snapshots"
 
     def snapshot(ema, step, elapsed):
-        # EMA weights along the way, for the learning curve (recognised fraction vs training time).
+        # EMA weights along the way, for learning curves (quality vs training time).
         save_weights(snapshots, f"{int(elapsed):06d}s", ema.model, {})
         return {"snapshot": f"{int(elapsed):06d}s"}
 
-    ema, log = train_score(train, bundle.normaliser, bundle.extractor, model_cfg, bundle.sde, tcfg,
-                           (feats.n_mels, feats.frames), bundle.classifier.tap_channels, out / "state" / f"{name}.pt",
-                           on_checkpoint=snapshot, checkpoint_every_s=args.snapshot_every)
+    ema, log = train_score(train, bundle.normaliser, TapExtractor(bundle.classifier, bundle.sde), kind, net_cfg, tcfg,
+                           bundle.input_hw, out / "state" / f"{name}.pt", on_checkpoint=snapshot,
+                           checkpoint_every_s=args.snapshot_every)
     files = save_weights(out, name, ema.model, {})["files"]
-    update_config(out, {f"{name}_config": to_dict(model_cfg)}, files=files, training={name: {
+    update_config(out, {kind.config_key: to_dict(net_cfg)}, files=files, training={name: {
         "command": _command(args), "config": to_dict(tcfg), "steps": log["steps"], "seconds": round(log["seconds"], 1),
         "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"]}})
     print(json.dumps({"steps": log["steps"], "seconds": round(log["seconds"], 1)}))
@@ -142,14 +141,13 @@ def cmd_train_score(args) -> int:
 
 
 def cmd_train_evaluator(args) -> int:
-    from .bundle import load_bundle
-    from .checkpoint import save_weights, update_config
-    from .data import list_items, load_features
-    from .evaluation import judge
-    from .evaluator import train_eval_classifier
-    from .train_classifier import silence_frame
+    from .audio.datasets import list_items, load_features, silence_frame
+    from .evaluation.quality import judge
+    from .storage.bundle import load_bundle
+    from .storage.checkpoint import save_weights, update_config
+    from .training.evaluator import train_eval_classifier
 
-    bundle = load_bundle(args.checkpoint, need_subnet=False)
+    bundle = load_bundle(args.checkpoint, model=None)
     feats, norm = bundle.features, bundle.normaliser
     train = load_features(list_items(args.data, "train"), feats, progress=True)
     test = load_features(list_items(args.data, "test"), feats, progress=True)
@@ -168,51 +166,42 @@ def cmd_train_evaluator(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .api import Engine
-    from .bundle import load_bundle
-    from .data import list_items, load_features
-    from .evaluation import QualityReport, judge, real_halves_fd, recognition
-    from .evaluator import frechet_distance
+    from .evaluation.provenance import run_record
+    from .evaluation.quality import QualityJudge, evaluate_quality
+    from .storage.atomic import atomic_write_bytes
+    from .storage.bundle import load_bundle
 
-    eval_bundle = load_bundle(args.evaluator or args.checkpoint, need_subnet=False, need_evaluator=True)
     engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=True, model=args.model)
-    digits = list(args.digits or engine.labels)
-    test = load_features(list_items(args.data, "test", tuple(digits)), eval_bundle.features, progress=True)
-    _, real_emb = judge(eval_bundle.evaluator, test.mels, eval_bundle.normaliser)
-    floor = real_halves_fd(eval_bundle.evaluator, test, eval_bundle.normaliser)
+    judge = QualityJudge(load_bundle(args.evaluator or args.checkpoint, model=None, need_evaluator=True), args.data,
+                         args.digits or engine.labels)
     reports = []
     for guidance in args.guidance:
-        t0 = time.monotonic()
-        out = engine.generate(digits, n=args.n, steps=args.steps, guidance=guidance, seed=args.seed, sampler=args.sampler)
-        rec, per, emb = recognition(eval_bundle.evaluator, out.waves, out.labels, out.sample_rate,
-                                    eval_bundle.features, eval_bundle.normaliser)
-        report = QualityReport(args.n, args.steps or engine.default_steps, guidance, args.sampler or engine.default_sampler,
-                               rec, per, frechet_distance(emb, real_emb), floor,
-                               round(time.monotonic() - t0, 1))
+        save = (lambda out, g=guidance: out.save(Path(args.save_audio) / f"guidance_{g:g}")) if args.save_audio else None
+        report = evaluate_quality(engine, judge, args.n, guidance, args.seed, args.sampler, args.steps, args.nfe,
+                                  on_generation=save)
         reports.append(report.to_dict())
         print(json.dumps(report.to_dict()))
-        if args.save_audio:
-            out.save(Path(args.save_audio) / f"guidance_{guidance:g}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"command": _command(args), "reports": reports}, indent=2) + "\n")
+        record = {**run_record(_command(args)), "reports": reports}
+        atomic_write_bytes(args.json, (json.dumps(record, indent=2) + "\n").encode())
     return 0
 
 
 def cmd_vocoder_import(args) -> int:
-    from .hifigan import import_vocoder
+    from .audio.hifigan_import import import_vocoder
 
     print(import_vocoder(args.source, args.out, args.checkpoint, args.config))
     return 0
 
 
 def cmd_vocoder_compare(args) -> int:
-
-    from .audio_io import read_wav, resample
-    from .config import FeatureConfig
-    from .data import list_items
-    from .features import fit_to_window, peak_normalise
-    from .vocoder import make_vocoder
-    from .vocoder_compare import compare_vocoders
+    from .audio.datasets import list_items
+    from .audio.features import fit_to_window, peak_normalise
+    from .audio.vocoder_compare import compare_vocoders
+    from .audio.vocoders import make_vocoder
+    from .audio.wav import read_wav, resample
+    from .evaluation.provenance import run_record
+    from .storage.config import FeatureConfig
 
     cfg = FeatureConfig()
     items = list_items(args.data, "test")[:: max(1, len(list_items(args.data, "test")) // args.clips)][: args.clips]
@@ -227,12 +216,29 @@ def cmd_vocoder_compare(args) -> int:
     for r in rows:
         print(f"{r['vocoder']:<12} {r['stoi']:6.3f} {r['lsd']:7.2f} {r['rtf_median']:7.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": _command(args), "rows": rows}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({**run_record(_command(args)), "rows": rows}, indent=2) + "\n")
     return 0
 
 
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    from .diffusion.solvers import SOLVERS
+
+    p.add_argument("--sampler", choices=sorted(SOLVERS), default=None, help="solver (default: the checkpoint's)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None, help="solver steps (default: the checkpoint's)")
+    budget.add_argument("--nfe", type=int, default=None, help="score evaluations per clip (instead of --steps)")
+
+
+def _add_model(p: argparse.ArgumentParser, help_suffix: str = "") -> None:
+    from .models.registry import SCORE_NETWORKS
+
+    p.add_argument("--model", choices=list(SCORE_NETWORKS), default="tapdiff",
+                   help="; ".join(f"{k}: {v.description}" for k, v in SCORE_NETWORKS.items()) + help_suffix)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .config import ClassifierConfig
+    from .audio.vocoders import VOCODERS
+    from .storage.config import ClassifierConfig
 
     p = argparse.ArgumentParser(prog="tapdiff", description="Class-conditional speech generation from one frozen classifier.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -241,15 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--digit", type=int, action="append", help="digit to generate (repeatable); omit for unconditional")
     g.add_argument("-n", type=int, default=1, help="clips per digit")
     g.add_argument("--out", default="out", help="output folder")
-    g.add_argument("--steps", type=int, default=None, help="sampling steps (default: the checkpoint's)")
+    _add_sampling(g)
     g.add_argument("--guidance", type=float, default=3.0, help="classifier guidance strength gamma")
     g.add_argument("--unguided", action="store_true", help="no classifier guidance (gamma = 0)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--sampler", choices=("euler_maruyama", "pc", "heun"), default=None)
     g.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped FSDD checkpoint)")
-    g.add_argument("--model", choices=("tapdiff", "two-model", "ablation"), default="tapdiff",
-                   help="tapdiff (single backbone), two-model (U-Net + classifier guidance), ablation (x_t-only decoder)")
-    g.add_argument("--vocoder", choices=("griffin-lim", "hifigan"), default=None, help="default: the checkpoint's")
+    _add_model(g)
+    g.add_argument("--vocoder", choices=VOCODERS, default=None, help="default: the checkpoint's")
     g.add_argument("--save-mels", action="store_true", help="also write mels.npy (de-normalised log-Mel)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
@@ -268,13 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_train_classifier)
 
-    s = sub.add_parser("train-score", help="train ScoreSubnet (classifier frozen) into an existing checkpoint folder")
+    s = sub.add_parser("train-score", help="train a score network (classifier frozen) into an existing checkpoint folder")
     s.add_argument("--data", default=DEFAULT_DATA)
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--seconds", type=float, default=3600.0)
-    s.add_argument("--ablation", action="store_true", help="x_t only, no taps (saved as score_ablation)")
-    s.add_argument("--model", choices=("tapdiff", "unet"), default="tapdiff",
-                   help="tapdiff: ScoreSubnet on the classifier's taps; unet: the two-model baseline's score network")
+    _add_model(s)
     s.add_argument("--widths", type=_widths, default=None, help="channels per depth (default: the model's)")
     s.add_argument("--labels", type=_labels, default=None,
                    help="data regime for the score model, e.g. 7 or 0,1,2 (default: all the classifier's labels)")
@@ -298,15 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--evaluator", default=None, help="folder holding the evaluation classifier (default: --checkpoint)")
     v.add_argument("-n", type=int, default=10, help="clips per digit")
     v.add_argument("--digits", type=_labels, default=None)
-    v.add_argument("--steps", type=int, default=None)
+    _add_sampling(v)
     v.add_argument("--guidance", type=float, nargs="+", default=[3.0])
-    v.add_argument("--sampler", choices=("euler_maruyama", "pc", "heun"), default=None)
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--json", default=None, help="write the reports to this JSON file")
+    v.add_argument("--json", default=None, help="write the reports (with command, commit, machine) to this JSON file")
     v.add_argument("--save-audio", default=None, help="also write the generated WAVs under this folder")
-    v.add_argument("--model", choices=("tapdiff", "two-model", "ablation"), default="tapdiff",
-                   help="tapdiff (single backbone), two-model (U-Net + classifier guidance), ablation (x_t-only decoder)")
-    v.add_argument("--vocoder", choices=("griffin-lim", "hifigan"), default=None)
+    _add_model(v)
+    v.add_argument("--vocoder", choices=VOCODERS, default=None)
     v.set_defaults(func=cmd_evaluate)
 
     voc = sub.add_parser("vocoder", help="import or compare vocoders").add_subparsers(dest="vocoder_command", required=True)
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     vc = voc.add_parser("compare", help="copy-synthesis STOI, log-spectral distance and real-time factor")
     vc.add_argument("--data", default=DEFAULT_DATA)
     vc.add_argument("--clips", type=int, default=20)
-    vc.add_argument("--vocoders", nargs="+", choices=("griffin-lim", "hifigan"), default=["griffin-lim", "hifigan"])
+    vc.add_argument("--vocoders", nargs="+", choices=VOCODERS, default=list(VOCODERS))
     vc.add_argument("--hifigan-dir", default=None)
     vc.add_argument("--json", default=None)
     vc.set_defaults(func=cmd_vocoder_compare)
@@ -329,13 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
+    from .storage.checkpoint import CheckpointError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     if getattr(args, "checkpoint", None) is None and args.command == "evaluate":
-        from .checkpoint import DEFAULT_CHECKPOINT
+        from .storage.checkpoint import DEFAULT_CHECKPOINT
 
         args.checkpoint = str(DEFAULT_CHECKPOINT)
     try:

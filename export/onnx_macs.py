@@ -85,28 +85,21 @@ def count_onnx_macs(path: str | os.PathLike, feeds: dict) -> dict[str, int]:
     return counts
 
 
-def traced_step_macs(extractor, model, n_mels: int, frames: int, label: int = 0) -> dict[str, dict[str, int]]:
+def traced_step_macs(model, hw: tuple[int, int]) -> dict[str, dict[str, int]]:
     """MACs of one score evaluation for one clip, guided and unguided, counted on the ONNX graphs traced
-    from the engine's score code (``export.taps_graph.score_graph``); each export passes its parity check
-    against eager PyTorch first, so the counted graph is the one that computes the score."""
+    from the engine's score model; each export passes its parity check against eager PyTorch first, so the
+    counted graph is the one that computes the score."""
     import tempfile
 
-    import torch
-
+    from .graphs import SCORE_INPUTS, SCORE_OUTPUTS, score_inputs
     from .onnx_export import export_onnx
-    from .taps_graph import score_graph
-
-    n_classes = extractor.classifier.cfg.n_classes
-    names = ["x_t", "sigma", "onehot", "gamma"]
-
-    def inputs():
-        onehot = torch.nn.functional.one_hot(torch.tensor([label]), n_classes).float()
-        return torch.randn(1, 1, n_mels, frames), torch.tensor([1.0]), onehot, torch.tensor([3.0])
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind, flag in (("guided", True), ("unguided", False)):
-            path = export_onnx(score_graph(extractor, model, flag), inputs(), tmp, kind, names, ["score"], inputs,
-                               rtol=1e-3)
-            out[kind] = count_onnx_macs(path, {n: t.numpy() for n, t in zip(names, inputs())})
+        for kind, guided in (("guided", True), ("unguided", False)):
+            names = SCORE_INPUTS[guided]
+            example = score_inputs(model, 1, hw, guided)
+            path = export_onnx(model, example, tmp, kind, names, SCORE_OUTPUTS,
+                               lambda g=guided: score_inputs(model, 1, hw, g, seed=1), rtol=1e-3)
+            out[kind] = count_onnx_macs(path, {n: t.numpy() for n, t in zip(names, example)})
     return out

@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from engine.atomic import atomic_write_bytes
+from engine.storage.atomic import atomic_write_bytes
 
 Shape = tuple[int, ...]
 

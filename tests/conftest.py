@@ -37,6 +37,6 @@ def tiny_with_baselines(tiny_checkpoint, fsdd_root):
     from engine.cli import main
 
     data, ck = ["--data", str(fsdd_root)], ["--checkpoint", str(tiny_checkpoint), "--seconds", "2"]
-    assert main(["train-score", *ck, "--model", "unet", "--widths", "8,8,16,16", *data]) == 0
-    assert main(["train-score", *ck, "--ablation", "--widths", "8,8,16,16", *data]) == 0
+    assert main(["train-score", *ck, "--model", "two-model", "--widths", "8,8,16,16", *data]) == 0
+    assert main(["train-score", *ck, "--model", "ablation", "--widths", "8,8,16,16", *data]) == 0
     return tiny_checkpoint

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from engine.api import Engine
-from engine.audio_io import read_wav
-from engine.checkpoint import CheckpointError
+from engine.audio.wav import read_wav
+from engine.storage.checkpoint import CheckpointError
 from engine.cli import main
 
 
@@ -51,6 +51,10 @@ def test_same_seed_same_output_and_different_seed_differs(tiny_checkpoint):
     ({"labels": [7], "guidance": float("inf")}, "guidance must be"),
     ({"labels": [7], "guidance": "3"}, "guidance must be"),
     ({"labels": [7], "seed": 1.5}, "seed must be"),
+    ({"labels": [7], "seed": -1}, "seed must be"),
+    ({"labels": [7], "sampler": "ddim"}, "unknown sampler"),
+    ({"labels": [7], "steps": 3, "nfe": 3}, "steps or nfe"),
+    ({"labels": [7], "nfe": 0}, "nfe must be"),
     ({"labels": [], "n": 1}, "labels is empty"),
 ])
 def test_bad_generation_requests_are_named(tiny_checkpoint, kwargs, match):
@@ -102,7 +106,7 @@ def test_missing_and_corrupt_checkpoints_are_named(tiny_checkpoint, tmp_path):
 
 
 def test_commands_adding_to_one_bundle_keep_each_others_entries(tiny_checkpoint, tmp_path):
-    from engine.checkpoint import read_config, update_config
+    from engine.storage.checkpoint import read_config, update_config
 
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / "merge")
     stale = read_config(ck)  # what a long-running command read at its start
@@ -115,10 +119,22 @@ def test_commands_adding_to_one_bundle_keep_each_others_entries(tiny_checkpoint,
 
 
 def test_engine_takes_its_sampling_defaults_from_the_checkpoint(tiny_checkpoint, tmp_path):
-    from engine.checkpoint import update_config
+    from engine.storage.checkpoint import update_config
 
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / "defaults")
     update_config(ck, {"sampling": {"sampler": "heun", "steps": 2, "guidance_fade_sigma": 0.5, "vocoder": "griffin-lim"}})
     engine = Engine(ck)
-    assert (engine.default_sampler, engine.default_steps, engine.fade_sigma) == ("heun", 2, 0.5)
+    assert (engine.default_sampler.solver, engine.default_sampler.steps, engine.score_model.fade_sigma) == ("heun", 2, 0.5)
     assert torch.equal(engine.generate(7, seed=2).mels, engine.generate(7, steps=2, sampler="heun", seed=2).mels)
+    assert engine.sampler_spec(nfe=7).steps == 4 and engine.sampler_spec("dpmpp_2m").nfe == 3  # the default's NFE
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_a_clip_is_the_same_whatever_the_batch_size_or_request(tiny_checkpoint, batch_size):
+    """Per-clip seeds: clip k of a request depends on (seed, k) only (up to the last bits of batched sums)."""
+    reference = Engine(tiny_checkpoint, batch_size=5).generate([1, 7], n=3, steps=4, seed=11, sampler="dpmpp_2m_sde")
+    out = Engine(tiny_checkpoint, batch_size=batch_size).generate([1, 7], n=3, steps=4, seed=11, sampler="dpmpp_2m_sde")
+    assert torch.allclose(out.mels, reference.mels, rtol=1e-4, atol=1e-4)
+    shorter = Engine(tiny_checkpoint, batch_size=batch_size).generate([1], n=2, steps=4, seed=11, sampler="dpmpp_2m_sde")
+    assert torch.allclose(shorter.mels, reference.mels[:2], rtol=1e-4, atol=1e-4)  # clips 0, 1 of the request
+    assert not torch.allclose(reference.mels[0], reference.mels[1], atol=1e-2)  # clips differ from each other

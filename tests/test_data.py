@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.audio_io import write_wav
-from engine.config import FeatureConfig
-from engine.data import Normaliser, data_hash, list_items, load_features, shift_in_time
+from engine.audio.wav import write_wav
+from engine.storage.config import FeatureConfig
+from engine.audio.datasets import Normaliser, data_hash, list_items, load_features, shift_in_time
 
 
 def test_fsdd_official_split_and_label_subsets(fsdd_root):

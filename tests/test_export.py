@@ -1,25 +1,25 @@
-"""Exported graphs run in onnxruntime's CPU provider against eager PyTorch, and use only operators that
-TensorRT's ONNX parser supports (checked against its support matrix; TensorRT itself is not installable here)."""
+"""Exported graphs run in onnxruntime's CPU provider against eager PyTorch, are the engine's own modules
+(the exported score equals the engine's score function, fade included), and use only operators that
+TensorRT's ONNX parser supports (checked against its support matrix; TensorRT is not installable here)."""
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from engine.classifier import NoiseConditionedClassifier
-from engine.config import ClassifierConfig, SDEConfig
-from engine.taps import TapExtractor
-
-pytest.importorskip("onnxruntime")
-from export.onnx_export import export_onnx, ort_session  # noqa: E402
-from export.taps_graph import TapsGraph  # noqa: E402
-from export.trt_ops import check_onnx_for_tensorrt, load_support_matrix  # noqa: E402
+from engine.diffusion.guidance import conditioned
+from engine.diffusion.taps import TapExtractor, onehot
+from engine.models.classifier import NoiseConditionedClassifier
+from engine.storage.config import ClassifierConfig, SDEConfig
+from export.graphs import SCORE_INPUTS, SCORE_OUTPUTS, TapsGraph, score_inputs
+from export.onnx_export import export_onnx, ort_session
+from export.trt_ops import check_onnx_for_tensorrt, load_support_matrix
 
 MATRIX = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tensorrt" / "onnx-operators-trt10.md"
 
 
 def taps_inputs(b):
-    return torch.randn(b, 1, 80, 72) * 2, torch.rand(b) * 5 + 0.05, torch.nn.functional.one_hot(torch.arange(b) % 10, 10).float()
+    return torch.randn(b, 1, 80, 72) * 2, torch.rand(b) * 5 + 0.05, onehot(torch.arange(b) % 10, 10)
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +43,13 @@ def test_tap_extractor_with_explicit_adjoint_exports_and_matches_eager(taps_onnx
     sess = ort_session(path)
     x, s, oh = taps_inputs(5)  # a batch size the export never saw
     got = sess.run(None, {"x_t": x.numpy(), "sigma": s.numpy(), "onehot": oh.numpy()})
-    taps = graph.extractor(x, s, oh.argmax(-1))
-    ref = [*taps.features, *taps.grads, taps.input_grad, taps.guidance, taps.logits]
+    ref = graph.extractor(x, s, oh).flat()
     for name, g, r in zip(graph.output_names(), got, ref):
         err = (torch.from_numpy(g) - r).abs().max()
         assert err <= 1e-4 * r.abs().max() + 1e-12, name
 
 
 def test_exported_taps_graph_uses_only_tensorrt_supported_operators(taps_onnx):
-    if not MATRIX.is_file():
-        pytest.skip(f"TensorRT operator matrix not found at {MATRIX}")
     report = check_onnx_for_tensorrt(taps_onnx[0], load_support_matrix(MATRIX))
     assert report.ok, report.unsupported
     assert {"Conv", "ConvTranspose", "Sigmoid"} <= set(report.ops)
@@ -74,26 +71,31 @@ def test_missing_provider_is_reported(taps_onnx):
         ort_session(taps_onnx[0], providers=("NoSuchExecutionProvider",))
 
 
-def test_whole_guided_score_function_exports_and_uses_only_tensorrt_operators(tmp_path):
-    from engine.config import SubnetConfig
-    from engine.score_subnet import ScoreSubnet
-    from export.taps_graph import ScoreGraph
+@pytest.mark.parametrize("fade", [0.0, 1.0])
+def test_exported_score_equals_the_engines_score_function(tmp_path, fade):
+    """The shipped checkpoint's score model, exported as it is, against the function the engine's solvers
+    call (``conditioned(engine.score_model, onehot, gamma)``), guided with a guidance fade and without, and
+    unguided; in onnxruntime, on inputs the export never saw."""
+    from engine.api import Engine
 
-    clf = NoiseConditionedClassifier(ClassifierConfig(widths=(8, 16, 16, 24), emb_dim=16))
-    sub = ScoreSubnet(SubnetConfig(widths=(8, 16, 16, 24), emb_dim=16, heads=2), SDEConfig(), clf.tap_channels, (80, 72))
-    with torch.no_grad():
-        for p in [*clf.parameters(), *sub.parameters()]:
-            p.add_(0.05 * torch.randn_like(p))  # zero-initialised output layers would make the check vacuous
-    graph = ScoreGraph(TapExtractor(clf.eval(), SDEConfig()), sub.eval())
-
-    def inputs():
-        x, s, oh = taps_inputs(2)
-        return x, s, oh, torch.tensor([3.0, 0.0])
-
-    path = export_onnx(graph, inputs(), tmp_path, "score", ["x_t", "sigma", "onehot", "gamma"], ["score"], inputs)
-    parity = json.loads(path.with_suffix(".json").read_text())["parity"]["errors"]["score"]
-    assert parity["max_ref"] > 0.1 and parity["max_abs"] <= 1e-4 * parity["max_ref"]
-    if MATRIX.is_file():
+    engine = Engine()
+    engine.score_model.fade_sigma = fade
+    model, hw = engine.score_model, engine.bundle.input_hw
+    for guided in (True, False):
+        names = SCORE_INPUTS[guided]
+        path = export_onnx(model, score_inputs(model, 2, hw, guided), tmp_path, f"score_{guided}", names, SCORE_OUTPUTS,
+                           lambda g=guided: score_inputs(model, 2, hw, g, seed=1))
+        x, sigma, *cond = score_inputs(model, 2, hw, guided, seed=2)
+        got = ort_session(path).run(None, {n: t.numpy() for n, t in zip(names, (x, sigma, *cond))})[0]
+        with torch.no_grad():
+            ref = conditioned(engine.score_model, *(cond or (None, None)))(x, sigma)
+        assert float((torch.from_numpy(got) - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
+        if guided:  # the fade is in the graph: the same inputs without it give another output
+            engine.score_model.fade_sigma = 1.0 - fade
+            with torch.no_grad():
+                other = conditioned(engine.score_model, *cond)(x, sigma)
+            engine.score_model.fade_sigma = fade
+            assert float((other - ref).abs().max()) > 1e-3
         report = check_onnx_for_tensorrt(path, load_support_matrix(MATRIX))
         assert report.ok and report.dynamic_inputs == [], report.unsupported  # static shapes: a fixed profile
 
@@ -118,39 +120,35 @@ def test_tensorrt_profiles_and_cache_key_without_tensorrt(taps_onnx, tmp_path):
         assert not (tmp_path / "x.plan").exists()
 
 
-@pytest.mark.parametrize("name", ["score_subnet", "score_ablation", "unet"])
-def test_macs_counted_on_the_traced_graph_equal_the_eager_count(tiny_with_baselines, name):
+@pytest.mark.parametrize("model", ["tapdiff", "ablation", "two-model"])
+def test_macs_counted_on_the_traced_graph_equal_the_eager_count(tiny_with_baselines, model):
     """Two independent MAC counts of one score evaluation agree exactly: torch's FlopCounterMode over the
     eager code (explicit adjoint included) and the operators of the exported ONNX graph, guided and not."""
-    from engine.bundle import load_bundle
-    from engine.cost import step_cost
+    from engine.diffusion.score_model import score_model
+    from engine.evaluation.cost import step_cost
+    from engine.storage.bundle import load_bundle
     from export.onnx_macs import traced_step_macs
 
-    b = load_bundle(tiny_with_baselines, subnet_name=name)
-    traced = traced_step_macs(b.extractor, b.subnet, b.features.n_mels, b.features.frames, label=b.labels[0])
+    b = load_bundle(tiny_with_baselines, model=model)
+    traced = traced_step_macs(score_model(b), b.input_hw)
     eager = step_cost(b)
     assert traced["guided"]["total"] == eager.guided_macs
     assert traced["unguided"]["total"] == eager.unguided_macs
     assert traced["guided"]["ConvTranspose"] > 0  # the classifier's adjoint is in the guided graph
-    assert ("ConvTranspose" in traced["unguided"]) == b.subnet.uses_taps  # plug-ins skip the classifier
+    assert ("ConvTranspose" in traced["unguided"]) == b.score_net.uses_taps  # plug-ins skip the classifier
 
 
 def test_two_model_score_exports_with_tensorrt_supported_operators(tiny_with_baselines, tmp_path):
-    from engine.bundle import load_bundle
-    from export.taps_graph import score_graph
+    from engine.diffusion.score_model import score_model
+    from engine.storage.bundle import load_bundle
 
-    b = load_bundle(tiny_with_baselines, subnet_name="unet")
+    b = load_bundle(tiny_with_baselines, model="two-model")
     with torch.no_grad():
-        for p in b.subnet.parameters():
+        for p in b.score_net.parameters():
             p.add_(0.05 * torch.randn_like(p))  # zero-initialised output layers would make the parity check vacuous
-
-    def inputs():
-        x, s, oh = taps_inputs(2)
-        return x, s, oh, torch.tensor([3.0, 1.0])
-
-    path = export_onnx(score_graph(b.extractor, b.subnet), inputs(), tmp_path, "two_model",
-                       ["x_t", "sigma", "onehot", "gamma"], ["score"], inputs)
-    assert json.loads(path.with_suffix(".json").read_text())["parity"]["errors"]["score"]["max_ref"] > 0.1
-    if MATRIX.is_file():
-        report = check_onnx_for_tensorrt(path, load_support_matrix(MATRIX))
-        assert report.ok, report.unsupported
+    model = score_model(b)
+    path = export_onnx(model, score_inputs(model, 2, b.input_hw, True), tmp_path, "two_model", SCORE_INPUTS[True],
+                       SCORE_OUTPUTS, lambda: score_inputs(model, 2, b.input_hw, True, seed=1))
+    assert json.loads(path.with_suffix(".json").read_text())["parity"]["errors"]["denoised"]["max_ref"] > 0.1
+    report = check_onnx_for_tensorrt(path, load_support_matrix(MATRIX))
+    assert report.ok, report.unsupported

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.audio_io import AudioFileError, read_wav, write_wav
-from engine.config import FeatureConfig
-from engine.features import clip_features, fit_to_window, log_mel, log_mel_range, mel_filterbank
+from engine.audio.wav import AudioFileError, read_wav, write_wav
+from engine.storage.config import FeatureConfig
+from engine.audio.features import clip_features, fit_to_window, log_mel, log_mel_range, mel_filterbank
 
 CFG = FeatureConfig()
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.hifigan import (CONFIG_FILE, WEIGHTS_FILE, ts_package_installed, HiFiGANConfig, HiFiGANGenerator, fold_weight_norm,
-                            load_original_checkpoint, load_torchscript_package, load_vocoder, save_vocoder)
+from engine.audio.hifigan_import import load_original_checkpoint, load_torchscript_package, ts_package_installed
+from engine.models.hifigan import HiFiGANConfig, HiFiGANGenerator, fold_weight_norm
+from engine.storage.vocoder_store import CONFIG_FILE, WEIGHTS_FILE, load_vocoder, save_vocoder
 
 TINY = HiFiGANConfig(n_mels=80, upsample_rates=(4, 2), upsample_kernel_sizes=(8, 4), upsample_initial_channel=16,
                      resblock="1", resblock_kernel_sizes=(3, 5), resblock_dilation_sizes=((1, 3), (1, 3)),
@@ -44,7 +45,7 @@ def one_intra_op_thread():
 
 @pytest.fixture(scope="module")
 def ts_pair():
-    from engine.hifigan import find_ts_package_file
+    from engine.audio.hifigan_import import find_ts_package_file
 
     model, config = load_torchscript_package(verify=False)
     with warnings.catch_warnings():
@@ -132,7 +133,7 @@ def test_checkpoint_of_another_architecture_is_rejected_with_its_keys(tmp_path):
 
 
 def test_import_original_checkpoint_with_jik876_config_json(tmp_path):
-    from engine.hifigan import import_vocoder
+    from engine.audio.hifigan_import import import_vocoder
 
     model = _tiny(seed=6)
     torch.save({"generator": model.state_dict()}, tmp_path / "g_00000002")

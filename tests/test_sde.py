@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from engine.config import SDEConfig
-from engine.sde import karras_schedule, marginal_std, perturb, precondition, sample_training_sigma
+from engine.storage.config import SDEConfig
+from engine.diffusion.sde import karras_schedule, marginal_std, perturb, precondition, sample_training_sigma
 
 SDE = SDEConfig(sigma_min=0.005, sigma_max=152.0, sigma_data=1.0)
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from engine.api import Engine
-from engine.bundle import load_bundle
-from engine.checkpoint import DEFAULT_CHECKPOINT
-from engine.evaluation import recognition
+from engine.evaluation.quality import QualityJudge, evaluate_quality
+from engine.storage.bundle import load_bundle
+from engine.storage.checkpoint import DEFAULT_CHECKPOINT
 
 
 @pytest.fixture(scope="module")
@@ -22,16 +22,15 @@ def test_shipped_checkpoint_is_complete_and_records_its_provenance():
         assert cfg["training"][part]["command"].startswith("tapdiff train-")
     assert len(cfg["data"]["hash"]) == 64
     clf = sum(p.numel() for p in b.classifier.parameters())
-    sub = sum(p.numel() for p in b.subnet.parameters())
+    sub = sum(p.numel() for p in b.score_net.parameters())
     assert sub < clf  # the adapter stays smaller than its backbone
 
 
-def test_guided_samples_are_recognised_more_often_than_unguided(engine):
-    ev = load_bundle(DEFAULT_CHECKPOINT, need_subnet=False, need_evaluator=True)
-    digits = list(range(10))
+def test_guided_samples_are_recognised_more_often_than_unguided(engine, fsdd_root):
+    judge = QualityJudge(load_bundle(DEFAULT_CHECKPOINT, model=None, need_evaluator=True), fsdd_root, range(10))
     rates = {}
     for gamma in (0.0, 3.0):
-        out = engine.generate(digits, n=2, steps=25, guidance=gamma, seed=0)
-        assert torch.isfinite(out.waves).all()
-        rates[gamma], _, _ = recognition(ev.evaluator, out.waves, out.labels, out.sample_rate, ev.features, ev.normaliser)
+        r = evaluate_quality(engine, judge, 2, gamma, seed=0, sampler="dpmpp_2m_sde", nfe=20)
+        assert r.nfe == 20 and r.fd > judge.floor
+        rates[gamma] = r.recognised
     assert rates[3.0] > rates[0.0] + 0.2, rates

@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from engine.classifier import NoiseConditionedClassifier
-from engine.config import ClassifierConfig, SDEConfig
-from engine.score_subnet import TapAttention
-from engine.taps import TapExtractor
-from engine.unet import SelfAttention
+from engine.models.classifier import NoiseConditionedClassifier
+from engine.storage.config import ClassifierConfig, SDEConfig
+from engine.models.score_subnet import TapAttention
+from engine.diffusion.taps import TapExtractor, onehot
+from engine.models.unet import SelfAttention
 
 
 @pytest.mark.parametrize("make", [
@@ -33,7 +33,7 @@ def test_tap_gradients_own_their_memory():
     clf = NoiseConditionedClassifier(ClassifierConfig(widths=(8, 16, 16, 24), emb_dim=16)).eval()
     x, s, y = torch.randn(2, 1, 80, 72), torch.tensor([0.5, 3.0]), torch.tensor([1, 4])
     with torch.no_grad():
-        guided, unguided = TapExtractor(clf, SDEConfig())(x, s, y), TapExtractor(clf, SDEConfig())(x, s)
+        guided, unguided = TapExtractor(clf, SDEConfig())(x, s, onehot(y, 10)), TapExtractor(clf, SDEConfig())(x, s)
     for g, u in zip(guided.grads, unguided.grads):
         assert g.untyped_storage().nbytes() == g.numel() * g.element_size()  # not a view of the (2, ...) stack
         assert torch.allclose(g, u, rtol=1e-5, atol=1e-9)

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from engine.classifier import NoiseConditionedClassifier
-from engine.config import ClassifierConfig, SDEConfig
-from engine.sde import precondition
-from engine.taps import TapExtractor
+from engine.models.classifier import NoiseConditionedClassifier
+from engine.storage.config import ClassifierConfig, SDEConfig
+from engine.diffusion.sde import precondition
+from engine.diffusion.taps import TapExtractor, onehot
 
 SDE = SDEConfig(sigma_min=0.005, sigma_max=152.0)
 
@@ -24,7 +24,7 @@ def test_one_backward_tap_extractor_matches_separate_autograd_calls(norm):
     x = torch.randn(3, 1, 80, 72) * 2
     sigma = torch.tensor([0.05, 1.0, 20.0])
     y = torch.tensor([1, 4, 7])
-    taps = tx(x, sigma, y)
+    taps = tx(x, sigma, onehot(y, 10))
 
     _, _, c_in, c_noise = precondition(sigma, SDE)
     xr = x.clone().requires_grad_(True)
@@ -55,25 +55,31 @@ def test_extraction_runs_one_forward_and_one_backward(monkeypatch):
         calls["forward"] += 1
         return fwd(*a, **k)
 
-    def counting_adjoint(fp, cot):
+    def counting_adjoint(fp, cot, **kw):
         calls["adjoint"] += 1
         calls["S"].append(cot.shape[0])
-        return adj(fp, cot)
+        return adj(fp, cot, **kw)
 
     monkeypatch.setattr(clf, "forward_with_tape", counting_forward)
     monkeypatch.setattr(clf, "adjoint", counting_adjoint)
     tx = TapExtractor(clf, SDE)
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: pytest.fail("autograd saved a tensor"), lambda t: t):
-        with torch.no_grad():
-            tx(torch.randn(2, 1, 80, 72), torch.ones(2), torch.tensor([0, 1]))
-            tx(torch.randn(2, 1, 80, 72), torch.ones(2))
-    assert calls == {"forward": 2, "adjoint": 2, "S": [2, 1]}
+    assert torch.is_grad_enabled() and all(p.requires_grad for p in clf.parameters())  # autograd would record
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        taps = tx(torch.randn(2, 1, 80, 72), torch.ones(2), onehot(torch.tensor([0, 1]), 10))
+        tx(torch.randn(2, 1, 80, 72), torch.ones(2))
+        tx.guidance_gradient(torch.randn(2, 1, 80, 72), torch.ones(2), onehot(torch.tensor([0, 1]), 10))
+    assert calls == {"forward": 3, "adjoint": 3, "S": [2, 1, 1]}
+    assert saved == [] and not taps.guidance.requires_grad  # the explicit adjoint replaces autograd
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        clf(torch.randn(2, 1, 80, 72), torch.zeros(2))  # the same forward outside the extractor does record
+    assert saved
 
 
 def test_unguided_extraction_has_no_guidance_and_same_taps():
     tx = TapExtractor(random_classifier("affine"), SDE)
     x, s = torch.randn(2, 1, 80, 72), torch.tensor([0.5, 3.0])
-    a, b = tx(x, s), tx(x, s, torch.tensor([2, 3]))
+    a, b = tx(x, s), tx(x, s, onehot(torch.tensor([2, 3]), 10))
     assert a.guidance is None
     for ga, gb in zip(a.grads, b.grads):
         assert torch.allclose(ga, gb, atol=1e-6)

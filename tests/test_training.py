@@ -1,16 +1,19 @@
+import pytest
 import torch
 
-from engine.classifier import NoiseConditionedClassifier
-from engine.config import ClassifierConfig, SDEConfig, SubnetConfig, TrainConfig
-from engine.data import FeatureSet, Normaliser
-from engine.score_subnet import ScoreSubnet
-from engine.taps import TapExtractor
-from engine.train_score import dsm_loss, train_score
-from engine.training import train_loop
+import engine.training.score as score_training
+from engine.audio.datasets import FeatureSet, Normaliser
+from engine.diffusion.score_model import build_score_model
+from engine.diffusion.taps import TapExtractor
+from engine.models.classifier import NoiseConditionedClassifier
+from engine.models.registry import SCORE_NETWORKS
+from engine.storage.config import ClassifierConfig, SDEConfig, SubnetConfig, TrainConfig
+from engine.training.score import dsm_loss, train_score
 
 SDE = SDEConfig(sigma_min=0.005, sigma_max=40.0)
 TINY_CLF = ClassifierConfig(widths=(8, 8, 16, 16), emb_dim=16)
 TINY_SUB = SubnetConfig(widths=(8, 8, 16, 16), emb_dim=16, heads=2)
+TAPDIFF = SCORE_NETWORKS["tapdiff"]
 
 
 def tiny_data(n=8):
@@ -22,48 +25,66 @@ def tiny_data(n=8):
 def test_dsm_loss_falls_when_overfitting_a_few_clips():
     data = tiny_data()
     norm = Normaliser.fit(data.mels)
-    clf = NoiseConditionedClassifier(TINY_CLF).eval()
-    tx = TapExtractor(clf, SDE)
+    tx = TapExtractor(NoiseConditionedClassifier(TINY_CLF).eval(), SDE)
     x0 = norm.normalise(data.mels)[:, None]
     g = torch.Generator().manual_seed(1)
     sigma, noise = torch.exp(torch.randn(64, generator=g) * 0.5), torch.randn((64, *x0.shape[1:]), generator=g)
     x0r = x0[torch.arange(64) % len(x0)]
-    subnet = ScoreSubnet(TINY_SUB, SDE, clf.tap_channels, (80, 72))
+    fresh = build_score_model(tx, TAPDIFF.build(TINY_SUB, tx.tap_channels, (80, 72)))
     with torch.no_grad():
-        before = float(dsm_loss(subnet, tx, x0r, sigma, noise, SDE))
+        before = float(dsm_loss(fresh, x0r, sigma, noise))
     cfg = TrainConfig(batch_size=8, lr=3e-3, seconds=1e9, max_steps=60, labels=tuple(range(10)))
-    ema, log = train_score(data, norm, tx, TINY_SUB, SDE, cfg, (80, 72), clf.tap_channels, progress=False)
-    after = float(dsm_loss(ema.model, tx, x0r, sigma, noise, SDE))
+    ema, log = train_score(data, norm, tx, TAPDIFF, TINY_SUB, cfg, (80, 72), progress=False)
+    with torch.no_grad():
+        after = float(dsm_loss(build_score_model(tx, ema.model), x0r, sigma, noise))
     assert log["steps"] == 60
     assert after < 0.7 * before, (before, after)
 
 
 def test_score_training_leaves_the_classifier_frozen():
     data = tiny_data()
-    norm = Normaliser.fit(data.mels)
     clf = NoiseConditionedClassifier(TINY_CLF)
     before = {k: v.clone() for k, v in clf.state_dict().items()}
     cfg = TrainConfig(batch_size=4, seconds=1e9, max_steps=5)
-    train_score(data, norm, TapExtractor(clf, SDE), TINY_SUB, SDE, cfg, (80, 72), clf.tap_channels, progress=False)
+    train_score(data, Normaliser.fit(data.mels), TapExtractor(clf, SDE), TAPDIFF, TINY_SUB, cfg, (80, 72), progress=False)
     assert all(torch.equal(before[k], v) for k, v in clf.state_dict().items())
     assert not any(p.requires_grad for p in clf.parameters())
 
 
-def test_training_resumes_from_saved_state(tmp_path):
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 1)
-    target = torch.randn(64, 4)
+def _run(tmp_path, name: str, steps: int, monkeypatch) -> tuple[dict, dict, int]:
+    """train_score up to ``steps`` total steps with state file ``name``: (EMA weights, trained weights, loss calls)."""
+    calls = []
+    real = score_training.dsm_loss
+    monkeypatch.setattr(score_training, "dsm_loss", lambda *a: calls.append(1) or real(*a))
+    data = tiny_data()
+    torch.manual_seed(0)  # the same frozen classifier in every run
+    tx = TapExtractor(NoiseConditionedClassifier(TINY_CLF).eval(), SDE)
+    cfg = TrainConfig(batch_size=4, lr=3e-3, seconds=1e9, max_steps=steps, seed=3)
+    ema, log = train_score(data, Normaliser.fit(data.mels), tx, TAPDIFF, TINY_SUB, cfg, (80, 72),
+                           state_path=tmp_path / name, progress=False)
+    state = torch.load(tmp_path / name, weights_only=False)
+    assert log["steps"] == steps == state["step"]
+    return ema.model.state_dict(), state["model"], len(calls)
 
-    def loss_fn(gen):
-        idx = torch.randint(64, (8,), generator=gen)
-        return model(target[idx]).pow(2).mean()
 
-    state = tmp_path / "state.pt"
-    _, log1 = train_loop(model, loss_fn, TrainConfig(seconds=1e9, max_steps=10), state, "t", progress=False)
-    w_after_10 = model.weight.detach().clone()
-    model2 = torch.nn.Linear(4, 1)
-    model = model2
-    _, log2 = train_loop(model2, loss_fn, TrainConfig(seconds=1e9, max_steps=15), state, "t", progress=False)
-    assert log1["steps"] == 10 and log2["steps"] == 15
-    assert not torch.equal(model2.weight.detach(), w_after_10)  # continued from the restored weights
-    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left behind
+def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    whole_ema, whole, n_whole = _run(tmp_path, "whole.pt", 15, monkeypatch)
+    _, _, n_first = _run(tmp_path, "split.pt", 10, monkeypatch)
+    split_ema, split, n_rest = _run(tmp_path, "split.pt", 15, monkeypatch)  # resumes from step 10
+    assert (n_whole, n_first, n_rest) == (15, 10, 5)
+    for k in whole:
+        assert torch.equal(whole[k], split[k]), k
+        assert torch.equal(whole_ema[k], split_ema[k]), k
+    # Skipping the resume (5 steps from a fresh start, same seed) gives other weights: the test can fail.
+    skipped_ema, skipped, _ = _run(tmp_path, "skipped.pt", 5, monkeypatch)
+    assert any(not torch.allclose(whole[k], skipped[k]) for k in whole)
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["skipped.pt", "split.pt", "whole.pt"]  # no temp files
+
+
+def test_training_refuses_an_empty_label_set():
+    data = tiny_data()
+    cfg = TrainConfig(batch_size=4, seconds=1e9, max_steps=1, labels=(9,))
+    data.labels[:] = 0
+    with pytest.raises(ValueError, match="no training clips"):
+        train_score(data, Normaliser.fit(data.mels), TapExtractor(NoiseConditionedClassifier(TINY_CLF), SDE), TAPDIFF,
+                    TINY_SUB, cfg, (80, 72), progress=False)

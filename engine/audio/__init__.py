@@ -1,0 +1,1 @@
+"""Audio: the log-Mel definition, WAV I/O, datasets (FSDD, Speech Commands / SC09) and vocoders."""

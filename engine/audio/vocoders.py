@@ -1,0 +1,90 @@
+"""Mel -> waveform. Griffin-Lim (fast, momentum variant) in the engine's own STFT convention.
+
+Every vocoder is a callable: (B, n_mels, frames) natural-log Mel -> (B, frames * hop) waveform at
+FeatureConfig.sample_rate.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..storage.config import FeatureConfig
+from .features import mel_filterbank
+
+
+def check_mel(log_mel: torch.Tensor, cfg: FeatureConfig) -> None:
+    if log_mel.ndim != 3 or log_mel.shape[1] != cfg.n_mels:
+        raise ValueError(f"expected log-Mel of shape (batch, {cfg.n_mels}, frames), got {tuple(log_mel.shape)}")
+    if not torch.isfinite(log_mel).all():
+        raise ValueError("log-Mel contains NaN or inf")
+
+
+def _stft(wave: torch.Tensor, cfg: FeatureConfig, window: torch.Tensor) -> torch.Tensor:
+    pad = (cfg.n_fft - cfg.hop_length) // 2
+    x = F.pad(wave[:, None], (pad, pad), mode="reflect")[:, 0]
+    return torch.stft(x, cfg.n_fft, cfg.hop_length, cfg.win_length, window, center=False, return_complex=True)
+
+
+def _istft(spec: torch.Tensor, cfg: FeatureConfig, window: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_stft``: windowed overlap-add normalised by the summed squared window, then unpadded."""
+    frames = spec.shape[-1]
+    seg = torch.fft.irfft(spec, n=cfg.n_fft, dim=1) * window[None, :, None]
+    length = (frames - 1) * cfg.hop_length + cfg.n_fft
+    ola = F.fold(seg, (1, length), (1, cfg.n_fft), stride=(1, cfg.hop_length))[:, 0, 0]
+    wsq = F.fold((window ** 2)[None, :, None].expand(1, -1, frames), (1, length), (1, cfg.n_fft),
+                 stride=(1, cfg.hop_length))[0, 0, 0]
+    pad = (cfg.n_fft - cfg.hop_length) // 2
+    return (ola / wsq.clamp_min(1e-8))[:, pad:length - pad]
+
+
+class GriffinLim:
+    """Mel magnitudes -> linear magnitudes (least squares, clamped at 0) -> fast Griffin-Lim
+    (Perraudin et al. 2013, momentum 0.99). Deterministic: phase starts at zero."""
+
+    def __init__(self, cfg: FeatureConfig, n_iter: int = 64, momentum: float = 0.99):
+        self.cfg, self.n_iter, self.momentum = cfg, n_iter, momentum
+        self.sample_rate = cfg.sample_rate
+        self.inverse_mel = torch.linalg.pinv(mel_filterbank(cfg))
+        self.window = torch.hann_window(cfg.win_length)
+
+    def magnitudes(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(self.inverse_mel @ torch.exp(log_mel), min=0.0)
+
+    @torch.no_grad()
+    def __call__(self, log_mel: torch.Tensor) -> torch.Tensor:
+        check_mel(log_mel, self.cfg)
+        mag = self.magnitudes(log_mel.float())
+        angles = torch.ones_like(mag, dtype=torch.complex64)
+        prev = torch.zeros_like(angles)
+        for _ in range(self.n_iter):
+            rebuilt = _stft(_istft(mag * angles, self.cfg, self.window), self.cfg, self.window)
+            angles = rebuilt - prev * (self.momentum / (1 + self.momentum))
+            angles = angles / (angles.abs() + 1e-16)
+            prev = rebuilt
+        return _istft(mag * angles, self.cfg, self.window).clamp(-1.0, 1.0)
+
+
+VOCODERS = ("griffin-lim", "hifigan")
+
+
+def make_vocoder(name: str, cfg: FeatureConfig, hifigan_dir=None):
+    """Build a vocoder by name. HiFi-GAN loads the converted weights from ``hifigan_dir`` (default: the
+    user cache that ``tapdiff vocoder import`` writes) and must match the feature definition."""
+    if name == "griffin-lim":
+        return GriffinLim(cfg)
+    if name == "hifigan":
+        from ..storage.vocoder_store import load_vocoder
+
+        model = load_vocoder(hifigan_dir)
+        vc = model.config
+        if (vc.n_mels, vc.hop_length, vc.sample_rate) != (cfg.n_mels, cfg.hop_length, cfg.sample_rate):
+            raise ValueError(f"HiFi-GAN expects {vc.n_mels} bands, hop {vc.hop_length}, {vc.sample_rate} Hz; the "
+                             f"checkpoint's features are {cfg.n_mels} bands, hop {cfg.hop_length}, {cfg.sample_rate} Hz")
+
+        @torch.no_grad()
+        def hifigan(log_mel: torch.Tensor) -> torch.Tensor:
+            return model(log_mel.float())
+
+        hifigan.sample_rate = vc.sample_rate
+        return hifigan
+    raise ValueError(f"unknown vocoder {name!r}; available: {VOCODERS}")

@@ -1,0 +1,80 @@
+"""Tap extractor: feature taps, JEM gradient taps and the guidance gradient from one forward and one backward.
+
+The backward carries every cotangent at once, stacked on a leading axis:
+  [0] softmax(logits)                -> d logsumexp(logits) / d(activations)   (JEM gradient taps)
+  [1] onehot(y) - softmax(logits)    -> d log p(y | x_t) / d x_t                (guidance, when y is given)
+
+Labels enter as one-hot float rows (``onehot``): the exported graph then needs no OneHot operator, and
+nothing validates label values on the host (which CUDA-graph capture would refuse).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..models.classifier import NoiseConditionedClassifier
+from ..storage.config import SDEConfig
+from .sde import precondition
+
+
+@dataclass
+class Taps:
+    features: list[torch.Tensor]  # per depth (B, C_d, H_d, W_d), full resolution first
+    grads: list[torch.Tensor]  # d logsumexp(logits) / d features[d], same shapes
+    input_grad: torch.Tensor  # d logsumexp(logits) / d x_t, (B, 1, n_mels, frames)
+    guidance: torch.Tensor | None  # d log p(y | x_t) / d x_t, or None when no labels were given
+    logits: torch.Tensor  # (B, n_classes)
+
+    def flat(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor in a fixed order (features, grads, input_grad, [guidance], logits): the export form."""
+        guidance = () if self.guidance is None else (self.guidance,)
+        return (*self.features, *self.grads, self.input_grad, *guidance, self.logits)
+
+
+def onehot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(B,) integer labels -> (B, n_classes) float one-hot rows. Not F.one_hot: it checks values on the host."""
+    return (labels[:, None] == torch.arange(n_classes, device=labels.device)).float()
+
+
+class TapExtractor(torch.nn.Module):
+    """Wraps the frozen classifier. Runs without autograd whatever the grad mode: the backward is the
+    classifier's explicit adjoint, so nothing is saved for a backward that never comes."""
+
+    def __init__(self, classifier: NoiseConditionedClassifier, sde: SDEConfig):
+        super().__init__()
+        self.classifier = classifier
+        self.sde = sde
+
+    @property
+    def tap_channels(self) -> tuple[int, ...]:
+        return self.classifier.tap_channels
+
+    @property
+    def n_classes(self) -> int:
+        return self.classifier.cfg.n_classes
+
+    @torch.no_grad()
+    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor | None = None) -> Taps:
+        _, _, c_in, c_noise = precondition(sigma, self.sde)
+        fp = self.classifier.forward_with_tape(c_in * x_t, c_noise)
+        probs = torch.softmax(fp.logits, dim=-1)
+        cot = probs[None] if onehot is None else torch.stack([probs, onehot.to(probs) - probs])
+        grads, g_in = self.classifier.adjoint(fp, cot)
+        # Copies, not views: a view of cotangent 0 would keep the guidance cotangent's half of every
+        # stacked gradient alive while the ScoreSubnet runs (its peak-memory phase).
+        grads = [g[0].clone() if g.shape[0] > 1 else g[0] for g in grads]
+        # The classifier sees c_in * x_t, so d/dx_t = c_in * d/d(x_in).
+        g_x = g_in * c_in[None]
+        return Taps(features=fp.taps, grads=grads, input_grad=g_x[0],
+                    guidance=g_x[1] if onehot is not None else None, logits=fp.logits)
+
+    @torch.no_grad()
+    def guidance_gradient(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """grad_x log p(y | x_t) alone (one cotangent, no tap gradients kept): what a two-model pipeline
+        needs from its classifier."""
+        _, _, c_in, c_noise = precondition(sigma, self.sde)
+        fp = self.classifier.forward_with_tape(c_in * x_t, c_noise)
+        probs = torch.softmax(fp.logits, dim=-1)
+        _, g_in = self.classifier.adjoint(fp, (onehot.to(probs) - probs)[None], keep_grads=False)
+        return g_in[0] * c_in

@@ -1,0 +1,95 @@
+"""Building blocks shared by the networks: the noise-level embedding, the FiLM residual block and the
+attention head layout."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def group_count(channels: int) -> int:
+    """GroupNorm groups used throughout: 8 where the channels divide, else 1."""
+    return 8 if channels % 8 == 0 else 1
+
+
+class SigmaEmbedding(nn.Module):
+    """c_noise = log(sigma) / 4 -> sinusoidal features -> MLP -> (B, dim)."""
+
+    def __init__(self, dim: int, n_freqs: int = 16):
+        super().__init__()
+        self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(100.0), n_freqs)), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * n_freqs, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU())
+
+    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
+        a = c_noise[:, None] * self.freqs[None, :]
+        return self.mlp(torch.cat([torch.sin(a), torch.cos(a)], dim=1))
+
+
+def _group_norm(channels: int) -> nn.Module:
+    return nn.GroupNorm(group_count(channels), channels)
+
+
+class FiLMResBlock(nn.Module):
+    """skip(h) + conv2(silu(t2)) with t1 = norm1(h), t2 = norm2(conv1(silu(t1))) and the noise-level FiLM
+    (1 + scale, shift) applied to t1 (``film_at="input"``: ScoreSubnet, the classifier) or to t2
+    (``film_at="hidden"``: the U-Net). conv2 starts at zero, so a new block is the identity.
+
+    ``norm`` builds the normalisations (GroupNorm by default; the classifier passes its ChannelNorm).
+    ``forward(..., tape=list)`` records what the classifier's explicit adjoint needs: the norms get the
+    tape, and (t1, t2, scale) is appended after them.
+    """
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, film_at: str = "input",
+                 norm: Callable[[int], nn.Module] = _group_norm, zero_film: bool = False):
+        super().__init__()
+        if film_at not in ("input", "hidden"):
+            raise ValueError(f"film_at must be 'input' or 'hidden', got {film_at!r}")
+        self.film_at = film_at
+        self.norm1 = norm(c_in)
+        self.film = nn.Linear(emb_dim, 2 * (c_in if film_at == "input" else c_out))
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2 = norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        if zero_film:
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, tape: list | None = None) -> torch.Tensor:
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        norm_args = () if tape is None else (tape,)
+        t1 = self.norm1(h, *norm_args)
+        if self.film_at == "input":
+            t1 = t1 * (1 + scale) + shift
+        t2 = self.norm2(self.conv1(F.silu(t1)), *norm_args)
+        if self.film_at == "hidden":
+            t2 = t2 * (1 + scale) + shift
+        out = self.skip(h) + self.conv2(F.silu(t2))
+        if tape is not None:
+            tape.append((t1, t2, scale))
+        return out
+
+
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, C, H, W) -> contiguous (B, heads, H * W, C / heads); channel c belongs to head c // (C / heads).
+
+    Contiguous on purpose: SDPA's fused kernels need a unit stride in the last dimension; without it SDPA
+    falls back to materialising the tokens x tokens matrix per head."""
+    B, C = t.shape[:2]
+    return t.reshape(B, heads, C // heads, -1).transpose(-1, -2).contiguous()
+
+
+def merge_heads(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``split_heads``: (B, heads, H * W, C / heads) -> the (B, C, H, W) shape of ``like``."""
+    return a.transpose(-1, -2).reshape(like.shape)
+
+
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Attention over the H * W positions of (B, C, H, W) maps, ``heads`` heads, output shaped like q."""
+    return merge_heads(F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads),
+                                                      split_heads(v, heads)), q)

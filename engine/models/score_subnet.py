@@ -1,0 +1,115 @@
+"""ScoreSubnet: a small decoder that turns the frozen classifier's taps into the EDM network output F.
+
+Per depth d (coarsest first) the decoder state is upsampled, the RMS-normalised feature and gradient taps
+of depth d are projected in, residual blocks run with sigma FiLM, and at the coarse depths the decoder's
+positions attend (queries) to the normalised taps of the same depth (keys and values), which lets each
+time-frequency position read the whole utterance. ``engine.diffusion.denoiser.EDMDenoiser`` turns F into
+the denoiser D(x; sigma) = c_skip x + c_out F(c_in x, c_noise, taps).
+
+With ``use_taps=False`` (the ablation) the same decoder is fed average-pooled c_in * x_t at every depth
+instead of taps, so what the taps are worth can be measured at equal size and budget.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import tap_pair_norm, tap_rms_norm
+
+from ..storage.config import SubnetConfig
+from .blocks import FiLMResBlock, SigmaEmbedding, group_count, multi_head_attention
+
+
+class TapAttention(nn.Module):
+    """Cross-attention: queries from the decoder state, keys/values from the normalised taps of its depth."""
+
+    def __init__(self, channels: int, tap_channels: int, heads: int, hw: tuple[int, int]):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(group_count(channels), channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Conv2d(tap_channels, 2 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        self.pos = nn.Parameter(torch.zeros(1, channels, *hw))
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, h: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+        k, v = self.kv(taps).chunk(2, dim=1)
+        a = multi_head_attention(self.q(self.norm(h)) + self.pos, k + self.pos, v, self.heads)
+        return h + self.out(a)
+
+
+def pyramid(input_hw: tuple[int, int], depths: int) -> list[tuple[int, int]]:
+    """(H, W) at each tap depth: the classifier halves (rounding up) at every stage."""
+    hws = [tuple(input_hw)]
+    for _ in range(depths - 1):
+        hws.append(((hws[-1][0] + 1) // 2, (hws[-1][1] + 1) // 2))
+    return hws
+
+
+class ScoreSubnet(nn.Module):
+    """F(x_in, c_noise, taps): the network inside the EDM denoiser; x_in = c_in * x_t."""
+
+    def __init__(self, cfg: SubnetConfig, tap_channels: tuple[int, ...], input_hw: tuple[int, int]):
+        super().__init__()
+        if len(cfg.widths) != len(tap_channels):
+            raise ValueError(f"SubnetConfig.widths has {len(cfg.widths)} depths but the classifier has {len(tap_channels)} taps")
+        self.cfg = cfg
+        depths = len(tap_channels)
+        self.hws = pyramid(input_hw, depths)
+        # Per depth: feature tap + gradient tap channels (ablation: one pooled x_t channel); the full
+        # resolution also gets c_in * x_t and the normalised input gradient.
+        in_ch = [2 * c if cfg.use_taps else 1 for c in tap_channels]
+        in_ch[0] += 2 if cfg.use_taps else 0
+        n_scales = 2 * depths + 1 if cfg.use_taps else 0
+        self.embed = SigmaEmbedding(cfg.emb_dim)
+        self.scale_embed = nn.Linear(n_scales, cfg.emb_dim) if n_scales else None
+        self.proj = nn.ModuleList(nn.Conv2d(in_ch[d], cfg.widths[d], 1) for d in range(depths))
+        # 1x1 projection at the coarse resolution, then nearest upsampling: a 3x3 conv here would cost 9x
+        # at the fine resolution, and the next block's 3x3 convs mix space anyway.
+        self.up = nn.ModuleList(nn.Conv2d(cfg.widths[d + 1], cfg.widths[d], 1) for d in range(depths - 1))
+        self.blocks = nn.ModuleList(FiLMResBlock(w, w, cfg.emb_dim) for w in cfg.widths)
+        self.attn = nn.ModuleDict({
+            str(d): TapAttention(cfg.widths[d], in_ch[d], cfg.heads, self.hws[d]) for d in cfg.attention_depths
+        })
+        self.post = nn.ModuleDict({str(d): FiLMResBlock(cfg.widths[d], cfg.widths[d], cfg.emb_dim)
+                                   for d in cfg.attention_depths})
+        self.out = nn.Conv2d(cfg.widths[0], 1, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @property
+    def uses_taps(self) -> bool:
+        return self.cfg.use_taps
+
+    def _inputs(self, x_in: torch.Tensor, taps) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        if not self.cfg.use_taps:
+            return [x_in] + [F.adaptive_avg_pool2d(x_in, hw) for hw in self.hws[1:]], None
+        per_depth, scales = [], []
+        for d, (f, g) in enumerate(zip(taps.features, taps.grads)):
+            fg, s = tap_pair_norm(f, g)  # fused on CUDA: normalise both taps into one concatenated tensor
+            scales.append(s)
+            if d == 0:
+                ig, igs = tap_rms_norm(taps.input_grad)
+                fg = torch.cat([fg, x_in, ig], dim=1)
+                scales.append(igs[:, None])
+            per_depth.append(fg)
+        return per_depth, torch.cat(scales, dim=1)
+
+    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, taps=None) -> torch.Tensor:
+        """x_in = c_in * x_t (B, 1, n_mels, frames), c_noise (B,), taps (``Taps`` or None for the ablation)."""
+        inputs, scales = self._inputs(x_in, taps)
+        emb = self.embed(c_noise)
+        if self.scale_embed is not None:
+            emb = emb + self.scale_embed(scales / 10.0)
+        h = None
+        for d in reversed(range(len(inputs))):
+            z = self.proj[d](inputs[d])
+            if h is not None:
+                z = z + F.interpolate(self.up[d](h), size=z.shape[-2:], mode="nearest")
+            h = self.blocks[d](z, emb)
+            if str(d) in self.attn:
+                h = self.post[str(d)](self.attn[str(d)](h, inputs[d]), emb)
+        return self.out(h)

@@ -1,0 +1,106 @@
+"""Rebuild the networks of a checkpoint bundle from its config.json and weights (no training code)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..audio.datasets import Normaliser
+from ..models.classifier import NoiseConditionedClassifier
+from ..models.evaluator import EvalClassifier
+from ..models.registry import ScoreNetworkKind, score_network_kind
+from .checkpoint import CheckpointError, load_weights, read_config
+from .config import ClassifierConfig, FeatureConfig, SDEConfig, from_dict
+
+
+@dataclass
+class Bundle:
+    directory: Path
+    config: dict
+    features: FeatureConfig
+    sde: SDEConfig
+    normaliser: Normaliser
+    classifier: NoiseConditionedClassifier
+    score_net: nn.Module | None = None  # the network F of ``model`` (see engine.models.registry)
+    model: str | None = None
+    evaluator: EvalClassifier | None = None
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """Digits this bundle generates: the loaded score model's training labels (its data regime), else the
+        classifier's."""
+        weights = score_network_kind(self.model).weights if self.model else ""
+        trained = self.config.get("training", {}).get(weights, {}).get("config", {}).get("labels")
+        return tuple(trained if trained else self.config.get("labels", range(self.classifier.cfg.n_classes)))
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.features.n_mels, self.features.frames
+
+    def weights_sha256(self, name: str) -> str | None:
+        """The recorded sha256 of ``name``.safetensors (what caches and exported artifacts key on)."""
+        return self.config.get("files", {}).get(f"{name}.safetensors")
+
+
+def _section(cfg: dict, key: str, cls):
+    try:
+        return from_dict(cls, cfg[key])
+    except KeyError as e:
+        raise CheckpointError(f"config.json has no {key!r} section") from e
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json section {key!r} is invalid: {e}") from e
+
+
+def normaliser_from_config(cfg: dict) -> Normaliser:
+    try:
+        mean = torch.tensor(cfg["normaliser"]["mean"], dtype=torch.float32)
+        std = torch.tensor(cfg["normaliser"]["std"], dtype=torch.float32)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json has no valid normaliser statistics: {e}") from e
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise CheckpointError("config.json normaliser statistics hold NaN, inf or non-positive std")
+    return Normaliser(mean, std)
+
+
+def normaliser_to_config(norm: Normaliser) -> dict:
+    return {"mean": [round(float(v), 6) for v in norm.mean], "std": [round(float(v), 6) for v in norm.std]}
+
+
+def has_model(config: dict, name: str) -> bool:
+    return score_network_kind(name).config_key in config
+
+
+def load_score_network(bundle: Bundle, kind: ScoreNetworkKind) -> nn.Module:
+    """The bundle's trained network of ``kind``, frozen, in eval mode."""
+    if kind.config_key not in bundle.config:
+        raise CheckpointError(f"{bundle.directory} has no {kind.name} model; train it with "
+                              f"`tapdiff train-score --model {kind.name}`")
+    net = kind.build(_section(bundle.config, kind.config_key, kind.config_cls), bundle.classifier.tap_channels,
+                     bundle.input_hw)
+    return load_weights(bundle.directory, kind.weights, net, bundle.config).eval().requires_grad_(False)
+
+
+def load_bundle(directory: str | Path, model: str | None = "tapdiff", need_evaluator: bool = False) -> Bundle:
+    """Features, SDE, normaliser and frozen classifier of a bundle, plus the score network ``model``
+    (None: none) and the evaluation classifier when asked."""
+    directory = Path(directory)
+    kind = score_network_kind(model) if model is not None else None  # an unknown name fails before any I/O
+    cfg = read_config(directory)
+    features = _section(cfg, "features", FeatureConfig)
+    sde = _section(cfg, "sde", SDEConfig)
+    norm = normaliser_from_config(cfg)
+    if norm.mean.numel() != features.n_mels:
+        raise CheckpointError(f"normaliser has {norm.mean.numel()} bands, features have {features.n_mels}")
+    clf = load_weights(directory, "classifier", NoiseConditionedClassifier(_section(cfg, "classifier", ClassifierConfig)), cfg)
+    clf.eval().requires_grad_(False)
+    bundle = Bundle(directory, cfg, features, sde, norm, clf)
+    if kind is not None:
+        bundle.score_net, bundle.model = load_score_network(bundle, kind), kind.name
+    if need_evaluator:
+        if "evaluator" not in cfg:
+            raise CheckpointError(f"{directory} has no evaluation classifier; run `tapdiff train-evaluator` first")
+        ev = EvalClassifier(**cfg["evaluator"]["arch"])
+        bundle.evaluator = load_weights(directory, "evaluator", ev, cfg).eval().requires_grad_(False)
+    return bundle

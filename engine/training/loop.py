@@ -1,0 +1,100 @@
+"""Shared training harness: EMA weights, a wall-clock budget, and resumable state written atomically."""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from ..storage.atomic import atomic_write
+from ..storage.config import TrainConfig
+
+
+class EMA:
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the model closely
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1 - d)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def train_loop(
+    model: torch.nn.Module,
+    loss_fn: Callable[[torch.Generator], torch.Tensor],
+    cfg: TrainConfig,
+    state_path: Path | None,
+    desc: str,
+    on_checkpoint: Callable[[EMA, int, float], dict | None] | None = None,
+    checkpoint_every_s: float = 120.0,
+    progress: bool = True,
+) -> tuple[EMA, dict]:
+    """Minimise ``loss_fn`` until ``cfg.seconds`` of training time (summed over resumes) or ``cfg.max_steps``.
+
+    Resumes from ``state_path`` when it exists. ``on_checkpoint(ema, step, elapsed)`` runs at each save;
+    the metrics it returns are appended to the learning curve ``log['curve']``, which is saved with the state.
+    """
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = EMA(model, cfg.ema_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, elapsed, log = 0, 0.0, {"losses": [], "curve": []}
+    if state_path is not None and state_path.exists():
+        st = torch.load(state_path, weights_only=False)
+        model.load_state_dict(st["model"])
+        ema.model.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        gen.set_state(st["rng"])
+        step, elapsed, log = st["step"], st["elapsed"], st["log"]
+
+    def save() -> None:
+        if on_checkpoint is not None:
+            metrics = on_checkpoint(ema, step, elapsed)
+            if metrics:
+                log["curve"].append({"step": step, "seconds": round(elapsed, 1), **metrics})
+        if state_path is not None:
+            atomic_torch_save(
+                {"model": model.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),
+                 "rng": gen.get_state(), "step": step, "elapsed": elapsed, "log": log}, state_path)
+
+    model.train()
+    bar = tqdm(total=int(cfg.seconds), initial=int(elapsed), desc=desc, unit="s", disable=None if progress else True)
+    last_save, running = time.monotonic(), None
+    while elapsed < cfg.seconds and step < cfg.max_steps:
+        t0 = time.monotonic()
+        warm = min(1.0, (step + 1) / 200)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * warm
+        loss = loss_fn(gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss became {float(loss)} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(model, step)
+        step += 1
+        dt = time.monotonic() - t0
+        elapsed += dt
+        value = float(loss.detach())
+        running = value if running is None else 0.98 * running + 0.02 * value
+        if step % 50 == 0:
+            log["losses"].append((step, elapsed, running))
+        bar.update(int(elapsed) - bar.n)
+        bar.set_postfix(step=step, loss=f"{running:.4f}")
+        if time.monotonic() - last_save > checkpoint_every_s:
+            save()
+            last_save = time.monotonic()
+    save()
+    bar.close()
+    log["steps"], log["seconds"] = step, elapsed
+    return ema, log

@@ -1,0 +1,49 @@
+"""Train a score network by denoising score matching (EDM weighting) with the classifier frozen.
+
+The loss evaluates the same score model the engine samples with (``engine.diffusion.score_model``),
+unguided: for tapdiff one classifier pass gives the taps (without autograd), and gradients flow only
+through the score network inside the EDM denoiser.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..audio.datasets import FeatureSet, Normaliser
+from ..diffusion.score_model import GuidedDenoiser, build_score_model
+from ..diffusion.sde import loss_weight, perturb, sample_training_sigma
+from ..diffusion.taps import TapExtractor
+from ..models.registry import ScoreNetworkKind
+from ..storage.config import TrainConfig
+from .loop import EMA, train_loop
+
+
+def dsm_loss(model: GuidedDenoiser, x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """lambda(sigma) * ||D(x0 + sigma n; sigma) - x0||^2, mean over batch and elements."""
+    err = (model(perturb(x0, sigma, noise), sigma) - x0) ** 2
+    return (loss_weight(sigma, model.extractor.sde) * err.mean(dim=(1, 2, 3))).mean()
+
+
+def train_score(train: FeatureSet, norm: Normaliser, extractor: TapExtractor, kind: ScoreNetworkKind, net_cfg,
+                cfg: TrainConfig, input_hw: tuple[int, int], state_path: Path | None = None, progress: bool = True,
+                on_checkpoint: Callable[[EMA, int, float], dict | None] | None = None,
+                checkpoint_every_s: float = 120.0) -> tuple[EMA, dict]:
+    """DSM training of a new network of ``kind`` (config ``net_cfg``); the EMA copy is the result."""
+    torch.manual_seed(cfg.seed)
+    net = kind.build(net_cfg, extractor.tap_channels, input_hw)
+    extractor.requires_grad_(False).eval()
+    model = build_score_model(extractor, net)
+    keep = torch.isin(train.labels, torch.tensor(cfg.labels))
+    x_all = norm.normalise(train.mels[keep])[:, None]
+    if len(x_all) == 0:
+        raise ValueError(f"no training clips with labels {cfg.labels}")
+
+    def loss_fn(gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(len(x_all), (cfg.batch_size,), generator=gen)
+        sigma = sample_training_sigma(cfg.batch_size, extractor.sde, gen)
+        noise = torch.randn(x_all[idx].shape, generator=gen)
+        return dsm_loss(model, x_all[idx], sigma, noise)
+
+    return train_loop(net, loss_fn, cfg, state_path, "score", on_checkpoint, checkpoint_every_s, progress)
