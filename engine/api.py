@@ -14,6 +14,7 @@ from tqdm import tqdm
 from .audio.features import log_mel_range
 from .audio.vocoders import make_vocoder
 from .audio.wav import write_wav
+from .backends import BackendError, score_backend
 from .diffusion.captured import CapturedSampler, can_capture
 from .diffusion.guidance import conditioned
 from .diffusion.noise import clip_seed, draw_noise
@@ -64,16 +65,22 @@ class Engine:
 
     def __init__(self, checkpoint: str | Path | None = None, model: str = "tapdiff", vocoder: str | None = None,
                  batch_size: int = 16, progress: bool = False, hifigan_dir: str | Path | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", backend: str = "torch", artifacts: str | Path | None = None):
+        """``backend``: which runtime evaluates the score (``engine.backends``: torch, onnxruntime, tensorrt);
+        ``artifacts``: the folder of exported graphs and engines (default ``$TAPDIFF_CACHE`` or
+        ``~/.cache/tapdiff``), built there on first use."""
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available to torch")
+            raise BackendError(f"device {device!r} requested but CUDA is not available to torch")
         if not _is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.bundle: Bundle = load_bundle(checkpoint or DEFAULT_CHECKPOINT, model=model)
         self.model = model
         self.score_model = score_model(self.bundle).to(self.device)
-        self.batch_size, self.progress = batch_size, progress
+        self.batch_size, self.progress, self.backend = batch_size, progress, backend
+        # what the solvers call: the score model itself, or an exported copy of it run by another runtime
+        self.scorer = score_backend(backend, self.score_model, self.bundle, self.device, artifacts,
+                                    max_batch=batch_size)
         sampling = self.bundle.config.get("sampling", {})
         # Fallback for a checkpoint without a measured choice (benchmarks/choose_sampling.py --write)
         self.default_sampler = SamplerSpec(sampling.get("sampler", "heun"), int(sampling.get("steps", 25)),
@@ -138,7 +145,7 @@ class Engine:
             chunk = list(labels[start:start + self.batch_size])
             seeds = [clip_seed(seed, first_clip + start + j) for j in range(len(chunk))]
             noise = draw_noise(seeds, shape, spec.steps, solver.noise_per_step, self.device)
-            fn = conditioned(self.score_model, *self._conditioning(chunk, guidance))
+            fn = conditioned(self.scorer, *self._conditioning(chunk, guidance))
             if can_capture(self.device):
                 # CUDA: one captured graph per step kind, replayed every step
                 runner = CapturedSampler(fn, solver, noise.prior.shape, self.device)

@@ -41,7 +41,8 @@ def _command(args) -> str:
 def cmd_generate(args) -> int:
     from .api import Engine
 
-    engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=not args.quiet, model=args.model)
+    engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=not args.quiet, model=args.model,
+                    backend=args.backend, artifacts=args.artifacts)
     guidance = 0.0 if args.unguided else args.guidance
     labels = None if args.digit is None else args.digit
     t0 = time.monotonic()
@@ -171,7 +172,8 @@ def cmd_evaluate(args) -> int:
     from .storage.atomic import atomic_write_bytes
     from .storage.bundle import load_bundle
 
-    engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=True, model=args.model)
+    engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=True, model=args.model, backend=args.backend,
+                    artifacts=args.artifacts)
     judge = QualityJudge(load_bundle(args.evaluator or args.checkpoint, model=None, need_evaluator=True), args.data,
                          args.digits or engine.labels)
     reports = []
@@ -185,6 +187,44 @@ def cmd_evaluate(args) -> int:
         record = {**run_record(_command(args)), "reports": reports}
         atomic_write_bytes(args.json, (json.dumps(record, indent=2) + "\n").encode())
     return 0
+
+
+def cmd_export(args) -> int:
+    from .diffusion.score_model import score_model
+    from .storage.bundle import load_bundle
+
+    try:
+        from export.artifacts import GraphSpec, default_cache_dir, ensure_score_graphs
+    except ImportError as e:
+        raise ValueError(f"export needs onnx and onnxruntime: pip install 'tapdiff[export]' ({e})") from None
+    bundle = load_bundle(args.checkpoint, model=args.model)
+    model = score_model(bundle)
+    spec = GraphSpec.of(bundle, model, tuple(args.batch) if args.static else None)
+    out = args.out or default_cache_dir()
+    graphs = ensure_score_graphs(model, bundle, spec, out, log=lambda m: print(m, file=sys.stderr))
+    for path in graphs.values():
+        print(path)
+    _export_plans(graphs, args)
+    return 0
+
+
+def _export_plans(graphs: dict, args) -> None:
+    """TensorRT plans beside the graphs when TensorRT and a GPU are present; otherwise one line why not."""
+    import torch
+
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        print("tapdiff: no TensorRT plans built: TensorRT is not installed (see pyproject's notes)", file=sys.stderr)
+        return
+    if not torch.cuda.is_available():
+        print("tapdiff: no TensorRT plans built: no NVIDIA GPU is visible to torch", file=sys.stderr)
+        return
+    from export.tensorrt_build import cached_engine
+
+    top = max(args.batch)
+    for (guided, batch), path in graphs.items():
+        print(cached_engine(path, path.parent / "trt", None if batch is not None else (1, top, top), args.fp16))
 
 
 def cmd_vocoder_import(args) -> int:
@@ -229,6 +269,24 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--nfe", type=int, default=None, help="score evaluations per clip (instead of --steps)")
 
 
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        batches = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch sizes must be comma-separated integers, got {text!r}") from None
+    if not batches or any(b < 1 for b in batches):
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return batches
+
+
+def _add_backend(p: argparse.ArgumentParser) -> None:
+    from .backends import BACKENDS
+
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="runtime of the score evaluations: eager torch, or the exported graph in onnxruntime / TensorRT")
+    p.add_argument("--artifacts", default=None, help="folder of exported graphs (default: $TAPDIFF_CACHE or ~/.cache/tapdiff)")
+
+
 def _add_model(p: argparse.ArgumentParser, help_suffix: str = "") -> None:
     from .models.registry import SCORE_NETWORKS
 
@@ -256,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vocoder", choices=VOCODERS, default=None, help="default: the checkpoint's")
     g.add_argument("--save-mels", action="store_true", help="also write mels.npy (de-normalised log-Mel)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_backend(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("train-classifier", help="train the noise-conditioned classifier into a new checkpoint folder")
@@ -307,7 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--save-audio", default=None, help="also write the generated WAVs under this folder")
     _add_model(v)
     v.add_argument("--vocoder", choices=VOCODERS, default=None)
+    _add_backend(v)
     v.set_defaults(func=cmd_evaluate)
+
+    x = sub.add_parser("export", help="export the score model to ONNX (and TensorRT plans where TensorRT and a GPU are)")
+    x.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped FSDD checkpoint)")
+    _add_model(x)
+    x.add_argument("--out", default=None, help="artifact cache folder (default: $TAPDIFF_CACHE or ~/.cache/tapdiff)")
+    x.add_argument("--batch", type=_batches, default=(1, 16),
+                   help="batch sizes: static graphs with --static, else the TensorRT profile's range (default 1,16)")
+    x.add_argument("--static", action="store_true", help="one graph per batch size instead of a dynamic batch axis")
+    x.add_argument("--fp16", action="store_true", help="fp16 TensorRT plans (softmax and reductions kept in fp32)")
+    x.set_defaults(func=cmd_export)
 
     voc = sub.add_parser("vocoder", help="import or compare vocoders").add_subparsers(dest="vocoder_command", required=True)
     vi = voc.add_parser("import", help="convert HiFi-GAN weights to safetensors in the user cache (or --out)")
@@ -329,18 +399,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .backends import BackendError
     from .storage.checkpoint import CheckpointError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    if getattr(args, "checkpoint", None) is None and args.command == "evaluate":
+    if getattr(args, "checkpoint", None) is None and args.command in ("evaluate", "export"):
         from .storage.checkpoint import DEFAULT_CHECKPOINT
 
         args.checkpoint = str(DEFAULT_CHECKPOINT)
     try:
         return args.func(args)
-    except (ValueError, CheckpointError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, CheckpointError, FileNotFoundError, FloatingPointError, ImportError, BackendError) as e:
         print(f"tapdiff: error: {e}", file=sys.stderr)
         return 2
 

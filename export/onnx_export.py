@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from engine.storage.atomic import atomic_write_bytes
+
 DEFAULT_OPSET = 17
 
 
@@ -38,10 +40,20 @@ def ort_session(path: str | os.PathLike, providers: Sequence[str] = ("CPUExecuti
     return sess
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], out_dir: str | os.PathLike, name: str,
                 input_names: list[str], output_names: list[str], fresh: Callable[[], tuple[torch.Tensor, ...]],
-                dynamic_axes: dict | None = None, opset: int = DEFAULT_OPSET, rtol: float = 1e-4) -> Path:
-    """Export ``module`` traced on ``example``, check it on ``fresh()`` inputs, write artifact + manifest.
+                dynamic_axes: dict | None = None, opset: int = DEFAULT_OPSET, rtol: float = 1e-4,
+                extra: dict | None = None) -> Path:
+    """Export ``module`` traced on ``example``, check it on ``fresh()`` inputs, write artifact + manifest
+    (``extra`` entries are added to the manifest; the artifact's own sha256 is recorded as ``onnx_sha256``).
 
     The legacy TorchScript-based exporter is used (dynamo=False): the torch.export-based one needs
     onnxscript, which this project does not depend on. Raises if the parity check fails; nothing is left
@@ -76,9 +88,10 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], out_
                        for n, t in zip(input_names, example) if n in graph_inputs],
             "outputs": [{"name": n, "shape": list(r.shape), "dtype": str(r.dtype)} for n, r in zip(output_names, ref)],
             "dynamic_axes": dynamic_axes or {}, "parity": {"provider": sess.get_providers()[0], "errors": errors},
+            "onnx_sha256": file_sha256(tmp), **(extra or {}),
         }
         os.replace(tmp, out_dir / f"{name}.onnx")
-        (out_dir / f"{name}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        atomic_write_bytes(out_dir / f"{name}.json", (json.dumps(manifest, indent=2) + "\n").encode())
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from engine.backends import BackendError
 from engine.storage.atomic import atomic_write_bytes
 
 Shape = tuple[int, ...]
@@ -56,9 +57,27 @@ def _tensorrt():
     return trt
 
 
+def keep_fp32(trt, network) -> int:
+    """With fp16 on, pin the layers whose arithmetic fp16 ruins to fp32: softmax (the cotangents
+    softmax(logits) are differences of probabilities) and reductions (the tap RMS over ~10^5 elements,
+    GroupNorm statistics); the gradient taps are ~1e-4 of feature scale. Returns how many were pinned."""
+    pinned = 0
+    kinds = {trt.LayerType.SOFTMAX, trt.LayerType.REDUCE, trt.LayerType.NORMALIZATION}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type in kinds:
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            pinned += 1
+    return pinned
+
+
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, profile: dict, fp16: bool = False,
-                 workspace_bytes: int = 2 << 30) -> Path:
-    """Parse the ONNX graph, build a serialised engine with one optimisation profile, write it atomically."""
+                 workspace_bytes: int = 2 << 30, timing_cache: str | os.PathLike | None = None) -> Path:
+    """Parse the ONNX graph, build a serialised engine with one optimisation profile, write it atomically.
+    ``timing_cache``: a file of kernel timings shared by builds on the same GPU (read if present, then
+    written back), which makes later builds fast."""
     trt = _tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -71,6 +90,11 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, p
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        keep_fp32(trt, network)
+    cache_path = Path(timing_cache) if timing_cache else None
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
     opt_profile = builder.create_optimization_profile()
     for name, (mn, opt, mx) in profile.items():
         opt_profile.set_shape(name, mn, opt, mx)
@@ -78,6 +102,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, p
     blob = builder.build_serialized_network(network, config)
     if blob is None:
         raise RuntimeError(f"TensorRT engine build failed for {onnx_path} (see TensorRT's log above)")
+    if cache_path is not None:
+        atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     return atomic_write_bytes(engine_path, bytes(blob))
 
 
@@ -88,8 +114,25 @@ def cached_engine(onnx_path: str | os.PathLike, cache_dir: str | os.PathLike, ba
     import torch
 
     trt = _tensorrt()
+    if not torch.cuda.is_available():
+        raise BackendError("building a TensorRT engine needs an NVIDIA GPU visible to torch")
     manifest = json.loads(Path(onnx_path).with_suffix(".json").read_text())
     profile = optimization_profile(manifest, batch)
     key = engine_cache_key(onnx_path, profile, fp16, trt.__version__, torch.cuda.get_device_name())
     path = Path(cache_dir) / f"{Path(onnx_path).stem}-{key}.plan"
-    return path if path.exists() else build_engine(onnx_path, path, profile, fp16)
+    timing = Path(cache_dir) / f"timing-{trt.__version__}-{torch.cuda.get_device_name().replace(' ', '_')}.cache"
+    if plan_is_intact(path):
+        return path
+    if path.exists():
+        print(f"tapdiff: rebuilding {path}: its bytes differ from the sha256 recorded when it was built")
+    build_engine(onnx_path, path, profile, fp16, timing_cache=timing)
+    atomic_write_bytes(path.with_suffix(".sha256"), hashlib.sha256(path.read_bytes()).hexdigest().encode())
+    return path
+
+
+def plan_is_intact(path: Path) -> bool:
+    """A plan exists and its bytes match the sha256 written beside it after its build (a truncated or
+    half-written plan is rebuilt, not deserialised)."""
+    sidecar = path.with_suffix(".sha256")
+    return (path.exists() and sidecar.exists()
+            and hashlib.sha256(path.read_bytes()).hexdigest() == sidecar.read_text().strip())

@@ -1,8 +1,43 @@
 """Fused kernels for tapdiff's hot path, each beside its plain PyTorch reference.
 
-``tap_pair_norm`` dispatches to Triton on CUDA (``backend_for`` says which it uses) and to the reference
-elsewhere. The Triton kernels are verified on CPU only, under TRITON_INTERPRET=1.
-"""
-from .tap_norm import backend_for, tap_pair_norm, tap_pair_norm_reference, tap_rms_norm
+Public functions (each dispatches through ``backend_for(x, kernel, needs_grad=...)``: Triton on CUDA when no
+autograd graph is needed, since the kernels are forward-only; the reference elsewhere):
 
-__all__ = ["backend_for", "tap_pair_norm", "tap_pair_norm_reference", "tap_rms_norm"]
+* ``tap_pair_norm(f, g) -> (out, log_rms)``, ``tap_rms_norm(x) -> (out, log_rms)`` (``tap_norm``)
+* ``tap_attention(q, k, v, pos, heads) -> out`` (``attention``)
+* ``silu_affine_adjoint(x, t, weight, scale=None, residual=None) -> out`` (``silu_adjoint``)
+
+The Triton kernels live in ``*_triton.py`` and import triton at module level; nothing here imports them
+until a CUDA tensor asks for one. They are verified on CPU only, under TRITON_INTERPRET=1, and compiled
+(not run) for sm_90/sm_80 by ``kernels.aot``.
+"""
+from .attention import multi_head_attention, tap_attention, tap_attention_reference
+from .dispatch import SUPPORTED_DTYPES, backend_for, needs_grad, triton_available
+from .silu_adjoint import (
+    silu_affine_adjoint,
+    silu_affine_adjoint_reference,
+    silu_derivative,
+)
+from .tap_norm import (
+    tap_pair_norm,
+    tap_pair_norm_reference,
+    tap_rms_norm,
+    tap_rms_norm_reference,
+)
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "backend_for",
+    "multi_head_attention",
+    "needs_grad",
+    "silu_affine_adjoint",
+    "silu_affine_adjoint_reference",
+    "silu_derivative",
+    "tap_attention",
+    "tap_attention_reference",
+    "tap_pair_norm",
+    "tap_pair_norm_reference",
+    "tap_rms_norm",
+    "tap_rms_norm_reference",
+    "triton_available",
+]

@@ -3,13 +3,15 @@
 Feature and gradient taps have very different, sigma-dependent scales; dividing by the per-sample RMS
 puts every tap on a unit scale, and the returned log-RMS keeps the scale as a conditioning signal.
 ``tap_pair_norm`` does this for a depth's feature and gradient taps at once and writes both into the
-concatenated tensor the decoder reads; on CUDA it is two fused Triton kernels (``tap_norm_triton``).
+concatenated tensor the decoder reads; ``tap_rms_norm`` does it for one tap (the input gradient). On CUDA
+both run fused Triton kernels (``tap_norm_triton``: one launch for small taps, two for large ones, log-RMS
+written by the kernel); elsewhere the references below. ``backend_for(x, kernel)`` says which.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
+
+from .dispatch import backend_for, needs_grad, triton_available  # noqa: F401  (backend_for, triton_available: re-exported)
 
 EPS = 1e-12
 
@@ -27,27 +29,18 @@ def tap_pair_norm_reference(f: torch.Tensor, g: torch.Tensor, eps: float = EPS) 
     return torch.cat([fn, gn], dim=1), torch.stack([fs, gs], dim=1)
 
 
-@functools.lru_cache(maxsize=1)
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def backend_for(x: torch.Tensor) -> str:
-    """The implementation ``tap_pair_norm`` uses for ``x``: "triton" on CUDA with Triton installed, else
-    "torch" (the reference)."""
-    return "triton" if x.is_cuda and triton_available() else "torch"
-
-
 def tap_rms_norm(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, C, H, W) -> (normalised x, log RMS (B,)), in x's dtype; Triton on CUDA (no autograd), else the reference."""
+    if backend_for(x, "tap_rms_norm", needs_grad=needs_grad(x)) == "triton":
+        from .tap_norm_triton import tap_rms_norm_triton
+
+        return tap_rms_norm_triton(x, eps)
     return tap_rms_norm_reference(x, eps)
 
 
 def tap_pair_norm(f: torch.Tensor, g: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    if backend_for(f) == "triton":
+    """(B, Cf, H, W), (B, Cg, H, W) -> ((B, Cf + Cg, H, W), log RMS (B, 2)); Triton on CUDA (no autograd), else the reference."""
+    if backend_for(f, "tap_pair_norm", needs_grad=needs_grad(f, g)) == "triton":
         from .tap_norm_triton import tap_pair_norm_triton
 
         return tap_pair_norm_triton(f, g, eps)

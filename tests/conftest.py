@@ -5,6 +5,9 @@ import torch
 
 FSDD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fsdd"
 
+# GPU-only tests are collected where a GPU is, and not at all elsewhere (so CI, CPU-only, skips none).
+collect_ignore = [] if torch.cuda.is_available() else ["gpu"]
+
 
 @pytest.fixture(scope="session")
 def fsdd_root() -> Path:

@@ -63,7 +63,7 @@ class TapExtractor(torch.nn.Module):
         grads, g_in = self.classifier.adjoint(fp, cot)
         # Copies, not views: a view of cotangent 0 would keep the guidance cotangent's half of every
         # stacked gradient alive while the ScoreSubnet runs (its peak-memory phase).
-        grads = [g[0].clone() if g.shape[0] > 1 else g[0] for g in grads]
+        grads = [g[0].clone() if onehot is not None else g[0] for g in grads]
         # The classifier sees c_in * x_t, so d/dx_t = c_in * d/d(x_in).
         g_x = g_in * c_in[None]
         return Taps(features=fp.taps, grads=grads, input_grad=g_x[0],

@@ -1,5 +1,5 @@
-"""Building blocks shared by the networks: the noise-level embedding, the FiLM residual block and the
-attention head layout."""
+"""Building blocks shared by the networks: the noise-level embedding and the FiLM residual block. (The
+attention over channel-axis heads is ``kernels.multi_head_attention``, beside its fused kernel.)"""
 from __future__ import annotations
 
 import math
@@ -73,23 +73,3 @@ class FiLMResBlock(nn.Module):
         if tape is not None:
             tape.append((t1, t2, scale))
         return out
-
-
-def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, C, H, W) -> contiguous (B, heads, H * W, C / heads); channel c belongs to head c // (C / heads).
-
-    Contiguous on purpose: SDPA's fused kernels need a unit stride in the last dimension; without it SDPA
-    falls back to materialising the tokens x tokens matrix per head."""
-    B, C = t.shape[:2]
-    return t.reshape(B, heads, C // heads, -1).transpose(-1, -2).contiguous()
-
-
-def merge_heads(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``split_heads``: (B, heads, H * W, C / heads) -> the (B, C, H, W) shape of ``like``."""
-    return a.transpose(-1, -2).reshape(like.shape)
-
-
-def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Attention over the H * W positions of (B, C, H, W) maps, ``heads`` heads, output shaped like q."""
-    return merge_heads(F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads),
-                                                      split_heads(v, heads)), q)

@@ -15,14 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import tap_pair_norm, tap_rms_norm
+from kernels import tap_attention, tap_pair_norm, tap_rms_norm
 
 from ..storage.config import SubnetConfig
-from .blocks import FiLMResBlock, SigmaEmbedding, group_count, multi_head_attention
+from .blocks import FiLMResBlock, SigmaEmbedding, group_count
 
 
 class TapAttention(nn.Module):
-    """Cross-attention: queries from the decoder state, keys/values from the normalised taps of its depth."""
+    """Cross-attention: queries from the decoder state, keys/values from the normalised taps of its depth, a
+    learned positional term on both; the attention itself is ``kernels.tap_attention`` (one fused kernel on
+    CUDA, reading the 1x1 convs' channel-major outputs in place)."""
 
     def __init__(self, channels: int, tap_channels: int, heads: int, hw: tuple[int, int]):
         super().__init__()
@@ -37,8 +39,7 @@ class TapAttention(nn.Module):
 
     def forward(self, h: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
         k, v = self.kv(taps).chunk(2, dim=1)
-        a = multi_head_attention(self.q(self.norm(h)) + self.pos, k + self.pos, v, self.heads)
-        return h + self.out(a)
+        return h + self.out(tap_attention(self.q(self.norm(h)), k, v, self.pos, self.heads))
 
 
 def pyramid(input_hw: tuple[int, int], depths: int) -> list[tuple[int, int]]:

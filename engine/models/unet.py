@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import FiLMResBlock, SigmaEmbedding, group_count, multi_head_attention
+from kernels import multi_head_attention
+
+from .blocks import FiLMResBlock, SigmaEmbedding, group_count
 
 
 @dataclass(frozen=True)

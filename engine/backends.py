@@ -1,0 +1,52 @@
+"""Which runtime evaluates the score: the solvers call ``model(x, sigma[, onehot, gamma]) -> denoised``
+and cannot tell them apart.
+
+- ``torch``: the score model itself, eager (``engine.diffusion.score_model``).
+- ``onnxruntime``: the same module exported to ONNX (``export.artifacts``, cached), run by onnxruntime's
+  CPU provider, or its CUDA provider with IOBinding on a GPU.
+- ``tensorrt``: TensorRT plans built from those graphs, on a GPU only (never run on this project's machines).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .diffusion.score_model import GuidedDenoiser
+from .storage.bundle import Bundle
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot run here as asked: no GPU, a provider that onnxruntime lacks or fell back from."""
+
+
+def score_backend(name: str, model: GuidedDenoiser, bundle: Bundle, device: torch.device,
+                  cache_dir: str | Path | None = None, batches: tuple[int, ...] | None = None,
+                  max_batch: int = 64, fp16: bool = False, log: Callable[[str], None] = print):
+    """The score model of ``bundle`` as run by backend ``name``."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    if name == "torch":
+        return model
+    if name == "tensorrt" and (device.type != "cuda" or not torch.cuda.is_available()):
+        raise BackendError("the tensorrt backend needs an NVIDIA GPU: run with device='cuda' on a machine with one "
+                           "(this machine has none visible to torch)")
+    try:
+        from export.artifacts import GraphSpec, default_cache_dir, ensure_score_graphs
+    except ImportError as e:
+        raise ImportError(f"the {name} backend needs the export extra: pip install 'tapdiff[export]' ({e})") from e
+    spec = GraphSpec.of(bundle, model, batches)
+    graphs = ensure_score_graphs(model, bundle, spec, cache_dir or default_cache_dir(), log)
+    if name == "onnxruntime":
+        from export.ort_runtime import OrtScoreModel
+
+        return OrtScoreModel(graphs, device=str(device))
+    from export.tensorrt_build import cached_engine
+    from export.trt_runtime import TrtScoreModel, read_manifest
+
+    plans = {key: cached_engine(path, path.parent / "trt", None if key[1] is not None else (1, max_batch, max_batch),
+                                fp16) for key, path in graphs.items()}
+    return TrtScoreModel(plans, {k: read_manifest(p) for k, p in graphs.items()}, str(device), max_batch)

@@ -1,0 +1,147 @@
+"""The exported score graphs run by onnxruntime, behind the engine's score-model interface
+``model(x, sigma[, onehot, gamma]) -> denoised``, so the solvers cannot tell it from eager PyTorch.
+
+- CPU (``CPUExecutionProvider``): numpy views of the tensors in, a tensor view of the result out.
+- CUDA (``CUDAExecutionProvider``, ``TensorrtExecutionProvider`` of onnxruntime-gpu): IOBinding on the
+  torch tensors' device memory, on torch's current stream; never run on this project's machines.
+
+onnxruntime-gpu falls back to the CPU provider silently when CUDA is missing: every session's
+``get_providers()`` is checked against what was asked, and a mismatch is an error, never a slow success.
+Thread spinning is off: a spinning intra-op pool slows the PyTorch code that shares the process.
+Sessions save their optimised graph beside the exported one (keyed by onnxruntime's version, the
+provider and the settings), and later sessions load it with optimisation off, so they start fast.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.backends import BackendError
+from engine.evaluation.provenance import cpu_model
+
+from .onnx_export import file_sha256
+
+# Chosen by measurement (benchmarks/backend_speed.py, benchmarks/results/backend_speed.md).
+DEFAULT_LEVEL = "all"
+LEVELS = ("disable", "basic", "extended", "all")
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"],
+             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"]}
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ImportError("the onnxruntime backend needs onnxruntime (CPU) or onnxruntime-gpu: "
+                          "pip install 'tapdiff[export]' (or 'tapdiff[gpu]')") from e
+    return ort
+
+
+def session_options(threads: int, level: str, optimized_path: Path | None = None):
+    ort = _onnxruntime()
+    if level not in LEVELS:
+        raise ValueError(f"unknown graph optimisation level {level!r}; expected one of {LEVELS}")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # errors only: the NCHWc note on saving is why the optimised graph is keyed by CPU
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    return so
+
+
+def checked_session(path: Path, so, providers: list):
+    """An InferenceSession whose providers are the ones asked for (the first one at least)."""
+    ort = _onnxruntime()
+    available = ort.get_available_providers()
+    wanted = [p if isinstance(p, str) else p[0] for p in providers]
+    if wanted[0] not in available:
+        raise BackendError(f"onnxruntime has no {wanted[0]} here (available: {available}); "
+                           f"{'install onnxruntime-gpu on a machine with CUDA' if wanted[0] != 'CPUExecutionProvider' else ''}")
+    sess = ort.InferenceSession(str(path), so, providers=providers)
+    if sess.get_providers()[0] != wanted[0]:
+        raise BackendError(f"onnxruntime fell back to {sess.get_providers()} although {wanted[0]} was asked for")
+    return sess
+
+
+class OrtScoreModel:
+    """The score model as onnxruntime sessions: one per (guided, static batch or None = dynamic) graph."""
+
+    def __init__(self, graphs: dict[tuple[bool, int | None], Path], device: str = "cpu", provider: str | None = None,
+                 threads: int | None = None, level: str = DEFAULT_LEVEL):
+        """``threads``: intra-op threads, default torch's (both runtimes then use the same cores)."""
+        ort = _onnxruntime()
+        self.device = torch.device(device)
+        provider = provider or ("cuda" if self.device.type == "cuda" else "cpu")
+        if provider not in PROVIDERS:
+            raise ValueError(f"unknown onnxruntime provider {provider!r}; expected one of {sorted(PROVIDERS)}")
+        if (provider == "cpu") != (self.device.type == "cpu"):
+            raise ValueError(f"provider {provider!r} does not run on device {self.device}")
+        providers: list = list(PROVIDERS[provider])
+        if provider != "cpu":  # compute on torch's stream, so no extra synchronisation is needed
+            stream = str(torch.cuda.current_stream(self.device).cuda_stream)
+            providers = [(p, {"device_id": self.device.index or 0, "user_compute_stream": stream}) for p in providers]
+        threads = threads or torch.get_num_threads()
+        self.provider, self.sessions = provider, {}
+        # optimised graphs can hold layouts for this very processor: its model is part of the key
+        settings = f"{ort.__version__}|{provider}|{threads}|{level}|{cpu_model()}"
+        for key, path in graphs.items():
+            optimized = self._optimized_path(path, settings)
+            if optimized.exists():  # optimised before: load it as it is
+                so = session_options(threads, "disable")
+                self.sessions[key] = checked_session(optimized, so, providers)
+            else:
+                optimized.parent.mkdir(parents=True, exist_ok=True)
+                so = session_options(threads, level, optimized)
+                self.sessions[key] = checked_session(path, so, providers)
+
+    @staticmethod
+    def _optimized_path(path: Path, settings: str) -> Path:
+        """The optimised graph of ``path`` under these settings: keyed by the source graph's bytes too, so a
+        rebuilt graph never meets an old optimised one."""
+        key = hashlib.sha256(f"{file_sha256(path)}|{settings}".encode()).hexdigest()[:16]
+        return path.parent / "ort" / f"{path.stem}-{key}.onnx"
+
+    def providers(self) -> list[str]:
+        return sorted({p for s in self.sessions.values() for p in s.get_providers()})
+
+    def session_for(self, guided: bool, batch: int):
+        sess = self.sessions.get((guided, batch)) or self.sessions.get((guided, None))
+        if sess is None:
+            have = sorted(b for g, b in self.sessions if g == guided and b is not None)
+            raise ValueError(f"no {'guided' if guided else 'unguided'} graph for batch {batch}: the exported "
+                             f"graphs have static batch sizes {have}; export with a dynamic batch or this size")
+        return sess
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor | None = None,
+                 gamma: torch.Tensor | None = None) -> torch.Tensor:
+        guided = onehot is not None
+        feeds = dict(zip(("x_t", "sigma", "onehot", "gamma"), (x, sigma, onehot, gamma) if guided else (x, sigma)))
+        sess = self.session_for(guided, x.shape[0])
+        if self.provider == "cpu":
+            out = sess.run(None, {k: np.ascontiguousarray(v.detach().numpy()) for k, v in feeds.items()})[0]
+            return torch.from_numpy(out)
+        return self._run_on_device(sess, feeds, x)
+
+    def _run_on_device(self, sess, feeds: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """IOBinding on device memory: inputs and output stay on the GPU, no host copies."""
+        binding = sess.io_binding()
+        index = self.device.index or 0
+        keep = []
+        for name, t in feeds.items():
+            t = t.contiguous().float()
+            keep.append(t)
+            binding.bind_input(name, "cuda", index, np.float32, list(t.shape), t.data_ptr())
+        out = torch.empty_like(keep[0])
+        binding.bind_output("denoised", "cuda", index, np.float32, list(out.shape), out.data_ptr())
+        sess.run_with_iobinding(binding)
+        return out

@@ -1,0 +1,58 @@
+"""ScoreSubnet's tap cross-attention as one function: add the positional term to queries and keys, split
+heads from the channel axis, softmax(Q K^T / sqrt(dh)) V, and put the heads back on the channel axis.
+
+Layouts: q, k, v and the output are (B, C, H, W), channel-major as the 1x1 convs around the attention
+produce and consume them; channel c belongs to head c // dh, dh = C // heads. k and v may be channel-slice
+views of one (B, 2C, H, W) conv output (``kv.chunk(2, dim=1)``). pos is (1, C, H, W), added to q and k
+only. On CUDA ``tap_attention`` runs a flash-style Triton kernel (``attention_triton``) that reads
+this layout directly; elsewhere the reference. ``backend_for(q, "tap_attention")`` says which.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .dispatch import backend_for, needs_grad
+
+
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, C, H, W) -> contiguous (B, heads, H * W, C / heads); channel c belongs to head c // (C / heads).
+
+    Contiguous on purpose: SDPA's fused kernels need a unit stride in the last dimension; without it SDPA
+    falls back to materialising the tokens x tokens matrix per head."""
+    B, C = t.shape[:2]
+    return t.reshape(B, heads, C // heads, -1).transpose(-1, -2).contiguous()
+
+
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Attention over the H * W positions of (B, C, H, W) maps with ``heads`` heads on the channel axis; the
+    output has q's shape (the U-Net's self-attention, and the reference of ``tap_attention``)."""
+    a = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads))
+    return a.transpose(-1, -2).reshape(q.shape)
+
+
+def tap_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                            heads: int) -> torch.Tensor:
+    """q, k, v (B, C, H, W), pos (1, C, H, W) -> attention output (B, C, H, W) in q's dtype."""
+    return multi_head_attention(q + pos, k + pos, v, heads)
+
+
+def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, heads: int) -> None:
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must share one (B, C, H, W) shape: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if pos.shape != (1, *q.shape[1:]):
+        raise ValueError(f"pos must be (1, C, H, W) = {(1, *q.shape[1:])}, got {tuple(pos.shape)}")
+    if heads < 1 or q.shape[1] % heads:
+        raise ValueError(f"channels {q.shape[1]} do not split into {heads} heads")
+    if len({t.dtype for t in (q, k, v, pos)}) != 1 or len({t.device for t in (q, k, v, pos)}) != 1:
+        raise ValueError("q, k, v and pos must share dtype and device")
+
+
+def tap_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, heads: int) -> torch.Tensor:
+    """Triton on CUDA (fp32/fp16, no autograd), else ``tap_attention_reference``; same signature and layouts."""
+    check_attention_inputs(q, k, v, pos, heads)
+    if backend_for(q, "tap_attention", needs_grad=needs_grad(q, k, v, pos)) == "triton":
+        from .attention_triton import tap_attention_triton
+
+        return tap_attention_triton(q, k, v, pos, heads)
+    return tap_attention_reference(q, k, v, pos, heads)

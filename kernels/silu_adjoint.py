@@ -1,0 +1,64 @@
+"""The elementwise tail of the classifier's explicit adjoint (ResBlock.adjoint with the "affine" norm):
+
+    out = [residual +] x * silu'(t) * [(1 + scale)] * [weight]      silu'(t) = s (1 + t (1 - s)), s = sigmoid(t)
+
+x: stacked cotangents (S, B, C, H, W) (or (B, C, H, W)); t: the forward pre-activation (B, C, H, W),
+broadcast over S; weight: (C,) affine-norm weight or None; scale: FiLM scale broadcastable to
+(B, C, 1, 1) or None; residual: like x or None. In ResBlock.adjoint:
+
+    ga  = silu_affine_adjoint(conv_adjoint(conv2, g), t2, norm2.weight)
+    out = silu_affine_adjoint(conv_adjoint(conv1, ga), t1, norm1.weight, scale=scale, residual=g)
+
+and Stage.adjoint's ``conv_adjoint(down, g) * silu_derivative(h_in)`` is ``silu_affine_adjoint(.., h_in, None)``.
+On CUDA ``silu_affine_adjoint`` runs one Triton pass (``silu_adjoint_triton``) that reads t once for all
+S cotangents; elsewhere the reference. ``backend_for(x, "silu_affine_adjoint")`` says which.
+"""
+from __future__ import annotations
+
+import torch
+
+from .dispatch import backend_for, needs_grad
+
+
+def silu_derivative(t: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(t)
+    return s * (1.0 + t * (1.0 - s))
+
+
+def silu_affine_adjoint_reference(x: torch.Tensor, t: torch.Tensor, weight: torch.Tensor | None,
+                                  scale: torch.Tensor | None = None, residual: torch.Tensor | None = None
+                                  ) -> torch.Tensor:
+    """The engine's op order, in the input dtype: ((x * silu'(t)) * (1 + scale)) * weight, then residual + ."""
+    y = x * silu_derivative(t)
+    if scale is not None:
+        y = y * (1 + scale)
+    if weight is not None:
+        y = y * weight[:, None, None]
+    return y if residual is None else residual + y
+
+
+def check_adjoint_inputs(x, t, weight, scale, residual) -> None:
+    if t.dim() != 4 or x.dim() not in (4, 5) or x.shape[-4:] != t.shape:
+        raise ValueError(f"x must be (S, B, C, H, W) or (B, C, H, W) over t (B, C, H, W): {tuple(x.shape)} vs {tuple(t.shape)}")
+    B, C = t.shape[:2]
+    if weight is not None and weight.shape != (C,):
+        raise ValueError(f"weight must be ({C},), got {tuple(weight.shape)}")
+    if scale is not None and (scale.dim() != 4 or scale.shape[2:] != (1, 1) or scale.shape[0] not in (1, B)
+                              or scale.shape[1] not in (1, C)):
+        raise ValueError(f"scale must broadcast to ({B}, {C}, 1, 1), got {tuple(scale.shape)}")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    tensors = [a for a in (x, t, weight, scale, residual) if a is not None]
+    if len({a.dtype for a in tensors}) != 1 or len({a.device for a in tensors}) != 1:
+        raise ValueError("all inputs must share dtype and device")
+
+
+def silu_affine_adjoint(x: torch.Tensor, t: torch.Tensor, weight: torch.Tensor | None,
+                        scale: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Triton on CUDA (no autograd), else ``silu_affine_adjoint_reference``; output has x's shape and dtype."""
+    check_adjoint_inputs(x, t, weight, scale, residual)
+    if backend_for(x, "silu_affine_adjoint", needs_grad=needs_grad(x, t, weight, scale, residual)) == "triton":
+        from .silu_adjoint_triton import silu_affine_adjoint_triton
+
+        return silu_affine_adjoint_triton(x, t, weight, scale, residual)
+    return silu_affine_adjoint_reference(x, t, weight, scale, residual)

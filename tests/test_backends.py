@@ -1,0 +1,175 @@
+"""The exported score graph on the sampling path: onnxruntime samples what eager torch samples, the artifact
+cache rebuilds what is stale or corrupt, and what cannot run here says so (TensorRT's logic is checked
+without TensorRT)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+import export.artifacts as artifacts
+from engine.api import Engine
+from engine.backends import BackendError
+from engine.cli import main
+from export.tensorrt_build import plan_is_intact
+from export.trt_runtime import binding_plan, select_graph
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.mark.parametrize("model", ["tapdiff", "two-model"])
+def test_onnxruntime_samples_what_torch_samples(tiny_with_baselines, cache, model):
+    """Both score models run on both backends, through the same solvers, seeds and guidance code."""
+    eager = Engine(tiny_with_baselines, model=model)
+    ort = Engine(tiny_with_baselines, model=model, backend="onnxruntime", artifacts=cache)
+    assert ort.scorer.providers() == ["CPUExecutionProvider"]
+    for sampler, guidance in (("dpmpp_2m_sde", 3.0), ("heun", 0.0)):
+        a = eager.generate([1, 7], n=2, nfe=6, sampler=sampler, guidance=guidance, seed=4)
+        b = ort.generate([1, 7], n=2, nfe=6, sampler=sampler, guidance=guidance, seed=4)
+        assert float((a.mels - b.mels).abs().max()) <= 1e-3 * float(a.mels.abs().max())
+
+
+def _graphs(bundle_dir, cache, log):
+    from engine.diffusion.score_model import score_model
+    from engine.storage.bundle import load_bundle
+
+    b = load_bundle(bundle_dir)
+    m = score_model(b)
+    spec = artifacts.GraphSpec.of(b, m)
+    return artifacts.ensure_score_graphs(m, b, spec, cache, log), spec
+
+
+def test_artifacts_are_reused_and_rebuilt_when_stale_or_corrupt(tiny_checkpoint, tmp_path, monkeypatch):
+    lines = []
+    graphs, spec = _graphs(tiny_checkpoint, tmp_path, lines.append)
+    assert lines == [] and set(graphs) == {(True, None), (False, None)}
+    guided = graphs[(True, None)]
+    # reused: nothing is exported again
+    real = artifacts.export_score_graph
+    monkeypatch.setattr(artifacts, "export_score_graph", lambda *a: pytest.fail("re-exported a good artifact"))
+    assert _graphs(tiny_checkpoint, tmp_path, lines.append)[0] == graphs and lines == []
+    monkeypatch.setattr(artifacts, "export_score_graph", real)
+    # truncated graph: rebuilt, with the reason
+    data = guided.read_bytes()
+    guided.write_bytes(data[: len(data) // 2])
+    _graphs(tiny_checkpoint, tmp_path, lines.append)
+    assert len(lines) == 1 and "corrupt" in lines[0] and str(guided) in lines[0]
+    assert artifacts.stale_reason(guided, spec) is None
+    # a manifest from other weights at this path: rebuilt
+    manifest = json.loads(guided.with_suffix(".json").read_text())
+    manifest["artifact"]["weights"][1][1] = "0" * 64
+    guided.with_suffix(".json").write_text(json.dumps(manifest))
+    _graphs(tiny_checkpoint, tmp_path, lines.append)
+    assert "built for other weights" in lines[1]
+    # an interrupted export (graph without manifest): rebuilt
+    guided.with_suffix(".json").unlink()
+    _graphs(tiny_checkpoint, tmp_path, lines.append)
+    assert "missing" in lines[2] and artifacts.stale_reason(guided, spec) is None
+
+
+def test_other_weights_get_another_artifact(tiny_checkpoint, tmp_path, fsdd_root):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_checkpoint, other, ignore=shutil.ignore_patterns("state"))
+    assert main(["train-score", "--checkpoint", str(other), "--seconds", "1", "--widths", "8,8,16,16", "--seed", "5",
+                 "--data", str(fsdd_root)]) == 0
+    a, _ = _graphs(tiny_checkpoint, tmp_path / "cache", print)
+    b, _ = _graphs(other, tmp_path / "cache", print)
+    assert a[(True, None)].parent != b[(True, None)].parent  # keyed by the weights' sha256
+
+
+def test_export_command_writes_graphs_and_says_why_no_plans(tiny_checkpoint, tmp_path, capsys):
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--static", "--batch", "1,3"]) == 0
+    out = capsys.readouterr()
+    paths = out.out.split()
+    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["guided_b1.onnx", "guided_b3.onnx", "unguided_b1.onnx",
+                                                          "unguided_b3.onnx"]
+    assert "no TensorRT plans built" in out.err
+    from export.ort_runtime import OrtScoreModel
+
+    graphs = {(p.rsplit("/", 1)[1].startswith("guided"), int(p.rsplit("_b", 1)[1][:-5])): p for p in paths}
+    ort = OrtScoreModel({k: __import__("pathlib").Path(v) for k, v in graphs.items()})
+    x, s = torch.randn(3, 1, 80, 72), torch.ones(3)
+    assert ort(x, s).shape == (3, 1, 80, 72)
+    with pytest.raises(ValueError, match="static batch sizes \\[1, 3\\]"):
+        ort(torch.randn(2, 1, 80, 72), torch.ones(2))
+
+
+def test_backends_that_cannot_run_here_say_why(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="needs an NVIDIA GPU"):
+            Engine(tiny_checkpoint, backend="tensorrt", artifacts=tmp_path)
+        with pytest.raises(BackendError, match="CUDA is not available"):
+            Engine(tiny_checkpoint, device="cuda", backend="onnxruntime", artifacts=tmp_path)
+        assert main(["generate", "--checkpoint", str(tiny_checkpoint), "--backend", "tensorrt", "--digit", "1",
+                     "--out", str(tmp_path / "wav")]) == 2
+        assert "needs an NVIDIA GPU" in capsys.readouterr().err and not (tmp_path / "wav").exists()
+    import onnxruntime
+
+    from export.ort_runtime import checked_session, session_options
+
+    graphs, _ = _graphs(tiny_checkpoint, tmp_path, print)
+    path, so = graphs[(True, None)], session_options(1, "all")
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(BackendError, match="has no CUDAExecutionProvider"):
+            checked_session(path, so, ["CUDAExecutionProvider"])
+    # onnxruntime-gpu's silent fallback: the provider is listed, the session still runs on the CPU
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    real_session = onnxruntime.InferenceSession
+    monkeypatch.setattr(onnxruntime, "InferenceSession",
+                        lambda p, o, providers: real_session(p, o, providers=["CPUExecutionProvider"]))
+    with pytest.raises(BackendError, match="fell back"):
+        checked_session(path, so, ["CUDAExecutionProvider"])
+    with pytest.raises(ValueError, match="unknown backend"):
+        Engine(tiny_checkpoint, backend="tvm")
+
+
+def test_missing_onnxruntime_is_named(tiny_checkpoint, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime" or name.startswith("onnxruntime."):
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    graphs, _ = _graphs(tiny_checkpoint, tmp_path, print)
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    from export.ort_runtime import OrtScoreModel
+
+    with pytest.raises(ImportError, match="needs onnxruntime"):
+        OrtScoreModel(graphs)
+
+
+def test_tensorrt_graph_choice_and_bindings_are_checked_against_the_manifest(tiny_checkpoint, tmp_path):
+    graphs, _ = _graphs(tiny_checkpoint, tmp_path, print)
+    manifest = json.loads(graphs[(True, None)].with_suffix(".json").read_text())
+    feeds = {"x_t": torch.zeros(5, 1, 80, 72), "sigma": torch.ones(5), "onehot": torch.zeros(5, 10), "gamma": torch.ones(5)}
+    assert dict(binding_plan(manifest, feeds)) == {"x_t": (5, 1, 80, 72), "sigma": (5,), "onehot": (5, 10), "gamma": (5,)}
+    with pytest.raises(ValueError, match="do not match"):
+        binding_plan(manifest, {k: v for k, v in feeds.items() if k != "gamma"})
+    with pytest.raises(ValueError, match="does not fit"):
+        binding_plan(manifest, {**feeds, "x_t": torch.zeros(5, 1, 80, 71)})
+    with pytest.raises(ValueError, match="batch"):
+        binding_plan(manifest, {**feeds, "sigma": torch.ones(4)})
+    have = [(True, 1), (True, 16), (False, None)]
+    assert select_graph(have, True, 16) == (True, 16) and select_graph(have, False, 7, max_batch=16) == (False, None)
+    with pytest.raises(ValueError, match="static sizes \\[1, 16\\]"):
+        select_graph(have, True, 4)
+    with pytest.raises(ValueError, match="maximum 16"):
+        select_graph(have, False, 32, max_batch=16)
+
+
+def test_a_truncated_plan_is_not_reused(tmp_path):
+    import hashlib
+
+    plan = tmp_path / "g.plan"
+    plan.write_bytes(b"serialised engine bytes")
+    assert not plan_is_intact(plan)  # no sha256 beside it: an interrupted build
+    plan.with_suffix(".sha256").write_text(hashlib.sha256(plan.read_bytes()).hexdigest())
+    assert plan_is_intact(plan)
+    plan.write_bytes(b"serialised engi")
+    assert not plan_is_intact(plan)
