@@ -21,6 +21,7 @@ from .diffusion.noise import clip_seed, draw_noise
 from .diffusion.score_model import score_model
 from .diffusion.solvers import SamplerSpec, get_solver, sample
 from .diffusion.taps import onehot
+from .stages import stage
 from .storage.bundle import Bundle, load_bundle
 from .storage.checkpoint import DEFAULT_CHECKPOINT
 
@@ -176,5 +177,6 @@ class Engine:
         if not torch.isfinite(mels).all():
             raise FloatingPointError("sampling produced NaN or inf; try more steps or lower guidance")
         mels = mels.clamp(*log_mel_range(self.bundle.features))
-        waves = torch.cat([self.vocoder(mels[i:i + 16]) for i in range(0, len(mels), 16)])
+        with stage("vocoder"):
+            waves = torch.cat([self.vocoder(mels[i:i + 16]) for i in range(0, len(mels), 16)])
         return Generation(labels, mels, waves, self.bundle.features.sample_rate)

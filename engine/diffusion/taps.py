@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.classifier import NoiseConditionedClassifier
+from ..stages import stage
 from ..storage.config import SDEConfig
 from .sde import precondition
 
@@ -57,10 +58,12 @@ class TapExtractor(torch.nn.Module):
     @torch.no_grad()
     def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor | None = None) -> Taps:
         _, _, c_in, c_noise = precondition(sigma, self.sde)
-        fp = self.classifier.forward_with_tape(c_in * x_t, c_noise)
-        probs = torch.softmax(fp.logits, dim=-1)
-        cot = probs[None] if onehot is None else torch.stack([probs, onehot.to(probs) - probs])
-        grads, g_in = self.classifier.adjoint(fp, cot)
+        with stage("classifier forward"):
+            fp = self.classifier.forward_with_tape(c_in * x_t, c_noise)
+        with stage("classifier adjoint"):
+            probs = torch.softmax(fp.logits, dim=-1)
+            cot = probs[None] if onehot is None else torch.stack([probs, onehot.to(probs) - probs])
+            grads, g_in = self.classifier.adjoint(fp, cot)
         # Copies, not views: a view of cotangent 0 would keep the guidance cotangent's half of every
         # stacked gradient alive while the ScoreSubnet runs (its peak-memory phase).
         grads = [g[0].clone() if onehot is not None else g[0] for g in grads]
@@ -74,7 +77,9 @@ class TapExtractor(torch.nn.Module):
         """grad_x log p(y | x_t) alone (one cotangent, no tap gradients kept): what a two-model pipeline
         needs from its classifier."""
         _, _, c_in, c_noise = precondition(sigma, self.sde)
-        fp = self.classifier.forward_with_tape(c_in * x_t, c_noise)
-        probs = torch.softmax(fp.logits, dim=-1)
-        _, g_in = self.classifier.adjoint(fp, (onehot.to(probs) - probs)[None], keep_grads=False)
+        with stage("classifier forward"):
+            fp = self.classifier.forward_with_tape(c_in * x_t, c_noise)
+        with stage("classifier adjoint"):
+            probs = torch.softmax(fp.logits, dim=-1)
+            _, g_in = self.classifier.adjoint(fp, (onehot.to(probs) - probs)[None], keep_grads=False)
         return g_in[0] * c_in

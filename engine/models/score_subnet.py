@@ -17,6 +17,7 @@ from torch import nn
 
 from kernels import tap_attention, tap_pair_norm, tap_rms_norm
 
+from ..stages import stage
 from ..storage.config import SubnetConfig
 from .blocks import FiLMResBlock, SigmaEmbedding, group_count
 
@@ -38,8 +39,9 @@ class TapAttention(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, h: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-        k, v = self.kv(taps).chunk(2, dim=1)
-        return h + self.out(tap_attention(self.q(self.norm(h)), k, v, self.pos, self.heads))
+        with stage("attention"):
+            k, v = self.kv(taps).chunk(2, dim=1)
+            return h + self.out(tap_attention(self.q(self.norm(h)), k, v, self.pos, self.heads))
 
 
 def pyramid(input_hw: tuple[int, int], depths: int) -> list[tuple[int, int]]:
@@ -101,16 +103,18 @@ class ScoreSubnet(nn.Module):
 
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, taps=None) -> torch.Tensor:
         """x_in = c_in * x_t (B, 1, n_mels, frames), c_noise (B,), taps (``Taps`` or None for the ablation)."""
-        inputs, scales = self._inputs(x_in, taps)
-        emb = self.embed(c_noise)
-        if self.scale_embed is not None:
-            emb = emb + self.scale_embed(scales / 10.0)
-        h = None
-        for d in reversed(range(len(inputs))):
-            z = self.proj[d](inputs[d])
-            if h is not None:
-                z = z + F.interpolate(self.up[d](h), size=z.shape[-2:], mode="nearest")
-            h = self.blocks[d](z, emb)
-            if str(d) in self.attn:
-                h = self.post[str(d)](self.attn[str(d)](h, inputs[d]), emb)
-        return self.out(h)
+        with stage("tap normalisation"):
+            inputs, scales = self._inputs(x_in, taps)
+        with stage("decoder"):
+            emb = self.embed(c_noise)
+            if self.scale_embed is not None:
+                emb = emb + self.scale_embed(scales / 10.0)
+            h = None
+            for d in reversed(range(len(inputs))):
+                z = self.proj[d](inputs[d])
+                if h is not None:
+                    z = z + F.interpolate(self.up[d](h), size=z.shape[-2:], mode="nearest")
+                h = self.blocks[d](z, emb)
+                if str(d) in self.attn:
+                    h = self.post[str(d)](self.attn[str(d)](h, inputs[d]), emb)  # attention: its own stage
+            return self.out(h)

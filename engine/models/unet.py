@@ -15,6 +15,7 @@ from torch import nn
 
 from kernels import multi_head_attention
 
+from ..stages import stage
 from .blocks import FiLMResBlock, SigmaEmbedding, group_count
 
 
@@ -42,8 +43,9 @@ class SelfAttention(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(self.norm(h)).chunk(3, dim=1)
-        return h + self.out(multi_head_attention(q, k, v, self.heads))
+        with stage("attention"):
+            q, k, v = self.qkv(self.norm(h)).chunk(3, dim=1)
+            return h + self.out(multi_head_attention(q, k, v, self.heads))
 
 
 class UNet(nn.Module):
@@ -78,6 +80,10 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, taps=None) -> torch.Tensor:
+        with stage("decoder"):  # the self-attention inside is its own stage
+            return self._forward(x_in, c_noise)
+
+    def _forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         emb = self.embed(c_noise)
         h = self.stem(x_in)
         skips = []

@@ -1,0 +1,171 @@
+"""Where a sampling step's time goes: a few solver steps and the vocoder under torch.profiler, split by the
+named stages of ``engine.stages``, with the MACs each stage does and the rate it achieves.
+
+Stages nest (attention inside the decoder, everything inside the step); each stage's time here is
+exclusive: its own range minus the stages inside it, so the stages add up to the whole. MACs are counted
+by FlopCounterMode's formulas and attributed to the innermost stage running. Times are CPU times of the
+ranges; on a GPU they are launch times, and the Chrome trace holds the kernels' device times.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..diffusion.guidance import conditioned
+from ..diffusion.noise import clip_seed, draw_noise
+from ..diffusion.solvers import get_solver
+from ..stages import STAGES, current_stage, stage
+from .cost import _EXTRA_FORMULAS
+
+STEP = "preconditioning, guidance and solver update"
+
+
+class StageFlopCounter(FlopCounterMode):
+    """FlopCounterMode that also keeps the count per innermost ``engine.stages`` stage. Overrides the
+    private ``_count_flops`` hook (torch 2.4+); ``tests/test_profile.py`` checks the totals agree."""
+
+    def __init__(self):
+        super().__init__(display=False, custom_mapping=_EXTRA_FORMULAS)
+        self.by_stage: dict[str | None, int] = defaultdict(int)
+
+    def _count_flops(self, func_packet, out, args, kwargs):
+        if func_packet in self.flop_registry:
+            self.by_stage[current_stage()] += self.flop_registry[func_packet](*args, **kwargs, out_val=out)
+        return super()._count_flops(func_packet, out, args, kwargs)
+
+
+def matmul_rate(n: int = 512, repeats: int = 20) -> float:
+    """This machine's float32 matmul rate in GMAC/s (n x n x n, median of ``repeats``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return n ** 3 / statistics.median(times) / 1e9
+
+
+def _stage_times(events) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Exclusive seconds per stage, and per stage the self time of the operators inside it."""
+    stages = set(STAGES)
+    exclusive: dict[str, float] = defaultdict(float)
+    ops: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+
+    def nearest_stage(ev):
+        p = ev.cpu_parent
+        while p is not None and p.name not in stages:
+            p = p.cpu_parent
+        return p
+
+    for ev in events:
+        if ev.name in stages:
+            inner = 0.0
+            todo = list(ev.cpu_children)
+            while todo:
+                c = todo.pop()
+                if c.name in stages:
+                    inner += c.cpu_time_total
+                else:
+                    todo.extend(c.cpu_children)
+            exclusive[ev.name] += (ev.cpu_time_total - inner) / 1e6
+        else:
+            owner = nearest_stage(ev)
+            ops[owner.name if owner else "outside any stage"][ev.name] += ev.self_cpu_time_total / 1e6
+    return dict(exclusive), {k: dict(v) for k, v in ops.items()}
+
+
+@torch.no_grad()
+def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 3.0, sampler: str | None = None,
+                     out_dir: str | Path | None = None, repeats: int = 3) -> dict:
+    """Profile ``steps`` solver steps (from the start of the schedule) of a batch, then the vocoder."""
+    spec = engine.sampler_spec(sampler)
+    solver = get_solver(spec.solver)
+    steps = min(steps, spec.steps)
+    sigmas = spec.schedule(engine.bundle.sde)
+    table = solver.table(sigmas, dict(spec.options), engine.device)
+    host = sigmas.tolist()
+    labels = [engine.labels[i % len(engine.labels)] for i in range(batch)]
+    fn = conditioned(engine.scorer, *engine._conditioning(labels, guidance))
+    f = engine.bundle.features
+    noise = draw_noise([clip_seed(0, k) for k in range(batch)], (1, f.n_mels, f.frames), spec.steps,
+                       solver.noise_per_step, engine.device)
+
+    def run_steps():
+        x = noise.prior * table[0, 0]
+        state = solver.init_state(x)
+        for i in range(steps):
+            with stage(STEP):
+                x, _ = solver.step(fn, x, table[i], noise.steps[i], state, host[i + 1] == 0)
+        return x
+
+    def run_vocoder(x):
+        return engine.finish(labels, x.clamp(-20, 20))
+
+    x = run_steps()  # warm-up
+    run_vocoder(x)
+    step_times, voc_times = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x = run_steps()
+        t1 = time.perf_counter()
+        run_vocoder(x)
+        step_times.append((t1 - t0) / steps)
+        voc_times.append(time.perf_counter() - t1)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if engine.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        run_vocoder(run_steps())
+    with StageFlopCounter() as counter:
+        run_vocoder(run_steps())
+    exclusive, ops = _stage_times(prof.events())
+    rate = matmul_rate()
+    rows = []
+    for name in STAGES:
+        seconds = exclusive.get(name, 0.0)
+        per = steps if name != "vocoder" else 1
+        macs = counter.by_stage.get(name, 0) // 2
+        top = sorted(ops.get(name, {}).items(), key=lambda kv: -kv[1])[:3]
+        rows.append({"stage": name, "seconds_per_step": seconds / per, "macs_per_step": macs // per,
+                     "gmac_per_s": macs / seconds / 1e9 if seconds > 0 and macs else 0.0,
+                     "top_ops": [(k, v / per) for k, v in top]})
+    step_rows = [r for r in rows if r["stage"] != "vocoder"]
+    total = sum(r["seconds_per_step"] for r in step_rows)
+    for r in rows:
+        r["share_of_step"] = r["seconds_per_step"] / total if r["stage"] != "vocoder" else None
+        r["of_matmul_rate"] = r["gmac_per_s"] / rate
+    result = {"model": engine.model, "backend": engine.backend, "batch": batch, "steps": steps, "guidance": guidance,
+              "sampler": spec.label(), "stages": rows, "profiled_step_s": total,
+              "measured_step_s": statistics.median(step_times), "measured_vocoder_s": statistics.median(voc_times),
+              "matmul_gmac_per_s": rate, "unattributed_ops": ops.get("outside any stage", {}),
+              "stages_sum_over_measured": total / statistics.median(step_times)}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(out / f"trace_{engine.model}.json"))
+        (out / f"profile_{engine.model}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def render_profile(result: dict) -> str:
+    lines = [f"### {result['model']} ({result['backend']}), batch {result['batch']}, guidance {result['guidance']:g}, "
+             f"{result['sampler']}: {result['steps']} steps profiled", "",
+             "| stage | ms per step | share | GMAC per step | GMAC/s | of matmul rate | top operators (ms per step) |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in result["stages"]:
+        share = "" if r["share_of_step"] is None else f"{r['share_of_step']:.0%}"
+        top = ", ".join(f"{k} {1e3 * v:.1f}" for k, v in r["top_ops"])
+        lines.append(f"| {r['stage']} | {1e3 * r['seconds_per_step']:.1f} | {share} | {r['macs_per_step'] / 1e9:.3f} | "
+                     f"{r['gmac_per_s']:.1f} | {r['of_matmul_rate']:.0%} | {top} |")
+    lines += ["", f"Stages of a step sum to {1e3 * result['profiled_step_s']:.1f} ms under the profiler; the same steps "
+                  f"without it took {1e3 * result['measured_step_s']:.1f} ms (ratio {result['stages_sum_over_measured']:.2f}). "
+                  f"Vocoder row: per batch ({1e3 * result['measured_vocoder_s']:.0f} ms measured). Matmul rate of this "
+                  f"machine: {result['matmul_gmac_per_s']:.1f} GMAC/s (float32 512^3)."]
+    return "\n".join(lines) + "\n"
