@@ -53,6 +53,22 @@ def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+@dataclass(frozen=True)
+class Clip:
+    """One clip to sample: its digit (None: unconditional), guidance strength, and where its noise comes
+    from: clip ``index`` of a request with ``seed`` (``clip_seed(seed, index)``). Clips of different requests
+    can share a batch; each still gets exactly its own noise."""
+
+    label: int | None
+    guidance: float
+    seed: int
+    index: int
+
+    @property
+    def guided(self) -> bool:
+        return self.label is not None and self.guidance > 0
+
+
 class Engine:
     """Class-conditional speech generation with one frozen classifier as the backbone.
 
@@ -122,31 +138,28 @@ class Engine:
         if not _is_int(seed) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
 
-    def _conditioning(self, chunk: Sequence[int | None], guidance: float):
-        """(onehot, gamma) of a chunk, or (None, None) when nothing in it is guided."""
-        if guidance == 0 or all(y is None for y in chunk):
+    def conditioning(self, clips: Sequence[Clip]):
+        """(onehot, gamma) of a batch of clips, or (None, None) when none of them is guided."""
+        if not any(c.guided for c in clips):
             return None, None
-        labels = torch.tensor([0 if y is None else y for y in chunk], device=self.device)
-        gamma = torch.tensor([0.0 if y is None else float(guidance) for y in chunk], device=self.device)
+        labels = torch.tensor([c.label if c.label is not None else 0 for c in clips], device=self.device)
+        gamma = torch.tensor([float(c.guidance) if c.guided else 0.0 for c in clips], device=self.device)
         return onehot(labels, self.score_model.n_classes), gamma
 
     @torch.no_grad()
-    def sample_mels(self, labels: Sequence[int | None], guidance: float, seed: int, spec: SamplerSpec,
-                    first_clip: int = 0) -> torch.Tensor:
-        """Normalised log-Mel samples (N, 1, n_mels, frames), one per entry of ``labels``; entry j is clip
-        ``first_clip + j`` of the request (its noise comes from ``clip_seed(seed, first_clip + j)``)."""
+    def sample_clips(self, clips: Sequence[Clip], spec: SamplerSpec) -> torch.Tensor:
+        """Normalised log-Mel samples (N, 1, n_mels, frames), one per clip, in batches of ``batch_size``."""
         feats, solver = self.bundle.features, get_solver(spec.solver)
         sigmas = spec.schedule(self.bundle.sde)
-        shape = (1, feats.n_mels, feats.frames)
         options = dict(spec.options)
         out = []
-        chunks = range(0, len(labels), self.batch_size)
+        chunks = range(0, len(clips), self.batch_size)
         bar = tqdm(total=spec.steps * len(chunks), desc="sampling", disable=None if self.progress else True, leave=False)
         for start in chunks:
-            chunk = list(labels[start:start + self.batch_size])
-            seeds = [clip_seed(seed, first_clip + start + j) for j in range(len(chunk))]
-            noise = draw_noise(seeds, shape, spec.steps, solver.noise_per_step, self.device)
-            fn = conditioned(self.scorer, *self._conditioning(chunk, guidance))
+            chunk = list(clips[start:start + self.batch_size])
+            noise = draw_noise([clip_seed(c.seed, c.index) for c in chunk], (1, feats.n_mels, feats.frames),
+                               spec.steps, solver.noise_per_step, self.device)
+            fn = conditioned(self.scorer, *self.conditioning(chunk))
             if can_capture(self.device):
                 # CUDA: one captured graph per step kind, replayed every step
                 runner = CapturedSampler(fn, solver, noise.prior.shape, self.device)
@@ -157,19 +170,24 @@ class Engine:
         bar.close()
         return torch.cat(out)
 
-    def generate(self, labels: int | Sequence[int] | None = None, n: int = 1, steps: int | None = None,
-                 guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sampler: str | None = None,
-                 nfe: int | None = None) -> Generation:
-        """``n`` clips per requested digit (``labels=None``: n unconditional clips, guidance ignored).
-        ``sampler``/``steps``/``nfe`` override the checkpoint's measured default solver and budget."""
+    def request_clips(self, labels, n: int, guidance: float, seed: int, first_clip: int = 0) -> list[Clip]:
+        """The clips of a request (``n`` per digit of ``labels``; None: unconditional), validated."""
         labels = [None] if labels is None else [labels] if _is_int(labels) else list(labels)
         if not labels:
             raise ValueError("labels is empty: ask for at least one digit")
         self._check(labels, n, guidance, seed)
-        spec = self.sampler_spec(sampler, steps, nfe)
         flat = [y for y in labels for _ in range(n)]
-        x = self.sample_mels(flat, float(guidance), seed, spec)
-        return self.finish(flat, x)
+        return [Clip(y, float(guidance), int(seed), first_clip + k) for k, y in enumerate(flat)]
+
+    def generate(self, labels: int | Sequence[int] | None = None, n: int = 1, steps: int | None = None,
+                 guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sampler: str | None = None,
+                 nfe: int | None = None) -> Generation:
+        """``n`` clips per requested digit (``labels=None``: n unconditional clips, guidance ignored).
+        ``sampler``/``steps``/``nfe`` override the checkpoint's measured default solver and budget.
+        Safe to call from several threads at once: the engine holds no state that a call changes."""
+        clips = self.request_clips(labels, n, guidance, seed)
+        spec = self.sampler_spec(sampler, steps, nfe)
+        return self.finish([c.label for c in clips], self.sample_clips(clips, spec))
 
     def finish(self, labels: list[int | None], x: torch.Tensor) -> Generation:
         """Normalised samples -> de-normalised log-Mels (clamped to what audio can reach) -> waveforms."""

@@ -91,8 +91,9 @@ def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 
     sigmas = spec.schedule(engine.bundle.sde)
     table = solver.table(sigmas, dict(spec.options), engine.device)
     host = sigmas.tolist()
-    labels = [engine.labels[i % len(engine.labels)] for i in range(batch)]
-    fn = conditioned(engine.scorer, *engine._conditioning(labels, guidance))
+    clips = engine.request_clips([engine.labels[i % len(engine.labels)] for i in range(batch)], 1, guidance, 0)
+    labels = [c.label for c in clips]
+    fn = conditioned(engine.scorer, *engine.conditioning(clips))
     f = engine.bundle.features
     noise = draw_noise([clip_seed(0, k) for k in range(batch)], (1, f.n_mels, f.frames), spec.steps,
                        solver.noise_per_step, engine.device)
