@@ -6,7 +6,9 @@
 
 Every point generates ``n`` clips per digit with the same seed at guidance ``--guidance``, judged like
 ``tapdiff evaluate`` (evaluation classifier on re-analysed audio: recognised fraction, FD to the real test
-clips); wall time per clip (sampling + vocoder, batch 16) beside it. The choice, for the first model: the
+clips). Wall time per clip beside each point comes from a separate timing pass at the end (``--time-clips``
+clips per point, one batch, after a warm-up), so the quality pass may share the machine; keep the machine
+quiet for the timing pass. The choice, for the first model: the
 reference is Euler-Maruyama at 100 NFE; among the points whose recognised fraction is within
 ``--tolerance`` of it and whose FD is at most ``--fd-ratio`` x its FD, the fewest NFE wins (then the lower
 FD). With ``--write`` it is recorded in the checkpoint's config.json ("sampling"), which ``Engine`` uses
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from report import command, emit, header, record
@@ -55,12 +58,26 @@ def sweep(args, cache: dict) -> list[dict]:
                         r = evaluate_quality(engine, judge, args.n, args.guidance, args.seed, solver, spec.steps)
                         cache[key] = {"model": model, "solver": solver, "nfe_budget": nfe, "nfe": spec.nfe,
                                       "steps": spec.steps, "fade": fade, "recognised": r.recognised, "fd": r.fd,
-                                      "fd_floor": r.fd_real_halves, "seconds_per_clip": r.seconds_per_clip}
+                                      "fd_floor": r.fd_real_halves}
                         if args.cache:
                             atomic_write_bytes(args.cache, json.dumps(cache, indent=1).encode())
                     rows.append(cache[key])
                     print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def time_points(rows: list[dict], args) -> None:
+    """Seconds per clip of every point, sampling and vocoding one batch of ``--time-clips`` clips."""
+    for model in args.models:
+        engine = Engine(args.checkpoint, model=model, vocoder="griffin-lim", batch_size=args.time_clips)
+        labels = [engine.labels[i % len(engine.labels)] for i in range(args.time_clips)]
+        engine.generate(labels, n=1, guidance=args.guidance, sampler="euler_maruyama", nfe=5)  # warm-up
+        for r in rows:
+            if r["model"] == model:
+                engine.score_model.fade_sigma = r["fade"]
+                t0 = time.perf_counter()
+                engine.generate(labels, n=1, guidance=args.guidance, seed=args.seed, sampler=r["solver"], steps=r["steps"])
+                r["seconds_per_clip"] = (time.perf_counter() - t0) / len(labels)
 
 
 def choose(rows: list[dict], model: str, tolerance: float, fd_ratio: float) -> tuple[dict | None, dict | None]:
@@ -78,8 +95,8 @@ def render(rows: list[dict], args, ref: dict | None, chosen: dict | None) -> str
              f"{args.n} clips per digit, guidance {args.guidance:g}, seed {args.seed}, Griffin-Lim, batch {args.batch}; "
              "judged by the evaluation classifier on re-analysed audio (recognised fraction, FD to the real test "
              "clips). NFE = score evaluations per clip (the budget asked for; a 2-evaluation solver may use one "
-             "less). Seconds per clip: sampling and vocoding wall time on this CPU divided by the clips, measured "
-             "while the run had the machine (other work on the machine inflates it).", ""]
+             f"less). Seconds per clip: one batch of {args.time_clips} clips sampled and vocoded (Griffin-Lim) in a "
+             "timing pass after the quality pass, on this CPU.", ""]
     for model in args.models:
         for fade in args.fades:
             lines += [f"### {model}, guidance fade sigma {fade:g}", "",
@@ -142,6 +159,7 @@ def main() -> int:
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--time-clips", type=int, default=16, help="clips of the timing pass per point")
     p.add_argument("--tolerance", type=float, default=0.02, help="recognised fraction may be this much below the reference")
     p.add_argument("--fd-ratio", type=float, default=1.1, help="FD may be this many times the reference's")
     p.add_argument("--cache", default=None, help="JSON file of finished points, to resume an interrupted run")
@@ -158,6 +176,7 @@ def main() -> int:
     if args.cache and Path(args.cache).exists():
         cache = json.loads(Path(args.cache).read_text())
     rows = sweep(args, cache)
+    time_points(rows, args)
     ref, chosen = choose(rows, args.models[0], args.tolerance, args.fd_ratio)
     emit(render(rows, args, ref, chosen), args.out)
     if args.json:
