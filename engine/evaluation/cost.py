@@ -83,8 +83,9 @@ def step_cost(bundle: Bundle, model: GuidedDenoiser | None = None) -> StepCost:
     return StepCost(bundle.model, unguided, guided, parts, n_params(clf) + own, own)
 
 
-def score_eval(bundle: Bundle, batch: int, guidance: float, model: GuidedDenoiser | None = None):
-    """(fn, x, sigma): one score evaluation as the sampler makes it, guided when ``guidance`` > 0."""
+def score_eval(bundle: Bundle, batch: int, guidance: float, model=None):
+    """(fn, x, sigma): one score evaluation as the sampler makes it, guided when ``guidance`` > 0; ``model``:
+    the score model or any backend's runner of it (default: the eager score model)."""
     model = model or score_model(bundle)
     x, sigma, oh, gamma = example_inputs(bundle, batch, guidance)
     fn = conditioned(model, *((oh, gamma) if guidance > 0 else (None, None)))
@@ -110,7 +111,7 @@ def time_score_eval(bundle: Bundle, batch: int, guidance: float, repeats: int = 
 
 _MEMORY_PROBE = r"""
 import json, sys, torch
-from engine.storage.bundle import load_bundle
+from engine.api import Engine
 from engine.evaluation.cost import score_eval
 
 def status_kb(key):
@@ -118,8 +119,9 @@ def status_kb(key):
         if line.startswith(key + ":"):
             return int(line.split()[1])
 
-ckpt, model, batch, gamma = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-fn, x, s = score_eval(load_bundle(ckpt, model=model), batch, gamma)
+ckpt, model, batch, gamma, backend, artifacts = sys.argv[1:7]
+engine = Engine(ckpt, model=model, backend=backend, artifacts=artifacts or None)
+fn, x, s = score_eval(engine.bundle, int(batch), float(gamma), engine.scorer)
 with torch.no_grad():
     fn(x, s)  # warm-up: allocator pools and lazy initialisation are not the step's
     before = status_kb("VmRSS")
@@ -132,10 +134,12 @@ print(json.dumps({"rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024, "s
 """
 
 
-def peak_step_memory(checkpoint, model: str, batch: int, guidance: float) -> dict:
+def peak_step_memory(checkpoint, model: str, batch: int, guidance: float, backend: str = "torch",
+                     artifacts=None) -> dict:
     """Peak resident memory of score evaluations, measured in a fresh Linux process (CPU has no allocator
     statistics): after loading and one warm-up evaluation the peak-RSS mark is reset (/proc/self/clear_refs),
-    then three evaluations run; the increase of the peak over the resident size before them is the step's."""
+    then three evaluations run; the increase of the peak over the resident size before them is the step's.
+    ``backend``: which runtime evaluates (onnxruntime's arena is part of what it measures)."""
     import json
     import os
     import subprocess
@@ -144,6 +148,6 @@ def peak_step_memory(checkpoint, model: str, batch: int, guidance: float) -> dic
     # A fixed mmap threshold stops glibc from raising it as large blocks are freed, so every tensor buffer
     # above 128 KiB is mapped and unmapped on its own and the warm-up's buffers do not stay resident.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(checkpoint), model, str(batch), str(guidance)],
-                         capture_output=True, text=True, check=True, env=env)
+    args = [str(checkpoint), model, str(batch), str(guidance), backend, str(artifacts or "")]
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, *args], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,0 +1,302 @@
+"""``tapdiff bench``: memory and latency of the score models against each other, side by side in one run.
+
+Every timing comparison is interleaved: within each round, each configuration (model x backend) runs once
+in turn, so machine noise hits all of them alike; ratios (a model against the reference model, a backend
+against eager torch) are taken per round and reported as median [p10, p90]. Per configuration: parameters,
+MACs per score evaluation (counted on the executed graph), peak memory of score evaluations (process RSS
+on CPU, in a fresh process; the CUDA allocator's peak on GPU), latency per score evaluation and per clip
+end to end (vocoder included), throughput and real-time factor, from batch 1 up. A model or backend this
+machine cannot run is reported as skipped, with the reason.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..api import Engine
+from ..storage.bundle import has_model, load_bundle
+from .cost import peak_step_memory, score_eval, step_cost
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class BenchConfig:
+    models: list[str] = field(default_factory=lambda: ["tapdiff", "two-model"])
+    backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
+    batches: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    guidances: list[float] = field(default_factory=lambda: [0.0, 3.0])
+    sampler: str | None = None
+    nfe: int | None = None
+    repeats: int = 10  # rounds of score evaluations
+    gen_repeats: int = 3  # rounds of whole generations
+    memory: bool = True
+    quality: int = 0  # clips per digit for recognised fraction and FD (0: none)
+    data: str = "../shared/data/fsdd"
+    artifacts: str | None = None
+    reference: str = "two-model"  # the model ratios are taken against
+
+
+def quantiles(xs: list[float]) -> dict:
+    qs = statistics.quantiles(xs, n=10) if len(xs) > 1 else [xs[0]] * 9
+    return {"median": statistics.median(xs), "p10": qs[0], "p90": qs[-1]}
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall seconds of each fn, one call of each per round, ``repeats`` rounds after ``warmup`` rounds."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(warmup + repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if r >= warmup:
+                times[k].append(time.perf_counter() - t0)
+    return times
+
+
+def paired_ratio(a: list[float], b: list[float]) -> dict:
+    return quantiles([x / y for x, y in zip(a, b)])
+
+
+def _engines(checkpoint, cfg: BenchConfig, log: Log) -> tuple[dict, dict]:
+    """(name -> Engine, name -> reason skipped) for every model x backend asked for."""
+    engines, skipped = {}, {}
+    config = load_bundle(checkpoint, model=None).config
+    for model in cfg.models:
+        if not has_model(config, model):
+            skipped[model] = f"the bundle has no {model} score network"
+            continue
+        for backend in cfg.backends:
+            name = f"{model}/{backend}"
+            try:
+                engines[name] = Engine(checkpoint, model=model, backend=backend, artifacts=cfg.artifacts,
+                                       batch_size=max(cfg.batches), vocoder="griffin-lim")
+            except (ImportError, RuntimeError) as e:  # a missing runtime or GPU: reported, not fatal
+                skipped[name] = f"{type(e).__name__}: {e}"
+                log(f"bench: skipping {name}: {e}")
+    return engines, skipped
+
+
+def _ratio_pairs(names: list[str], cfg: BenchConfig) -> list[tuple[str, str]]:
+    """(numerator, denominator) pairs: each model against the reference model on the same backend, and each
+    backend against torch for the same model."""
+    pairs = []
+    for n in names:
+        model, backend = n.split("/")
+        ref = f"{cfg.reference}/{backend}"
+        if model != cfg.reference and ref in names:
+            pairs.append((n, ref))
+        if backend != "torch" and f"{model}/torch" in names:
+            pairs.append((n, f"{model}/torch"))
+    return pairs
+
+
+@torch.no_grad()
+def run_bench(checkpoint, cfg: BenchConfig, log: Log = print) -> dict:
+    engines, skipped = _engines(checkpoint, cfg, log)
+    if not engines:
+        raise ValueError(f"nothing to benchmark: {skipped}")
+    names = list(engines)
+    result = {"checkpoint": str(checkpoint), "config": cfg.__dict__, "skipped": skipped, "systems": {},
+              "score_eval": [], "generate": [], "quality": {}}
+    clip_seconds = next(iter(engines.values())).bundle.features.clip_samples / \
+        next(iter(engines.values())).bundle.features.sample_rate
+    for name, e in engines.items():
+        model_macs = step_cost(e.bundle, e.score_model)
+        result["systems"][name] = {
+            "model": e.model, "backend": e.backend, "params_total": model_macs.total_params,
+            "params_trainable": model_macs.trainable_params, "macs_guided": model_macs.guided_macs,
+            "macs_unguided": model_macs.unguided_macs, "weights_sha256": {
+                k: v for k, v in e.bundle.config.get("files", {}).items()},
+            "sampler": e.sampler_spec(cfg.sampler, nfe=cfg.nfe).label()}
+    pairs = _ratio_pairs(names, cfg)
+    for batch in cfg.batches:
+        for gamma in cfg.guidances:
+            fns = {}
+            for name, e in engines.items():
+                fn, x, s = score_eval(e.bundle, batch, gamma, e.scorer)
+                fns[name] = lambda fn=fn, x=x, s=s: fn(x, s)
+            times = interleaved(fns, cfg.repeats)
+            row = {"batch": batch, "guidance": gamma, "times_s": times,
+                   "latency_s": {k: quantiles(v) for k, v in times.items()},
+                   "ratios": {f"{a} / {b}": paired_ratio(times[a], times[b]) for a, b in pairs}}
+            if cfg.memory:
+                row["peak_mb"] = {n: _memory(checkpoint, engines[n], batch, gamma, cfg) for n in names}
+            result["score_eval"].append(row)
+            log(f"bench: score evaluation, batch {batch}, guidance {gamma:g}: " + ", ".join(
+                f"{k} {1e3 * v['median']:.1f} ms" for k, v in row["latency_s"].items()))
+    gamma = max(cfg.guidances)
+    for batch in cfg.batches:
+        fns = {}
+        for name, e in engines.items():
+            labels = [e.labels[i % len(e.labels)] for i in range(batch)]
+            spec = e.sampler_spec(cfg.sampler, nfe=cfg.nfe)
+            fns[name] = lambda e=e, labels=labels, spec=spec: e.generate(
+                labels, guidance=gamma, sampler=spec.solver, steps=spec.steps)
+        times = interleaved(fns, cfg.gen_repeats)
+        row = {"batch": batch, "guidance": gamma, "times_s": times,
+               "seconds": {k: quantiles(v) for k, v in times.items()},
+               "seconds_per_clip": {k: quantiles([t / batch for t in v]) for k, v in times.items()},
+               "clips_per_s": {k: batch / statistics.median(v) for k, v in times.items()},
+               "rtf": {k: statistics.median(v) / (batch * clip_seconds) for k, v in times.items()},
+               "ratios": {f"{a} / {b}": paired_ratio(times[a], times[b]) for a, b in pairs}}
+        result["generate"].append(row)
+        log(f"bench: generate {batch} clips: " + ", ".join(f"{k} {v['median']:.2f} s" for k, v in row["seconds"].items()))
+    result["scaling"] = scaling(result["generate"], names)
+    result["parity"] = parity(engines, cfg)
+    if cfg.quality:
+        result["quality"] = _quality(checkpoint, engines, cfg)
+    result["clip_seconds"] = clip_seconds
+    return result
+
+
+def parity(engines: dict, cfg: BenchConfig) -> dict:
+    """Each non-torch backend's final mels against eager torch's, same request (2 clips per digit, seed 1)."""
+    out = {}
+    for name, e in engines.items():
+        model, backend = name.split("/")
+        ref = engines.get(f"{model}/torch")
+        if backend == "torch" or ref is None:
+            continue
+        spec = e.sampler_spec(cfg.sampler, nfe=cfg.nfe)
+        a, b = (x.generate(list(x.labels), n=2, seed=1, sampler=spec.solver, steps=spec.steps) for x in (ref, e))
+        diff, scale = float((a.mels - b.mels).abs().max()), float(a.mels.abs().max())
+        out[name] = {"max_abs_diff": diff, "max_abs": scale, "max_rel_diff": diff / scale, "clips": len(a.labels)}
+    return out
+
+
+def _memory(checkpoint, engine: Engine, batch: int, gamma: float, cfg: BenchConfig) -> float:
+    if engine.device.type == "cuda":
+        fn, x, s = score_eval(engine.bundle, batch, gamma, engine.scorer)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn(x, s)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    return peak_step_memory(checkpoint, engine.model, batch, gamma, engine.backend,
+                            cfg.artifacts)["step_peak_increase_mb"]
+
+
+def scaling(generate_rows: list[dict], names: list[str]) -> dict:
+    """Per system: throughput at each batch size, and the smallest batch within 5% of the best throughput
+    (where adding clips to a batch stops paying on this machine)."""
+    out = {}
+    for n in names:
+        tp = {r["batch"]: r["clips_per_s"][n] for r in generate_rows}
+        best = max(tp.values())
+        out[n] = {"clips_per_s": tp, "saturates_at_batch": min(b for b, v in tp.items() if v >= 0.95 * best)}
+    return out
+
+
+def _quality(checkpoint, engines: dict, cfg: BenchConfig) -> dict:
+    from .quality import QualityJudge, evaluate_quality
+
+    ev = load_bundle(checkpoint, model=None, need_evaluator=True)
+    out = {}
+    for name, e in engines.items():
+        judge = QualityJudge(ev, cfg.data, e.labels)
+        for gamma in cfg.guidances:
+            r = evaluate_quality(e, judge, cfg.quality, gamma, 0, cfg.sampler, nfe=cfg.nfe)
+            out[f"{name} @ {gamma:g}"] = {"recognised": r.recognised, "fd": r.fd, "fd_floor": r.fd_real_halves,
+                                          "nfe": r.nfe, "sampler": r.sampler}
+    return out
+
+
+def targets(result: dict) -> list[tuple[str, float, float, bool]]:
+    """(what, measured, limit, met) of the engine's targets on this machine, where the run measured them."""
+    rows = []
+    gen = {r["batch"]: r for r in result["generate"]}
+    if 16 in gen and "tapdiff/torch" in gen[16]["seconds"]:
+        v = gen[16]["seconds"]["tapdiff/torch"]["median"]
+        rows.append(("tapdiff guided generate, 16 clips end to end (s)", v, 11.5, v <= 11.5))
+    if 1 in gen and "tapdiff/torch" in gen[1]["seconds"]:
+        v = gen[1]["seconds"]["tapdiff/torch"]["median"]
+        rows.append(("tapdiff, one clip at batch 1 (s)", v, 2.0, v <= 2.0))
+    for r in result["score_eval"]:
+        key = "tapdiff/torch / two-model/torch"
+        if r["batch"] == 16 and r["guidance"] > 0 and key in r["ratios"]:
+            v = r["ratios"][key]["median"]
+            rows.append(("guided score evaluation latency at batch 16, tapdiff / two-model", v, 0.7, v <= 0.7))
+            if "peak_mb" in r:
+                m = r["peak_mb"]["tapdiff/torch"] / r["peak_mb"]["two-model/torch"]
+                rows.append(("guided score evaluation peak memory at batch 16, tapdiff / two-model", m, 0.7, m <= 0.7))
+    return rows
+
+
+def render(result: dict, header: str) -> str:
+    sy = result["systems"]
+    lines = [header, "Latency: median [p10, p90] over interleaved rounds; ratios per round. Peak MB: resident-memory "
+             "increase during score evaluations over the loaded process (CPU), in a fresh process per configuration.", ""]
+    if result["skipped"]:
+        lines += ["Skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()), ""]
+    lines += ["| system | params total / trainable | GMAC per clip guided / unguided | solver |", "|---|---|---|---|"]
+    for n, s in sy.items():
+        lines.append(f"| {n} | {s['params_total'] / 1e6:.2f}M / {s['params_trainable'] / 1e6:.2f}M | "
+                     f"{s['macs_guided'] / 1e9:.3f} / {s['macs_unguided'] / 1e9:.3f} | {s['sampler']} |")
+    lines += ["", "#### One score evaluation", "", "| batch | guidance | system | ms | ms per clip | peak MB |",
+              "|---:|---:|---|---|---:|---:|"]
+    for r in result["score_eval"]:
+        for n, q in r["latency_s"].items():
+            mem = f"{r['peak_mb'][n]:.0f}" if "peak_mb" in r else ""
+            lines.append(f"| {r['batch']} | {r['guidance']:g} | {n} | {1e3 * q['median']:.1f} [{1e3 * q['p10']:.1f}, "
+                         f"{1e3 * q['p90']:.1f}] | {1e3 * q['median'] / r['batch']:.1f} | {mem} |")
+    lines += ["", "| batch | guidance | ratio | median [p10, p90] |", "|---:|---:|---|---|"]
+    for r in result["score_eval"]:
+        for k, q in r["ratios"].items():
+            lines.append(f"| {r['batch']} | {r['guidance']:g} | {k} | {q['median']:.2f} [{q['p10']:.2f}, {q['p90']:.2f}] |")
+    lines += ["", f"#### Whole generate (guided, vocoder included; a clip is {result['clip_seconds']:.2f} s of audio)", "",
+              "| clips | system | s | s per clip | clips/s | real-time factor |", "|---:|---|---|---:|---:|---:|"]
+    for r in result["generate"]:
+        for n, q in r["seconds"].items():
+            lines.append(f"| {r['batch']} | {n} | {q['median']:.2f} [{q['p10']:.2f}, {q['p90']:.2f}] | "
+                         f"{r['seconds_per_clip'][n]['median']:.3f} | {r['clips_per_s'][n]:.2f} | {r['rtf'][n]:.3f} |")
+    lines += ["", "| clips | ratio | median [p10, p90] |", "|---:|---|---|"]
+    for r in result["generate"]:
+        for k, q in r["ratios"].items():
+            lines.append(f"| {r['batch']} | {k} | {q['median']:.2f} [{q['p10']:.2f}, {q['p90']:.2f}] |")
+    lines += ["", "Scaling: " + "; ".join(f"{n} saturates at batch {s['saturates_at_batch']} "
+                                          f"({max(s['clips_per_s'].values()):.1f} clips/s)"
+                                          for n, s in result["scaling"].items()) + "."]
+    if result["parity"]:
+        lines += ["", "Parity with eager torch (same request, seed 1, final log-Mels): " + "; ".join(
+            f"{k}: max |difference| {p['max_abs_diff']:.1e} on values up to {p['max_abs']:.1f} (relative "
+            f"{p['max_rel_diff']:.1e}), {p['clips']} clips" for k, p in result["parity"].items()) + "."]
+    if result["quality"]:
+        lines += ["", "| system @ guidance | recognised | FD | FD floor | solver |", "|---|---:|---:|---:|---|"]
+        lines += [f"| {k} | {q['recognised']:.2f} | {q['fd']:.1f} | {q['fd_floor']:.1f} | {q['sampler']}, {q['nfe']} NFE |"
+                  for k, q in result["quality"].items()]
+    t = targets(result)
+    if t:
+        lines += ["", "#### Targets on this machine", "", "| target | measured | limit | met |", "|---|---:|---:|---|"]
+        lines += [f"| {w} | {v:.2f} | {lim:g} | {'yes' if ok else '**no**'} |" for w, v, lim, ok in t]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(result["systems"])
+    for n in names:
+        gen = result["generate"]
+        a.plot([r["batch"] for r in gen], [r["seconds_per_clip"][n]["median"] for r in gen], marker="o", label=n)
+        ev = [r for r in result["score_eval"] if r["guidance"] == max(result["config"]["guidances"]) and "peak_mb" in r]
+        if ev:
+            b.plot([r["batch"] for r in ev], [r["peak_mb"][n] for r in ev], marker="o", label=n)
+    for ax, what in ((a, "seconds per clip, end to end"), (b, "peak MB per guided score evaluation")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_title(what)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,63 @@
+"""tapdiff bench on a tiny bundle: the JSON schema, interleaved rounds, ratios, markdown, plot, skips."""
+import json
+
+import pytest
+
+from engine.cli import main
+from engine.evaluation.bench import interleaved, paired_ratio, quantiles, scaling
+
+
+def test_interleaving_runs_one_call_of_each_per_round():
+    order = []
+    times = interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1)
+    assert order == ["a", "b"] * 4 and [len(v) for v in times.values()] == [3, 3]
+
+
+def test_ratios_are_paired_per_round():
+    a, b = [2.0, 4.0, 6.0, 8.0], [1.0, 2.0, 3.0, 4.0]  # a drifts, but is always twice b
+    assert paired_ratio(a, b) == {"median": 2.0, "p10": 2.0, "p90": 2.0}
+    q = quantiles([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert q["median"] == 3.0 and q["p10"] < 1.5 and q["p90"] > 4.5
+
+
+def test_scaling_finds_where_throughput_stops_improving():
+    rows = [{"batch": b, "clips_per_s": {"m": v}} for b, v in ((1, 2.0), (4, 6.0), (16, 9.7), (64, 10.0))]
+    assert scaling(rows, ["m"]) == {"m": {"clips_per_s": {1: 2.0, 4: 6.0, 16: 9.7, 64: 10.0}, "saturates_at_batch": 16}}
+
+
+def test_bench_command_writes_json_markdown_and_plot_and_reports_skips(tiny_with_baselines, tmp_path):
+    out = tmp_path / "bench"
+    assert main(["bench", "--checkpoint", str(tiny_with_baselines), "--models", "tapdiff,two-model",
+                 "--backends", "torch,onnxruntime,tensorrt", "--batch", "1,2", "--guidance", "3", "--repeats", "2",
+                 "--gen-repeats", "1", "--nfe", "2", "--sampler", "dpmpp_2m", "--artifacts", str(tmp_path / "art"),
+                 "--out", str(out)]) == 0
+    r = json.loads((out / "bench.json").read_text())
+    assert {"command", "commit", "machine", "torch_threads", "versions"} <= set(r)
+    assert set(r["systems"]) == {"tapdiff/torch", "tapdiff/onnxruntime", "two-model/torch", "two-model/onnxruntime"}
+    assert "needs an NVIDIA GPU" in r["skipped"]["tapdiff/tensorrt"]  # what cannot run here says why
+    for row in r["score_eval"]:
+        assert all(len(v) == 2 for v in row["times_s"].values())
+        assert set(row["ratios"]) == {"tapdiff/torch / two-model/torch", "tapdiff/onnxruntime / two-model/onnxruntime",
+                                      "tapdiff/onnxruntime / tapdiff/torch", "two-model/onnxruntime / two-model/torch"}
+        assert all(v > 0 for v in row["peak_mb"].values()) or row["batch"] == 1
+    gen = r["generate"]
+    assert [g["batch"] for g in gen] == [1, 2] and all(v > 0 for v in gen[1]["rtf"].values())
+    assert set(r["parity"]) == {"tapdiff/onnxruntime", "two-model/onnxruntime"}
+    assert all(p["max_rel_diff"] < 1e-3 for p in r["parity"].values())
+    md = (out / "bench.md").read_text()
+    assert md.startswith("Command: `tapdiff bench") and "| tapdiff/onnxruntime / tapdiff/torch |" in md
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_refuses_a_run_with_nothing_to_measure(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    ck = tmp_path / "no_unet"
+    shutil.copytree(tiny_checkpoint, ck, ignore=shutil.ignore_patterns("state"))
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg.pop("unet_config", None)
+    (ck / "config.json").write_text(json.dumps(cfg))
+    assert main(["bench", "--checkpoint", str(ck), "--models", "two-model", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to benchmark" in err and "no two-model score network" in err
+    assert not (tmp_path / "b").exists()
