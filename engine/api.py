@@ -172,7 +172,12 @@ class Engine:
 
     def request_clips(self, labels, n: int, guidance: float, seed: int, first_clip: int = 0) -> list[Clip]:
         """The clips of a request (``n`` per digit of ``labels``; None: unconditional), validated."""
-        labels = [None] if labels is None else [labels] if _is_int(labels) else list(labels)
+        if labels is None or _is_int(labels):
+            labels = [labels]
+        elif isinstance(labels, (list, tuple, range, np.ndarray)):
+            labels = list(labels)
+        else:
+            raise ValueError(f"labels must be a digit, a sequence of digits or None, got {labels!r}")
         if not labels:
             raise ValueError("labels is empty: ask for at least one digit")
         self._check(labels, n, guidance, seed)
