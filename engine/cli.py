@@ -269,6 +269,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .api import Engine
+    from .serve import serve
+
+    engine = Engine(args.checkpoint, model=args.model, backend=args.backend, artifacts=args.artifacts,
+                    batch_size=args.max_batch)
+    serve(engine, args.host, args.port, args.max_batch, args.max_delay_ms, args.max_clips, args.max_queued)
+    return 0
+
+
 def cmd_vocoder_import(args) -> int:
     from .audio.hifigan_import import import_vocoder
 
@@ -449,6 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--artifacts", default=None)
     b.add_argument("--out", default="bench", help="folder for bench.json, bench.md and bench.png")
     b.set_defaults(func=cmd_bench)
+
+    sv = sub.add_parser("serve", help="HTTP service with request batching (needs tapdiff[serve])")
+    sv.add_argument("--checkpoint", default=None)
+    _add_model(sv)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=16, help="clips per sampler batch (1: no batching)")
+    sv.add_argument("--max-delay-ms", type=float, default=10.0, help="how long a batch waits for more requests")
+    sv.add_argument("--max-clips", type=int, default=64, help="clips per request before 429")
+    sv.add_argument("--max-queued", type=int, default=256, help="clips waiting or running before 429")
+    _add_backend(sv)
+    sv.set_defaults(func=cmd_serve)
 
     voc = sub.add_parser("vocoder", help="import or compare vocoders").add_subparsers(dest="vocoder_command", required=True)
     vi = voc.add_parser("import", help="convert HiFi-GAN weights to safetensors in the user cache (or --out)")

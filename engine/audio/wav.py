@@ -35,23 +35,31 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return x, rate
 
 
-def write_wav(path: str | os.PathLike, wave_data: np.ndarray, rate: int) -> None:
-    """Write 16-bit PCM atomically: a partial file never replaces a good one."""
+def wav_bytes(wave_data: np.ndarray, rate: int) -> bytes:
+    """A mono waveform in [-1, 1] as the bytes of a 16-bit PCM WAV file."""
+    import io
+
     x = np.asarray(wave_data, dtype=np.float32)
     if x.ndim != 1:
-        raise ValueError(f"write_wav expects a mono 1-D waveform, got shape {x.shape}")
+        raise ValueError(f"a WAV needs a mono 1-D waveform, got shape {x.shape}")
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"{path}: waveform contains NaN or inf; refusing to write")
-    pcm = (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2")
+        raise ValueError("waveform contains NaN or inf; refusing to write it")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes())
+    return buf.getvalue()
 
-    def write(tmp: str) -> None:
-        with wave.open(tmp, "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(rate)
-            w.writeframes(pcm.tobytes())
 
-    atomic_write(path, write)
+def write_wav(path: str | os.PathLike, wave_data: np.ndarray, rate: int) -> None:
+    """Write 16-bit PCM atomically: a partial file never replaces a good one."""
+    try:
+        data = wav_bytes(wave_data, rate)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
