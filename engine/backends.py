@@ -8,6 +8,7 @@ and cannot tell them apart.
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Callable
 
@@ -34,10 +35,11 @@ def score_backend(name: str, model: GuidedDenoiser, bundle: Bundle, device: torc
     if name == "tensorrt" and (device.type != "cuda" or not torch.cuda.is_available()):
         raise BackendError("the tensorrt backend needs an NVIDIA GPU: run with device='cuda' on a machine with one "
                            "(this machine has none visible to torch)")
-    try:
-        from export.artifacts import GraphSpec, default_cache_dir, ensure_score_graphs
-    except ImportError as e:
-        raise ImportError(f"the {name} backend needs the export extra: pip install 'tapdiff[export]' ({e})") from e
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:  # export's parity check and the onnxruntime backend both need them
+        raise ImportError(f"the {name} backend needs {' and '.join(missing)}: pip install 'tapdiff[export]'")
+    from export.artifacts import GraphSpec, default_cache_dir, ensure_score_graphs
+
     spec = GraphSpec.of(bundle, model, batches)
     graphs = ensure_score_graphs(model, bundle, spec, cache_dir or default_cache_dir(), log)
     if name == "onnxruntime":

@@ -142,6 +142,12 @@ def test_missing_onnxruntime_is_named(tiny_checkpoint, tmp_path, monkeypatch):
 
     with pytest.raises(ImportError, match="needs onnxruntime"):
         OrtScoreModel(graphs)
+    import importlib.util
+
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "onnxruntime" else real_find(m, *a))
+    with pytest.raises(ImportError, match="needs onnxruntime: pip install 'tapdiff\\[export\\]'"):
+        Engine(tiny_checkpoint, backend="onnxruntime", artifacts=tmp_path)
 
 
 def test_tensorrt_graph_choice_and_bindings_are_checked_against_the_manifest(tiny_checkpoint, tmp_path):
