@@ -28,24 +28,33 @@ from .storage.checkpoint import DEFAULT_CHECKPOINT
 DEFAULT_GUIDANCE = 3.0
 
 
+def clip_names(labels: Sequence[int | None]) -> list[str]:
+    """``{digit}_{k}`` for the k-th clip of each digit of a request (``any_{k}`` for unconditional clips)."""
+    names, counts = [], {}
+    for lab in labels:
+        key = "any" if lab is None else str(lab)
+        counts[key] = counts.get(key, -1) + 1
+        names.append(f"{key}_{counts[key]}")
+    return names
+
+
 @dataclass
 class Generation:
     labels: list[int | None]  # requested digit per clip (None: unconditional)
     mels: torch.Tensor  # (N, n_mels, frames) natural-log Mel, de-normalised
     waves: torch.Tensor  # (N, frames * hop)
     sample_rate: int
+    names: list[str] | None = None  # file stem per clip; default clip_names(labels)
+
+    def __post_init__(self):
+        if self.names is None:
+            self.names = clip_names(self.labels)
 
     def save(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
-        """Write one 16-bit WAV per clip, ``{prefix}{digit}_{index}.wav``; returns the paths."""
-        out_dir = Path(out_dir)
-        paths, counts = [], {}
-        for lab, w in zip(self.labels, self.waves):
-            key = "any" if lab is None else str(lab)
-            i = counts.get(key, 0)
-            counts[key] = i + 1
-            p = out_dir / f"{prefix}{key}_{i}.wav"
+        """Write one 16-bit WAV per clip, ``{prefix}{name}.wav``; returns the paths."""
+        paths = [Path(out_dir) / f"{prefix}{name}.wav" for name in self.names]
+        for p, w in zip(paths, self.waves):
             write_wav(p, w.numpy(), self.sample_rate)
-            paths.append(p)
         return paths
 
 
@@ -186,13 +195,25 @@ class Engine:
 
     def generate(self, labels: int | Sequence[int] | None = None, n: int = 1, steps: int | None = None,
                  guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sampler: str | None = None,
-                 nfe: int | None = None) -> Generation:
+                 nfe: int | None = None, shard: tuple[int, int] | None = None) -> Generation:
         """``n`` clips per requested digit (``labels=None``: n unconditional clips, guidance ignored).
         ``sampler``/``steps``/``nfe`` override the checkpoint's measured default solver and budget.
+        ``shard=(rank, world)``: only the clips whose index is ``rank`` modulo ``world``, named as in the
+        whole request, so shards generated anywhere add up to the request's files.
         Safe to call from several threads at once: the engine holds no state that a call changes."""
         clips = self.request_clips(labels, n, guidance, seed)
+        names = clip_names([c.label for c in clips])
+        if shard is not None:
+            rank, world = shard
+            if not (_is_int(rank) and _is_int(world) and 0 <= rank < world):
+                raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
+            clips, names = clips[rank::world], names[rank::world]
+            if not clips:
+                return Generation([], torch.empty(0), torch.empty(0), self.bundle.features.sample_rate, [])
         spec = self.sampler_spec(sampler, steps, nfe)
-        return self.finish([c.label for c in clips], self.sample_clips(clips, spec))
+        out = self.finish([c.label for c in clips], self.sample_clips(clips, spec))
+        out.names = names
+        return out
 
     def finish(self, labels: list[int | None], x: torch.Tensor) -> Generation:
         """Normalised samples -> de-normalised log-Mels (clamped to what audio can reach) -> waveforms."""

@@ -45,18 +45,39 @@ def cmd_generate(args) -> int:
                     backend=args.backend, artifacts=args.artifacts)
     guidance = 0.0 if args.unguided else args.guidance
     labels = None if args.digit is None else args.digit
+    shard = _distributed_shard()
     t0 = time.monotonic()
     out = engine.generate(labels, n=args.n, steps=args.steps, nfe=args.nfe, guidance=guidance, seed=args.seed,
-                          sampler=args.sampler)
+                          sampler=args.sampler, shard=shard)
     paths = out.save(args.out)
     if args.save_mels:
         import numpy as np
 
-        np.save(Path(args.out) / "mels.npy", out.mels.numpy())
+        suffix = "" if shard is None else f".rank{shard[0]}"
+        np.save(Path(args.out) / f"mels{suffix}.npy", out.mels.numpy())
     for p in paths:
         print(p)
     print(f"{len(paths)} clip(s) in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    if shard is not None:
+        import torch.distributed as dist
+
+        dist.barrier()  # the request is written once every rank's shard is
+        dist.destroy_process_group()
     return 0
+
+
+def _distributed_shard() -> tuple[int, int] | None:
+    """(rank, world) when launched by torchrun with more than one process (gloo on CPU, NCCL on GPU), else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
 
 
 def _load_splits(data: str, labels, cfg):

@@ -24,12 +24,10 @@ def clips_to_response_body(out: Generation) -> tuple[bytes, str]:
     """(body, media type): one WAV, or a zip of WAVs named like ``Generation.save``."""
     if len(out.labels) == 1:
         return wav_bytes(out.waves[0].numpy(), out.sample_rate), "audio/wav"
-    buf, counts = io.BytesIO(), {}
+    buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-        for label, w in zip(out.labels, out.waves):
-            key = "any" if label is None else str(label)
-            counts[key] = counts.get(key, -1) + 1
-            z.writestr(f"{key}_{counts[key]}.wav", wav_bytes(w.numpy(), out.sample_rate))
+        for name, w in zip(out.names, out.waves):
+            z.writestr(f"{name}.wav", wav_bytes(w.numpy(), out.sample_rate))
     return buf.getvalue(), "application/zip"
 
 
