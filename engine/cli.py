@@ -67,7 +67,8 @@ def cmd_generate(args) -> int:
 
 
 def _distributed_shard() -> tuple[int, int] | None:
-    """(rank, world) when launched by torchrun with more than one process (gloo on CPU, NCCL on GPU), else None."""
+    """(rank, world) when launched by torchrun with more than one process (gloo on CPU, NCCL on GPU), else None;
+    initialises the process group then."""
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -138,9 +139,12 @@ def cmd_train_score(args) -> int:
     labels = args.labels or bundle.labels
     if not set(labels) <= set(bundle.labels):
         raise ValueError(f"--labels {list(labels)} must be a subset of the classifier's labels {list(bundle.labels)}")
+    rank, world = _distributed_shard() or (0, 1)
+    if args.batch_size % world:
+        raise ValueError(f"--batch-size {args.batch_size} (the global batch) does not split over {world} processes")
     feats = bundle.features
-    train = load_features(list_items(args.data, "train", labels), feats, progress=True)
-    tcfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, seconds=args.seconds, seed=args.seed,
+    train = load_features(list_items(args.data, "train", labels), feats, progress=rank == 0)
+    tcfg = TrainConfig(batch_size=args.batch_size // world, lr=args.lr, seconds=args.seconds, seed=args.seed,
                        labels=labels, ema_decay=args.ema)
     out = Path(args.checkpoint)
     name = kind.weights
@@ -154,11 +158,18 @@ def cmd_train_score(args) -> int:
     ema, log = train_score(train, bundle.normaliser, TapExtractor(bundle.classifier, bundle.sde), kind, net_cfg, tcfg,
                            bundle.input_hw, out / "state" / f"{name}.pt", on_checkpoint=snapshot,
                            checkpoint_every_s=args.snapshot_every)
-    files = save_weights(out, name, ema.model, {})["files"]
-    update_config(out, {kind.config_key: to_dict(net_cfg)}, files=files, training={name: {
-        "command": _command(args), "config": to_dict(tcfg), "steps": log["steps"], "seconds": round(log["seconds"], 1),
-        "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"]}})
-    print(json.dumps({"steps": log["steps"], "seconds": round(log["seconds"], 1)}))
+    if rank == 0:
+        files = save_weights(out, name, ema.model, {})["files"]
+        update_config(out, {kind.config_key: to_dict(net_cfg)}, files=files, training={name: {
+            "command": _command(args), "config": to_dict(tcfg), "processes": world,
+            "global_batch": tcfg.batch_size * world, "steps": log["steps"], "seconds": round(log["seconds"], 1),
+            "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"]}})
+        print(json.dumps({"steps": log["steps"], "seconds": round(log["seconds"], 1), "processes": world}))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
     return 0
 
 

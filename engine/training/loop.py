@@ -29,6 +29,31 @@ def atomic_torch_save(obj, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def _dist():
+    """(rank, world) of the torch.distributed group, (0, 1) when there is none."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _global_max(value: float) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def _global_mean(value: float, world: int) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / world
+
+
 def train_loop(
     model: torch.nn.Module,
     loss_fn: Callable[[torch.Generator], torch.Tensor],
@@ -43,20 +68,37 @@ def train_loop(
 
     Resumes from ``state_path`` when it exists. ``on_checkpoint(ema, step, elapsed)`` runs at each save;
     the metrics it returns are appended to the learning curve ``log['curve']``, which is saved with the state.
+
+    Under torch.distributed (torchrun; the caller wraps the network in DistributedDataParallel so gradients
+    are averaged) every rank draws its own batches from its own generator, all ranks stop at the same step
+    (the budget is the slowest rank's training time), the logged loss is the mean over ranks, and rank 0
+    alone writes the state, which holds every rank's generator so a resume is exact.
     """
+    rank, world = _dist()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)
     step, elapsed, log = 0, 0.0, {"losses": [], "curve": []}
     if state_path is not None and state_path.exists():
         st = torch.load(state_path, weights_only=False)
+        if st.get("world", 1) != world:
+            raise ValueError(f"{state_path} was saved by {st.get('world', 1)} process(es); resume it with as many "
+                             f"(this run has {world})")
         model.load_state_dict(st["model"])
         ema.model.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
-        gen.set_state(st["rng"])
+        gen.set_state(st["rng"][rank] if isinstance(st["rng"], list) else st["rng"])
         step, elapsed, log = st["step"], st["elapsed"], st["log"]
 
     def save() -> None:
+        rngs = [gen.get_state()]
+        if world > 1:
+            import torch.distributed as dist
+
+            rngs = [None] * world
+            dist.all_gather_object(rngs, gen.get_state())
+        if rank != 0:
+            return
         if on_checkpoint is not None:
             metrics = on_checkpoint(ema, step, elapsed)
             if metrics:
@@ -64,11 +106,13 @@ def train_loop(
         if state_path is not None:
             atomic_torch_save(
                 {"model": model.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),
-                 "rng": gen.get_state(), "step": step, "elapsed": elapsed, "log": log}, state_path)
+                 "rng": rngs if world > 1 else rngs[0], "world": world, "step": step, "elapsed": elapsed,
+                 "log": log}, state_path)
 
     model.train()
-    bar = tqdm(total=int(cfg.seconds), initial=int(elapsed), desc=desc, unit="s", disable=None if progress else True)
-    last_save, running = time.monotonic(), None
+    bar = tqdm(total=int(cfg.seconds), initial=int(elapsed), desc=desc, unit="s",
+               disable=None if progress and rank == 0 else True)
+    last_save, running = elapsed, None
     while elapsed < cfg.seconds and step < cfg.max_steps:
         t0 = time.monotonic()
         warm = min(1.0, (step + 1) / 200)
@@ -86,14 +130,16 @@ def train_loop(
         dt = time.monotonic() - t0
         elapsed += dt
         value = float(loss.detach())
+        if world > 1:  # one budget and one loss curve for the whole group
+            elapsed, value = _global_max(elapsed), _global_mean(value, world)
         running = value if running is None else 0.98 * running + 0.02 * value
         if step % 50 == 0:
             log["losses"].append((step, elapsed, running))
         bar.update(int(elapsed) - bar.n)
         bar.set_postfix(step=step, loss=f"{running:.4f}")
-        if time.monotonic() - last_save > checkpoint_every_s:
+        if elapsed - last_save > checkpoint_every_s:  # training seconds: the same decision on every rank
             save()
-            last_save = time.monotonic()
+            last_save = elapsed
     save()
     bar.close()
     log["steps"], log["seconds"] = step, elapsed

@@ -26,6 +26,20 @@ def dsm_loss(model: GuidedDenoiser, x0: torch.Tensor, sigma: torch.Tensor, noise
     return (loss_weight(sigma, model.extractor.sde) * err.mean(dim=(1, 2, 3))).mean()
 
 
+def _distributed(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` in DistributedDataParallel under torch.distributed (gradients averaged over ranks), else as is.
+    Every rank starts from rank 0's weights (DDP broadcasts them)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    ddp = DistributedDataParallel(net)
+    ddp.uses_taps = net.uses_taps  # what the score-model factory asks of a network
+    return ddp
+
+
 def train_score(train: FeatureSet, norm: Normaliser, extractor: TapExtractor, kind: ScoreNetworkKind, net_cfg,
                 cfg: TrainConfig, input_hw: tuple[int, int], state_path: Path | None = None, progress: bool = True,
                 on_checkpoint: Callable[[EMA, int, float], dict | None] | None = None,
@@ -34,7 +48,7 @@ def train_score(train: FeatureSet, norm: Normaliser, extractor: TapExtractor, ki
     torch.manual_seed(cfg.seed)
     net = kind.build(net_cfg, extractor.tap_channels, input_hw)
     extractor.requires_grad_(False).eval()
-    model = build_score_model(extractor, net)
+    model = build_score_model(extractor, _distributed(net))
     keep = torch.isin(train.labels, torch.tensor(cfg.labels))
     x_all = norm.normalise(train.mels[keep])[:, None]
     if len(x_all) == 0:
