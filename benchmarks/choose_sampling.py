@@ -47,18 +47,19 @@ def sweep(args, cache: dict) -> list[dict]:
         engine = Engine(args.checkpoint, model=model, vocoder="griffin-lim", batch_size=args.batch)
         judge = QualityJudge(ev, args.data, engine.labels)
         weights = engine.bundle.weights_sha256(score_network_kind(model).weights)
-        for fade in args.fades:
+        for fade, rho in ((f, r) for f in args.fades for r in args.rhos):
             engine.score_model.fade_sigma = fade
             for solver in args.solvers:
                 for nfe in args.nfe:
-                    spec = SamplerSpec.from_nfe(solver, nfe)
+                    spec = SamplerSpec.from_nfe(solver, nfe, rho)
                     key = json.dumps([str(Path(args.checkpoint).resolve()), model, weights, code_version(), spec.label(),
                                       fade, args.guidance, args.n, args.seed, args.data, args.batch])
                     if key not in cache:
+                        engine.default_sampler = spec  # its rho applies to the run
                         r = evaluate_quality(engine, judge, args.n, args.guidance, args.seed, solver, spec.steps)
                         cache[key] = {"model": model, "solver": solver, "nfe_budget": nfe, "nfe": spec.nfe,
-                                      "steps": spec.steps, "fade": fade, "recognised": r.recognised, "fd": r.fd,
-                                      "fd_floor": r.fd_real_halves}
+                                      "steps": spec.steps, "fade": fade, "rho": rho, "recognised": r.recognised,
+                                      "fd": r.fd, "fd_floor": r.fd_real_halves}
                         if args.cache:
                             atomic_write_bytes(args.cache, json.dumps(cache, indent=1).encode())
                     rows.append(cache[key])
@@ -75,6 +76,7 @@ def time_points(rows: list[dict], args) -> None:
         for r in rows:
             if r["model"] == model:
                 engine.score_model.fade_sigma = r["fade"]
+                engine.default_sampler = SamplerSpec(r["solver"], r["steps"], r.get("rho"))
                 t0 = time.perf_counter()
                 engine.generate(labels, n=1, guidance=args.guidance, seed=args.seed, sampler=r["solver"], steps=r["steps"])
                 r["seconds_per_clip"] = (time.perf_counter() - t0) / len(labels)
@@ -83,7 +85,7 @@ def time_points(rows: list[dict], args) -> None:
 def choose(rows: list[dict], model: str, tolerance: float, fd_ratio: float) -> tuple[dict | None, dict | None]:
     """(reference point, chosen point) of ``model``; None where the reference was not measured."""
     mine = [r for r in rows if r["model"] == model]
-    ref = next((r for r in mine if (r["solver"], r["nfe"]) == REFERENCE and r["fade"] == 0), None)
+    ref = next((r for r in mine if (r["solver"], r["nfe"]) == REFERENCE and r["fade"] == 0 and not r.get("rho")), None)
     if ref is None:
         return None, None
     ok = [r for r in mine if r["recognised"] >= ref["recognised"] - tolerance and r["fd"] <= fd_ratio * ref["fd"]]
@@ -98,15 +100,15 @@ def render(rows: list[dict], args, ref: dict | None, chosen: dict | None) -> str
              f"less). Seconds per clip: one batch of {args.time_clips} clips sampled and vocoded (Griffin-Lim) in a "
              "timing pass after the quality pass, on this CPU.", ""]
     for model in args.models:
-        for fade in args.fades:
-            lines += [f"### {model}, guidance fade sigma {fade:g}", "",
+        for fade, rho in ((f, r) for f in args.fades for r in args.rhos):
+            lines += [f"### {model}, guidance fade sigma {fade:g}, Karras rho {rho or 'of the SDE (7)'}", "",
                       "| solver | " + " | ".join(f"NFE {n}" for n in args.nfe) + " |",
                       "|---|" + "---:|" * len(args.nfe)]
             for solver in args.solvers:
                 cells = []
                 for nfe in args.nfe:
-                    r = next((r for r in rows if (r["model"], r["solver"], r["nfe_budget"], r["fade"]) ==
-                              (model, solver, nfe, fade)), None)
+                    r = next((r for r in rows if (r["model"], r["solver"], r["nfe_budget"], r["fade"], r.get("rho")) ==
+                              (model, solver, nfe, fade, rho)), None)
                     cells.append("" if r is None else f"{r['recognised']:.2f} / {r['fd']:.1f} / {r['seconds_per_clip']:.2f} s")
                 lines.append(f"| {solver} | " + " | ".join(cells) + " |")
             lines.append("")
@@ -116,7 +118,8 @@ def render(rows: list[dict], args, ref: dict | None, chosen: dict | None) -> str
         lines += ["", f"Reference ({args.models[0]}): {REFERENCE[0]} at {REFERENCE[1]} NFE, recognised "
                       f"{ref['recognised']:.3f}, FD {ref['fd']:.1f}. Target: recognised >= reference - {args.tolerance:g}, "
                       f"FD <= {args.fd_ratio:g} x reference.",
-                  f"Chosen: {chosen['solver']}, {chosen['steps']} steps ({chosen['nfe']} NFE), fade {chosen['fade']:g}: "
+                  f"Chosen: {chosen['solver']}, {chosen['steps']} steps ({chosen['nfe']} NFE), fade {chosen['fade']:g}, "
+                  f"rho {chosen.get('rho') or 'of the SDE'}: "
                   f"recognised {chosen['recognised']:.3f}, FD {chosen['fd']:.1f} ({chosen['fd'] / ref['fd']:.2f} x)."]
     return "\n".join(lines) + "\n"
 
@@ -131,7 +134,8 @@ def plot(rows: list[dict], args, path: str) -> None:
     for m, model in enumerate(args.models):
         for solver in args.solvers:
             pts = sorted((r["nfe"], r["recognised"], r["fd"]) for r in rows
-                         if r["model"] == model and r["solver"] == solver and r["fade"] == args.fades[0])
+                         if r["model"] == model and r["solver"] == solver and r["fade"] == args.fades[0]
+                         and r.get("rho") == args.rhos[0])
             if pts:
                 nfe, rec, fd = zip(*pts)
                 axes[m][0].plot(nfe, rec, marker="o", label=solver)
@@ -155,6 +159,8 @@ def main() -> int:
     p.add_argument("--solvers", type=_csv(str), default=sorted(SOLVERS))
     p.add_argument("--nfe", type=_csv(int), default=[10, 15, 20, 30, 50, 100])
     p.add_argument("--fades", type=_csv(float), default=[0.0], help="guidance fade sigmas to try")
+    p.add_argument("--rhos", type=lambda t: [None if v in ("", "sde") else float(v) for v in t.split(",")],
+                   default=[None], help="Karras schedule rho values to try (sde: the SDE's own)")
     p.add_argument("-n", type=int, default=10, help="clips per digit")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
@@ -189,6 +195,7 @@ def main() -> int:
         bundle_cfg = load_bundle(args.checkpoint, model=None).config
         update_config(args.checkpoint, {"sampling": {
             "sampler": chosen["solver"], "steps": chosen["steps"], "guidance_fade_sigma": chosen["fade"],
+            **({"rho": chosen["rho"]} if chosen.get("rho") else {}),
             "vocoder": bundle_cfg.get("sampling", {}).get("vocoder", "griffin-lim"), "chosen_by": command(__file__),
             "recognised": chosen["recognised"], "fd": chosen["fd"]}})
     return 0
