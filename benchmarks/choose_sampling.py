@@ -114,6 +114,8 @@ def render(rows: list[dict], args, ref: dict | None, chosen: dict | None) -> str
             lines.append("")
     lines.append("Cells: recognised / FD / seconds per clip. FD floor (two halves of the real test set): "
                  + ", ".join(sorted({f"{r['fd_floor']:.1f}" for r in rows})) + ".")
+    if args.earlier:
+        lines += ["", f"The choice also weighs the points of {args.earlier} (the reference among them)."]
     if ref and chosen:
         lines += ["", f"Reference ({args.models[0]}): {REFERENCE[0]} at {REFERENCE[1]} NFE, recognised "
                       f"{ref['recognised']:.3f}, FD {ref['fd']:.1f}. Target: recognised >= reference - {args.tolerance:g}, "
@@ -140,7 +142,8 @@ def plot(rows: list[dict], args, path: str) -> None:
                 nfe, rec, fd = zip(*pts)
                 axes[m][0].plot(nfe, rec, marker="o", label=solver)
                 axes[m][1].plot(nfe, fd, marker="o", label=solver)
-        for ax, what in zip(axes[m], ("recognised fraction", "Frechet distance")):
+        axes[m][1].set_yscale("log")
+        for ax, what in zip(axes[m], ("recognised fraction", "Frechet distance (log scale)")):
             ax.set_xscale("log")
             ax.set_xticks(args.nfe, [str(n) for n in args.nfe])
             ax.set_xlabel("score evaluations per clip (NFE)")
@@ -173,6 +176,9 @@ def main() -> int:
     p.add_argument("--json", default=None, help="every point, with the run's provenance")
     p.add_argument("--plot", default=None, help="PNG of recognised fraction and FD against NFE (needs matplotlib)")
     p.add_argument("--write", action="store_true", help="record the choice in the checkpoint's config.json")
+    p.add_argument("--earlier", default=None,
+                   help="JSON of an earlier sweep (--json) whose points also compete for the choice (and give the "
+                        "reference when this sweep does not measure it)")
     args = p.parse_args()
     record(__file__)  # provenance of the code that measures, before anything runs
     for s in args.solvers:
@@ -183,7 +189,8 @@ def main() -> int:
         cache = json.loads(Path(args.cache).read_text())
     rows = sweep(args, cache)
     time_points(rows, args)
-    ref, chosen = choose(rows, args.models[0], args.tolerance, args.fd_ratio)
+    earlier = json.loads(Path(args.earlier).read_text())["points"] if args.earlier else []
+    ref, chosen = choose(rows + earlier, args.models[0], args.tolerance, args.fd_ratio)
     emit(render(rows, args, ref, chosen), args.out)
     if args.json:
         atomic_write_bytes(args.json, (json.dumps({**record(__file__), "points": rows}, indent=1) + "\n").encode())
