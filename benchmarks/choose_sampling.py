@@ -44,7 +44,8 @@ def sweep(args, cache: dict) -> list[dict]:
     rows = []
     ev = load_bundle(args.checkpoint, model=None, need_evaluator=True)
     for model in args.models:
-        engine = Engine(args.checkpoint, model=model, vocoder="griffin-lim", batch_size=args.batch)
+        engine = Engine(args.checkpoint, model=model, vocoder="griffin-lim", batch_size=args.batch,
+                        backend="torch")  # fade and rho change per point: the eager module takes them at once
         judge = QualityJudge(ev, args.data, engine.labels)
         weights = engine.bundle.weights_sha256(score_network_kind(model).weights)
         for fade, rho in ((f, r) for f in args.fades for r in args.rhos):
@@ -70,7 +71,8 @@ def sweep(args, cache: dict) -> list[dict]:
 def time_points(rows: list[dict], args) -> None:
     """Seconds per clip of every point, sampling and vocoding one batch of ``--time-clips`` clips."""
     for model in args.models:
-        engine = Engine(args.checkpoint, model=model, vocoder="griffin-lim", batch_size=args.time_clips)
+        engine = Engine(args.checkpoint, model=model, vocoder="griffin-lim", batch_size=args.time_clips,
+                        backend="torch")
         labels = [engine.labels[i % len(engine.labels)] for i in range(args.time_clips)]
         engine.generate(labels, n=1, guidance=args.guidance, sampler="euler_maruyama", nfe=5)  # warm-up
         for r in rows:

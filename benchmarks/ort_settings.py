@@ -30,7 +30,7 @@ def main() -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args()
     record(__file__)
-    engine = Engine(args.checkpoint, model=args.model)
+    engine = Engine(args.checkpoint, model=args.model, backend="torch")
     graphs = ensure_score_graphs(engine.score_model, engine.bundle, GraphSpec.of(engine.bundle, engine.score_model),
                                  default_cache_dir())
     lines = [header(__file__), f"{args.model}, guided score evaluation; median of {args.repeats} interleaved rounds; "

@@ -88,7 +88,7 @@ def main() -> int:
         for model, kind in SCORE_NETWORKS.items():
             if not has_model(config, model):
                 continue
-            engine = Engine(ckpt, model=model)
+            engine = Engine(ckpt, model=model, backend="torch")  # the timing columns are eager torch's
             spec = engine.sampler_spec(args.sampler, nfe=args.nfe)
             key = json.dumps([str(Path(ckpt).resolve()), model, config["files"][f"{kind.weights}.safetensors"],
                               code_version(), spec.label(), args.clips, args.seed, args.data])

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .audio.features import log_mel_range
 from .audio.vocoders import make_vocoder
 from .audio.wav import write_wav
-from .backends import BackendError, score_backend
+from .backends import DEFAULT_BACKEND, BackendError, resolve_backend, score_backend
 from .diffusion.captured import CapturedSampler, can_capture
 from .diffusion.guidance import conditioned
 from .diffusion.noise import clip_seed, draw_noise
@@ -91,8 +91,9 @@ class Engine:
 
     def __init__(self, checkpoint: str | Path | None = None, model: str = "tapdiff", vocoder: str | None = None,
                  batch_size: int = 16, progress: bool = False, hifigan_dir: str | Path | None = None,
-                 device: str = "cpu", backend: str = "torch", artifacts: str | Path | None = None):
-        """``backend``: which runtime evaluates the score (``engine.backends``: torch, onnxruntime, tensorrt);
+                 device: str = "cpu", backend: str = DEFAULT_BACKEND, artifacts: str | Path | None = None):
+        """``backend``: which runtime evaluates the score (``engine.backends``: torch, onnxruntime, tensorrt, or
+        auto: onnxruntime where installed, else torch);
         ``artifacts``: the folder of exported graphs and engines (default ``$TAPDIFF_CACHE`` or
         ``~/.cache/tapdiff``), built there on first use."""
         self.device = torch.device(device)
@@ -103,9 +104,9 @@ class Engine:
         self.bundle: Bundle = load_bundle(checkpoint or DEFAULT_CHECKPOINT, model=model)
         self.model = model
         self.score_model = score_model(self.bundle).to(self.device)
-        self.batch_size, self.progress, self.backend = batch_size, progress, backend
+        self.batch_size, self.progress, self.backend = batch_size, progress, resolve_backend(backend)
         # what the solvers call: the score model itself, or an exported copy of it run by another runtime
-        self.scorer = score_backend(backend, self.score_model, self.bundle, self.device, artifacts,
+        self.scorer = score_backend(self.backend, self.score_model, self.bundle, self.device, artifacts,
                                     max_batch=batch_size)
         sampling = self.bundle.config.get("sampling", {})
         # Fallback for a checkpoint without a measured choice (benchmarks/choose_sampling.py --write)

@@ -16,6 +16,15 @@ def fsdd_root() -> Path:
     return FSDD
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _artifact_cache(tmp_path_factory):
+    """Exported graphs of the tests go to a folder of the test session, never to the user's cache (subprocesses
+    inherit it through the environment)."""
+    import os
+
+    os.environ["TAPDIFF_CACHE"] = str(tmp_path_factory.mktemp("tapdiff_cache"))
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

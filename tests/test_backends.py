@@ -23,7 +23,7 @@ def cache(tmp_path_factory):
 @pytest.mark.parametrize("model", ["tapdiff", "two-model"])
 def test_onnxruntime_samples_what_torch_samples(tiny_with_baselines, cache, model):
     """Both score models run on both backends, through the same solvers, seeds and guidance code."""
-    eager = Engine(tiny_with_baselines, model=model)
+    eager = Engine(tiny_with_baselines, model=model, backend="torch")
     ort = Engine(tiny_with_baselines, model=model, backend="onnxruntime", artifacts=cache)
     assert ort.scorer.providers() == ["CPUExecutionProvider"]
     for sampler, guidance in (("dpmpp_2m_sde", 3.0), ("heun", 0.0)):

@@ -27,7 +27,7 @@ def test_stages_nest_and_attribute_flops_to_the_innermost():
 
 
 def test_profile_of_a_step_splits_time_and_macs_by_stage(tiny_checkpoint, tmp_path):
-    engine = Engine(tiny_checkpoint, batch_size=3)
+    engine = Engine(tiny_checkpoint, batch_size=3, backend="torch")  # stages are eager PyTorch's
     r = profile_sampling(engine, batch=3, steps=2, guidance=3.0, sampler="dpmpp_2m", out_dir=tmp_path, repeats=1)
     rows = {s["stage"]: s for s in r["stages"]}
     assert list(rows) == list(STAGES)

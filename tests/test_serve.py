@@ -49,7 +49,9 @@ def _samples(wav: bytes) -> np.ndarray:
 def test_health_and_info(server, tiny_checkpoint):
     assert httpx.get(f"{server}/health").json()["status"] == "ok"
     info = httpx.get(f"{server}/info").json()
-    assert info["labels"] == [1, 7] and info["backend"] == "torch" and info["limits"]["max_clips"] == 4
+    from engine.backends import resolve_backend
+
+    assert info["labels"] == [1, 7] and info["backend"] == resolve_backend("auto") and info["limits"]["max_clips"] == 4
 
 
 def test_answers_equal_the_engine_alone_one_wav_or_a_zip(server, tiny_checkpoint):

@@ -52,6 +52,15 @@ def pyramid(input_hw: tuple[int, int], depths: int) -> list[tuple[int, int]]:
     return hws
 
 
+def _pool_to(x: torch.Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
+    """Average-pool x from ``in_hw`` to ``out_hw``: a plain average pool where the sizes divide (the same
+    numbers as adaptive pooling, and exportable with a dynamic batch), adaptive pooling otherwise."""
+    if in_hw[0] % out_hw[0] == 0 and in_hw[1] % out_hw[1] == 0:
+        k = (in_hw[0] // out_hw[0], in_hw[1] // out_hw[1])
+        return F.avg_pool2d(x, kernel_size=k, stride=k)
+    return F.adaptive_avg_pool2d(x, out_hw)
+
+
 class ScoreSubnet(nn.Module):
     """F(x_in, c_noise, taps): the network inside the EDM denoiser; x_in = c_in * x_t."""
 
@@ -89,7 +98,7 @@ class ScoreSubnet(nn.Module):
 
     def _inputs(self, x_in: torch.Tensor, taps) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         if not self.cfg.use_taps:
-            return [x_in] + [F.adaptive_avg_pool2d(x_in, hw) for hw in self.hws[1:]], None
+            return [x_in] + [_pool_to(x_in, self.hws[0], hw) for hw in self.hws[1:]], None
         per_depth, scales = [], []
         for d, (f, g) in enumerate(zip(taps.features, taps.grads)):
             fg, s = tap_pair_norm(f, g)  # fused on CUDA: normalise both taps into one concatenated tensor
