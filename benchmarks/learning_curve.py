@@ -1,56 +1,222 @@
-"""CLI: quality (recognised fraction and FD, guided) against training time, from the EMA snapshots that
-`tapdiff train-score` writes every --snapshot-every seconds.
+"""CLI: learning curves of the score models (quality and held-out DSM loss against training seconds and
+steps) and their cost at equal quality.
 
-    python benchmarks/learning_curve.py --checkpoint engine/checkpoints/fsdd --model tapdiff -n 10 \
-        --out benchmarks/results/learning_curve_tapdiff.md
+    python benchmarks/learning_curve.py --checkpoint runs/long --models tapdiff,two-model -n 10 \
+        --cache runs/curve_rows.json --bench benchmarks/results/bench/bench.json \
+        --out benchmarks/results/learning_curves.md --json benchmarks/results/learning_curves.json \
+        --plot benchmarks/results/learning_curves.png
 
-Snapshots live in CHECKPOINT/state/ (not shipped): run it where the training ran.
+The curve of each model is config.json's training record for it (``tapdiff train-score`` logs a point, with
+the held-out DSM loss per sigma band and the threads used, at every snapshot); every point whose EMA snapshot
+is in CHECKPOINT/state/ (not shipped: run it where the training ran) is judged like ``tapdiff evaluate``
+(``-n`` clips per digit, guidance ``--guidance``, the checkpoint's default solver; recognised fraction and FD
+from the evaluation classifier on re-analysed audio). ``--cache`` keeps judged points (keyed by model,
+snapshot hash, code version and settings) so a run resumes and later snapshots add to it.
+
+Cost at equal quality: for each FD level, the training seconds and steps each model took to first reach it,
+and its guided score-evaluation latency and peak memory (batch 16, eager torch) from the bench results
+given by ``--bench`` (they depend on the architecture, not on the training point).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from pathlib import Path
 
-from report import emit, header
+from report import emit, header, record
 
 from engine.api import Engine
+from engine.evaluation.provenance import code_version
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import score_network_kind
+from engine.storage.atomic import atomic_write_bytes
 from engine.storage.bundle import load_bundle
-from engine.storage.checkpoint import DEFAULT_CHECKPOINT, load_weights
+from engine.storage.checkpoint import load_weights, read_config
+
+FD_LEVELS = (200.0, 150.0, 125.0, 100.0, 90.0, 80.0, 70.0, 65.0, 60.0)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def judge_points(args, model: str, judge: QualityJudge, cache: dict) -> list[dict]:
+    """The model's training curve, each point with a snapshot on disk judged (from the cache when done)."""
+    kind = score_network_kind(model)
+    training = read_config(args.checkpoint).get("training", {}).get(kind.weights)
+    if not training:
+        raise ValueError(f"{args.checkpoint}: config.json has no training record for {kind.weights}")
+    snaps = Path(args.checkpoint) / "state" / f"{kind.weights}_snapshots"
+    engine = None
+    rows = []
+    for point in training.get("curve", []):
+        row = {"model": model, **point}
+        f = snaps / f"{point.get('snapshot')}.safetensors"
+        if f.exists():
+            key = f"{model}:{_sha(f)}:{code_version()}:{args.n}:{args.guidance}:{args.seed}"
+            if key not in cache:
+                if engine is None:  # snapshots load into the eager module
+                    engine = Engine(args.checkpoint, model=model, backend="torch", progress=False)
+                load_weights(f.parent, f.stem, engine.score_model.denoiser.net, {})
+                r = evaluate_quality(engine, judge, args.n, args.guidance, args.seed)
+                cache[key] = {"recognised": r.recognised, "fd": r.fd, "per_digit": r.recognised_per_digit,
+                              "sampler": engine.default_sampler.label()}
+                if args.cache:
+                    atomic_write_bytes(args.cache, json.dumps(cache, indent=1).encode())
+                print(f"{model} {point['seconds']:.0f}s step {point['step']}: recognised "
+                      f"{r.recognised:.3f} FD {r.fd:.1f}", flush=True)
+            row.update(cache[key])
+        rows.append(row)
+    return rows
+
+
+def first_reaching(rows: list[dict], level: float) -> dict | None:
+    for r in rows:
+        if "fd" in r and r["fd"] <= level:
+            return r
+    return None
+
+
+def step_cost(bench_json: str | None, batch: int = 16) -> dict:
+    """model -> {"latency_ms", "peak_mb"} of one guided score evaluation (eager torch) from bench results."""
+    if not bench_json or not Path(bench_json).exists():
+        return {}
+    b = json.loads(Path(bench_json).read_text())
+    out = {}
+    for r in b["score_eval"]:
+        if r["batch"] == batch and r["guidance"] > 0:
+            for name, lat in r["latency_s"].items():
+                model, backend = name.split("/")
+                if backend == "torch":
+                    out[model] = {"latency_ms": lat["median"] * 1e3, "peak_mb": r.get("peak_mb", {}).get(name),
+                                  "source": f"{bench_json} (commit {b.get('commit', '?')[:12]})"}
+    return out
+
+
+def equal_quality(curves: dict[str, list[dict]], costs: dict, reference: str) -> list[dict]:
+    rows = []
+    for level in FD_LEVELS:
+        row = {"fd_level": level}
+        for model, pts in curves.items():
+            hit = first_reaching(pts, level)
+            row[model] = None if hit is None else {"seconds": hit["seconds"], "step": hit["step"],
+                                                   "recognised": hit["recognised"], "fd": hit["fd"]}
+        others = [m for m in curves if m != reference]
+        for m in others:
+            a, b = row.get(m), row.get(reference)
+            if a and b:
+                row[f"{m} / {reference} training seconds"] = a["seconds"] / b["seconds"]
+        rows.append(row)
+    return rows
+
+
+def render(result: dict) -> str:
+    out = []
+    for model, pts in result["curves"].items():
+        out.append(f"\n## {model}\n")
+        bands = [k for k in (pts[0].get("heldout") or {}) if k != "all"] if pts else []
+        out.append("| training s | step | steps/s since last | threads | recognised | FD | held-out DSM " +
+                   " | ".join(f"σ {b}" for b in bands) + " | held-out all |")
+        out.append("|---:" * (7 + len(bands)) + "|")
+        prev = None
+        for p in pts:
+            rate = "" if prev is None or p["seconds"] <= prev["seconds"] else \
+                f"{(p['step'] - prev['step']) / (p['seconds'] - prev['seconds']):.2f}"
+            h = p.get("heldout") or {}
+            rec = f"{p['recognised']:.2f}" if "recognised" in p else "–"
+            fd = f"{p['fd']:.1f}" if "fd" in p else "–"
+            held = [f"{h[b]:.4f}" if b in h else "–" for b in (*bands, "all")]
+            out.append(f"| {p['seconds']:.0f} | {p['step']} | {rate} | {p.get('threads', '?')} | {rec} | {fd} | " +
+                       " | ".join(held) + " |")
+            prev = p
+    models = list(result["curves"])
+    out.append("\n## Cost at equal quality (first point at or below each FD)\n")
+    costs = result["step_cost"]
+    if costs:
+        out.append("Guided score evaluation at batch 16, eager torch (from the bench results; the same for every "
+                   "training point): " + "; ".join(
+                       f"{m} {c['latency_ms']:.0f} ms, {c['peak_mb']:.0f} MB" for m, c in costs.items()
+                       if c.get("peak_mb") is not None) + f". Source: {next(iter(costs.values()))['source']}.\n")
+    out.append("| FD ≤ | " + " | ".join(f"{m}: training s (step) | {m}: recognised" for m in models) +
+               " | training-time ratio |")
+    out.append("|---:" * (1 + 2 * len(models) + 1) + "|")
+    for row in result["equal_quality"]:
+        cells = []
+        for m in models:
+            hit = row[m]
+            cells += ["not reached", "–"] if hit is None else [f"{hit['seconds']:.0f} ({hit['step']})",
+                                                               f"{hit['recognised']:.2f}"]
+        ratio = next((f"{v:.2f}" for k, v in row.items() if k.endswith("training seconds")), "–")
+        out.append(f"| {row['fd_level']:g} | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(out) + "\n"
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for model, pts in result["curves"].items():
+        judged = [p for p in pts if "fd" in p]
+        for row, x in enumerate(("seconds", "step")):
+            axes[row, 0].plot([p[x] for p in judged], [p["recognised"] for p in judged], "o-", label=model)
+            axes[row, 1].plot([p[x] for p in judged], [p["fd"] for p in judged], "o-", label=model)
+            held = [p for p in pts if p.get("heldout")]
+            for band in [k for k in (held[0]["heldout"] if held else {}) if k != "all"]:
+                axes[row, 2].plot([p[x] for p in held], [p["heldout"][band] for p in held], ".-",
+                                  label=f"{model} σ {band}")
+    for row, x in enumerate(("training seconds", "training steps")):
+        for col, y in enumerate(("recognised (guided)", "FD (log)", "held-out DSM loss (log)")):
+            ax = axes[row, col]
+            ax.set_xlabel(x)
+            ax.set_ylabel(y)
+            if col:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend()
+    axes[0, 2].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    p.add_argument("--model", default="tapdiff")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--models", default="tapdiff,two-model")
+    p.add_argument("--reference", default="two-model", help="the model ratios are taken against")
     p.add_argument("--data", default="../shared/data/fsdd")
-    p.add_argument("--snapshots", default=None, help="default: CHECKPOINT/state/<weights>_snapshots")
     p.add_argument("-n", type=int, default=10, help="clips per digit")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default=None)
+    p.add_argument("--bench", default="benchmarks/results/bench/bench.json")
     p.add_argument("--out", default=None)
+    p.add_argument("--json", default=None)
+    p.add_argument("--plot", default=None)
     args = p.parse_args()
-    kind = score_network_kind(args.model)
-    snaps = Path(args.snapshots or Path(args.checkpoint) / "state" / f"{kind.weights}_snapshots")
-    files = sorted(snaps.glob("*.safetensors"))
-    if not files:
-        print(f"no snapshots in {snaps}", file=sys.stderr)
-        return 2
-    engine = Engine(args.checkpoint, model=args.model)
-    judge = QualityJudge(load_bundle(args.checkpoint, model=None, need_evaluator=True), args.data, engine.labels)
-    rows = ["| training seconds | recognised (guided) | FD | per digit |", "|---:|---:|---:|---|"]
-    for f in files:
-        load_weights(f.parent, f.stem, engine.score_model.denoiser.net, {})
-        r = evaluate_quality(engine, judge, args.n, args.guidance, args.seed)
-        per = " ".join(f"{d}:{v:.1f}" for d, v in r.recognised_per_digit.items())
-        rows.append(f"| {int(f.stem.rstrip('s'))} | {r.recognised:.3f} | {r.fd:.1f} | {per} |")
-        print(rows[-1], flush=True)
-    text = (f"{header(__file__)}\n{args.n} clips per digit, guidance {args.guidance:g}, "
-            f"{engine.default_sampler.label()}, vocoder {engine.vocoder_name}, judged by the evaluation classifier "
-            "on re-analysed audio.\n\n" + "\n".join(rows) + "\n")
+    rec = record(__file__)
+    cache = json.loads(Path(args.cache).read_text()) if args.cache and Path(args.cache).exists() else {}
+    models = [m for m in args.models.split(",") if m]
+    bundle = load_bundle(args.checkpoint, model=None, need_evaluator=True)
+    judge = QualityJudge(bundle, args.data, bundle.labels)
+    curves = {m: judge_points(args, m, judge, cache) for m in models}
+    costs = step_cost(args.bench)
+    result = {**rec, "settings": {"n": args.n, "guidance": args.guidance, "seed": args.seed},
+              "curves": curves, "step_cost": {m: costs[m] for m in models if m in costs},
+              "equal_quality": equal_quality(curves, costs, args.reference)}
+    text = (f"{header(__file__)}\n# Learning curves\n\n{args.n} clips per digit, guidance {args.guidance:g}, the "
+            "checkpoint's default solver, vocoder Griffin-Lim, judged by the evaluation classifier on re-analysed "
+            "audio. Held-out DSM loss: the training objective on the test split at fixed noise levels and noise "
+            "(3 levels per band). Steps/s shows the machine load each stretch ran under.\n" + render(result))
     emit(text, args.out)
+    if args.json:
+        atomic_write_bytes(args.json, json.dumps(result, indent=1).encode())
+    if args.plot:
+        plot(result, args.plot)
     return 0
 
 

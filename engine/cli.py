@@ -125,17 +125,27 @@ def cmd_train_classifier(args) -> int:
 
 
 def cmd_train_score(args) -> int:
+    import torch
+
     from .audio.datasets import list_items, load_features
+    from .diffusion.score_model import build_score_model
     from .diffusion.taps import TapExtractor
     from .models.registry import score_network_kind
     from .storage.bundle import load_bundle
     from .storage.checkpoint import save_weights, update_config
     from .storage.config import TrainConfig, to_dict
+    from .training.heldout import HeldOutDSM
     from .training.score import train_score
 
     kind = score_network_kind(args.model)
-    net_cfg = kind.default_config(args.widths)
     bundle = load_bundle(args.checkpoint, model=None)
+    out = Path(args.checkpoint)
+    name = kind.weights
+    init = start = None
+    if args.continue_training:
+        net_cfg, init, start = _continuation(bundle, kind, args.widths)
+    else:
+        net_cfg = kind.default_config(args.widths)
     labels = args.labels or bundle.labels
     if not set(labels) <= set(bundle.labels):
         raise ValueError(f"--labels {list(labels)} must be a subset of the classifier's labels {list(bundle.labels)}")
@@ -146,24 +156,38 @@ def cmd_train_score(args) -> int:
     train = load_features(list_items(args.data, "train", labels), feats, progress=rank == 0)
     tcfg = TrainConfig(batch_size=args.batch_size // world, lr=args.lr, seconds=args.seconds, seed=args.seed,
                        labels=labels, ema_decay=args.ema)
-    out = Path(args.checkpoint)
-    name = kind.weights
     snapshots = out / "state" / f"{name}_snapshots"
+    extractor = TapExtractor(bundle.classifier, bundle.sde)
+    heldout = None
+    if args.heldout_clips > 0 and rank == 0:
+        items = list_items(args.data, "test", labels)
+        items = items[::max(1, len(items) // args.heldout_clips)][:args.heldout_clips]
+        held = load_features(items, feats, progress=False)
+        heldout = HeldOutDSM(bundle.normaliser.normalise(held.mels)[:, None], bundle.sde)
+    wall0 = time.monotonic()
 
     def snapshot(ema, step, elapsed):
-        # EMA weights along the way, for learning curves (quality vs training time).
+        # EMA weights along the way, for learning curves (quality vs training time), with the held-out
+        # DSM loss and the conditions the seconds were spent under.
         save_weights(snapshots, f"{int(elapsed):06d}s", ema.model, {})
-        return {"snapshot": f"{int(elapsed):06d}s"}
+        point = {"snapshot": f"{int(elapsed):06d}s", "threads": torch.get_num_threads(),
+                 "wall": round(time.monotonic() - wall0, 1)}
+        if heldout is not None:
+            point["heldout"] = {k: round(v, 5) for k, v in heldout(build_score_model(extractor, ema.model)).items()}
+        return point
 
-    ema, log = train_score(train, bundle.normaliser, TapExtractor(bundle.classifier, bundle.sde), kind, net_cfg, tcfg,
-                           bundle.input_hw, out / "state" / f"{name}.pt", on_checkpoint=snapshot,
-                           checkpoint_every_s=args.snapshot_every)
+    ema, log = train_score(train, bundle.normaliser, extractor, kind, net_cfg, tcfg, bundle.input_hw,
+                           out / "state" / f"{name}.pt", on_checkpoint=snapshot,
+                           checkpoint_every_s=args.snapshot_every, init=init, start=start)
     if rank == 0:
         files = save_weights(out, name, ema.model, {})["files"]
-        update_config(out, {kind.config_key: to_dict(net_cfg)}, files=files, training={name: {
-            "command": _command(args), "config": to_dict(tcfg), "processes": world,
-            "global_batch": tcfg.batch_size * world, "steps": log["steps"], "seconds": round(log["seconds"], 1),
-            "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"]}})
+        record = {"command": _command(args), "config": to_dict(tcfg), "processes": world,
+                  "threads": torch.get_num_threads(), "global_batch": tcfg.batch_size * world,
+                  "steps": log["steps"], "seconds": round(log["seconds"], 1),
+                  "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"]}
+        if "continues" in log:
+            record["continues"] = log["continues"]
+        update_config(out, {kind.config_key: to_dict(net_cfg)}, files=files, training={name: record})
         print(json.dumps({"steps": log["steps"], "seconds": round(log["seconds"], 1), "processes": world}))
     if world > 1:
         import torch.distributed as dist
@@ -171,6 +195,30 @@ def cmd_train_score(args) -> int:
         dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def _continuation(bundle, kind, widths):
+    """(network config, weight loader, start) to continue the bundle's trained ``kind`` network: its config,
+    its EMA weights as both the trained and the EMA copy, and its steps, seconds and curve from config.json."""
+    from .storage.checkpoint import load_weights
+    from .storage.config import from_dict
+
+    cfg = bundle.config
+    if kind.config_key not in cfg or kind.weights not in cfg.get("training", {}):
+        raise ValueError(f"--continue: {bundle.directory} has no trained {kind.weights} to continue")
+    net_cfg = from_dict(kind.config_cls, cfg[kind.config_key])
+    if widths is not None and tuple(widths) != tuple(net_cfg.widths):
+        raise ValueError(f"--continue keeps the trained network's widths {list(net_cfg.widths)}; got --widths {list(widths)}")
+    before = cfg["training"][kind.weights]
+
+    def init(net):
+        load_weights(bundle.directory, kind.weights, net, cfg)
+
+    previous = {k: before.get(k) for k in ("command", "steps", "seconds", "threads", "processes")}
+    start = {"step": before["steps"], "elapsed": before["seconds"],
+             "log": {"curve": list(before.get("curve", [])),
+                     "continues": [*before.get("continues", []), previous]}}
+    return net_cfg, init, start
 
 
 def cmd_train_evaluator(args) -> int:
@@ -363,11 +411,12 @@ def _batches(text: str) -> tuple[int, ...]:
     return batches
 
 
-def _add_backend(p: argparse.ArgumentParser) -> None:
+def _add_backend(p: argparse.ArgumentParser, default: str = "auto") -> None:
     from .backends import BACKENDS
 
-    p.add_argument("--backend", choices=BACKENDS, default="torch",
-                   help="runtime of the score evaluations: eager torch, or the exported graph in onnxruntime / TensorRT")
+    p.add_argument("--backend", choices=("auto", *BACKENDS), default=default,
+                   help="runtime of the score evaluations: eager torch, or the exported graph in onnxruntime / "
+                        "TensorRT; auto (default): onnxruntime where installed, else torch")
     p.add_argument("--artifacts", default=None, help="folder of exported graphs (default: $TAPDIFF_CACHE or ~/.cache/tapdiff)")
 
 
@@ -427,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--ema", type=float, default=0.999)
     s.add_argument("--snapshot-every", type=float, default=600.0, help="seconds between EMA snapshots")
+    s.add_argument("--heldout-clips", type=int, default=250,
+                   help="test-split clips for the held-out DSM loss per sigma band at each snapshot (0: off)")
+    s.add_argument("--continue", dest="continue_training", action="store_true",
+                   help="continue the checkpoint's trained network (fresh optimiser; steps and seconds count on, "
+                        "--seconds is the new total) when no resumable state exists")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_train_score)
 
@@ -471,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--guidance", type=float, default=3.0)
     pr.add_argument("--sampler", default=None)
     pr.add_argument("--out", default="profile", help="folder for profile.md, the JSON and the Chrome traces")
-    _add_backend(pr)
+    _add_backend(pr, default="torch")  # the stages are eager PyTorch's; an exported graph runs as one opaque call
     pr.set_defaults(func=cmd_profile)
 
     b = sub.add_parser("bench", help="memory and latency of the score models side by side (interleaved, one run)")

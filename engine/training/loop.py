@@ -63,10 +63,13 @@ def train_loop(
     on_checkpoint: Callable[[EMA, int, float], dict | None] | None = None,
     checkpoint_every_s: float = 120.0,
     progress: bool = True,
+    start: dict | None = None,
 ) -> tuple[EMA, dict]:
     """Minimise ``loss_fn`` until ``cfg.seconds`` of training time (summed over resumes) or ``cfg.max_steps``.
 
-    Resumes from ``state_path`` when it exists. ``on_checkpoint(ema, step, elapsed)`` runs at each save;
+    Resumes from ``state_path`` when it exists. Without state, ``start`` ({"step", "elapsed", "log"}) continues
+    a network the caller has already loaded (a shipped checkpoint: weights and EMA from it, a fresh optimiser
+    with its own learning-rate warm-up); steps and seconds count on from it and its point is saved first. ``on_checkpoint(ema, step, elapsed)`` runs at each save;
     the metrics it returns are appended to the learning curve ``log['curve']``, which is saved with the state.
 
     Under torch.distributed (torchrun; the caller wraps the network in DistributedDataParallel so gradients
@@ -89,6 +92,9 @@ def train_loop(
         opt.load_state_dict(st["opt"])
         gen.set_state(st["rng"][rank] if isinstance(st["rng"], list) else st["rng"])
         step, elapsed, log = st["step"], st["elapsed"], st["log"]
+    elif start is not None:
+        step, elapsed = int(start["step"]), float(start["elapsed"])
+        log = {"losses": [], "curve": [], **start.get("log", {}), "warm_start": step}
 
     def save() -> None:
         rngs = [gen.get_state()]
@@ -109,13 +115,15 @@ def train_loop(
                  "rng": rngs if world > 1 else rngs[0], "world": world, "step": step, "elapsed": elapsed,
                  "log": log}, state_path)
 
+    if start is not None and not (state_path is not None and state_path.exists()):
+        save()  # the starting point of the curve
     model.train()
     bar = tqdm(total=int(cfg.seconds), initial=int(elapsed), desc=desc, unit="s",
                disable=None if progress and rank == 0 else True)
     last_save, running = elapsed, None
     while elapsed < cfg.seconds and step < cfg.max_steps:
         t0 = time.monotonic()
-        warm = min(1.0, (step + 1) / 200)
+        warm = min(1.0, (step - log.get("warm_start", 0) + 1) / 200)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * warm
         loss = loss_fn(gen)

@@ -43,10 +43,16 @@ def _distributed(net: torch.nn.Module) -> torch.nn.Module:
 def train_score(train: FeatureSet, norm: Normaliser, extractor: TapExtractor, kind: ScoreNetworkKind, net_cfg,
                 cfg: TrainConfig, input_hw: tuple[int, int], state_path: Path | None = None, progress: bool = True,
                 on_checkpoint: Callable[[EMA, int, float], dict | None] | None = None,
-                checkpoint_every_s: float = 120.0) -> tuple[EMA, dict]:
-    """DSM training of a new network of ``kind`` (config ``net_cfg``); the EMA copy is the result."""
+                checkpoint_every_s: float = 120.0, init: Callable[[torch.nn.Module], object] | None = None,
+                start: dict | None = None) -> tuple[EMA, dict]:
+    """DSM training of a network of ``kind`` (config ``net_cfg``); the EMA copy is the result.
+
+    The network is new, or ``init(net)`` loads trained weights into it; ``start`` then says where its
+    steps, seconds and learning curve stand (see ``train_loop``)."""
     torch.manual_seed(cfg.seed)
     net = kind.build(net_cfg, extractor.tap_channels, input_hw)
+    if init is not None:
+        init(net)
     extractor.requires_grad_(False).eval()
     model = build_score_model(extractor, _distributed(net))
     keep = torch.isin(train.labels, torch.tensor(cfg.labels))
@@ -60,4 +66,4 @@ def train_score(train: FeatureSet, norm: Normaliser, extractor: TapExtractor, ki
         noise = torch.randn(x_all[idx].shape, generator=gen)
         return dsm_loss(model, x_all[idx], sigma, noise)
 
-    return train_loop(net, loss_fn, cfg, state_path, "score", on_checkpoint, checkpoint_every_s, progress)
+    return train_loop(net, loss_fn, cfg, state_path, "score", on_checkpoint, checkpoint_every_s, progress, start)
