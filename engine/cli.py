@@ -42,7 +42,8 @@ def cmd_generate(args) -> int:
     from .api import Engine
 
     engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=not args.quiet, model=args.model,
-                    backend=args.backend, artifacts=args.artifacts)
+                    backend=args.backend, artifacts=args.artifacts,
+                    device=args.device)
     guidance = 0.0 if args.unguided else args.guidance
     labels = None if args.digit is None else args.digit
     shard = _distributed_shard()
@@ -253,7 +254,7 @@ def cmd_evaluate(args) -> int:
     from .storage.bundle import load_bundle
 
     engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=True, model=args.model, backend=args.backend,
-                    artifacts=args.artifacts)
+                    artifacts=args.artifacts, device=args.device)
     judge = QualityJudge(load_bundle(args.evaluator or args.checkpoint, model=None, need_evaluator=True), args.data,
                          args.digits or engine.labels)
     reports = []
@@ -316,7 +317,7 @@ def cmd_profile(args) -> int:
     parts = [markdown_header(run_record(_command(args)))]
     for model in args.models:
         engine = Engine(args.checkpoint, model=model, backend=args.backend, artifacts=args.artifacts,
-                        batch_size=args.batch)
+                        batch_size=args.batch, device=args.device)
         result = profile_sampling(engine, args.batch, args.steps, args.guidance, args.sampler, args.out)
         parts.append(render_profile(result))
         print(parts[-1])
@@ -335,7 +336,7 @@ def cmd_bench(args) -> int:
     cfg = BenchConfig(models=args.models, backends=args.backends, batches=args.batch, guidances=args.guidance,
                       sampler=args.sampler, nfe=args.nfe, repeats=args.repeats, gen_repeats=args.gen_repeats,
                       memory=not args.no_memory, quality=args.quality, data=args.data, artifacts=args.artifacts,
-                      reference=args.reference)
+                      reference=args.reference, device=args.device)
     result = run_bench(args.checkpoint, cfg, log=lambda m: print(m, file=sys.stderr))
     out = Path(args.out)
     atomic_write_bytes(out / "bench.json", (json.dumps({**record, **result}, indent=1) + "\n").encode())
@@ -354,7 +355,7 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     engine = Engine(args.checkpoint, model=args.model, backend=args.backend, artifacts=args.artifacts,
-                    batch_size=args.max_batch)
+                    batch_size=args.max_batch, device=args.device)
     serve(engine, args.host, args.port, args.max_batch, args.max_delay_ms, args.max_clips, args.max_queued)
     return 0
 
@@ -418,6 +419,7 @@ def _add_backend(p: argparse.ArgumentParser, default: str = "auto") -> None:
                    help="runtime of the score evaluations: eager torch, or the exported graph in onnxruntime / "
                         "TensorRT; auto (default): onnxruntime where installed, else torch")
     p.add_argument("--artifacts", default=None, help="folder of exported graphs (default: $TAPDIFF_CACHE or ~/.cache/tapdiff)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1 (the tensorrt backend needs one)")
 
 
 def _add_model(p: argparse.ArgumentParser, help_suffix: str = "") -> None:
@@ -543,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quality", type=int, default=0, help="clips per digit for recognised fraction and FD")
     b.add_argument("--reference", default="two-model", help="the model the others' ratios are taken against")
     b.add_argument("--artifacts", default=None)
+    b.add_argument("--device", default="cpu", help="torch device of every system, e.g. cuda")
     b.add_argument("--out", default="bench", help="folder for bench.json, bench.md and bench.png")
     b.set_defaults(func=cmd_bench)
 

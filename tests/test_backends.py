@@ -106,6 +106,10 @@ def test_backends_that_cannot_run_here_say_why(tiny_checkpoint, tmp_path, monkey
         assert main(["generate", "--checkpoint", str(tiny_checkpoint), "--backend", "tensorrt", "--digit", "1",
                      "--out", str(tmp_path / "wav")]) == 2
         assert "needs an NVIDIA GPU" in capsys.readouterr().err and not (tmp_path / "wav").exists()
+        for cmd in (["generate", "--digit", "1", "--out", str(tmp_path / "wav")], ["bench", "--out", str(tmp_path / "b")]):
+            assert main([cmd[0], "--checkpoint", str(tiny_checkpoint), "--device", "cuda", *cmd[1:]]) == 2
+            assert "CUDA is not available" in capsys.readouterr().err
+        assert not (tmp_path / "wav").exists() and not (tmp_path / "b").exists()
     import onnxruntime
 
     from export.ort_runtime import checked_session, session_options

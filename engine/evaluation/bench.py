@@ -39,6 +39,7 @@ class BenchConfig:
     data: str = "../shared/data/fsdd"
     artifacts: str | None = None
     reference: str = "two-model"  # the model ratios are taken against
+    device: str = "cpu"
 
 
 def quantiles(xs: list[float]) -> dict:
@@ -74,7 +75,7 @@ def _engines(checkpoint, cfg: BenchConfig, log: Log) -> tuple[dict, dict]:
             name = f"{model}/{backend}"
             try:
                 engines[name] = Engine(checkpoint, model=model, backend=backend, artifacts=cfg.artifacts,
-                                       batch_size=max(cfg.batches), vocoder="griffin-lim")
+                                       batch_size=max(cfg.batches), vocoder="griffin-lim", device=cfg.device)
             except (ImportError, RuntimeError) as e:  # a missing runtime or GPU: reported, not fatal
                 skipped[name] = f"{type(e).__name__}: {e}"
                 log(f"bench: skipping {name}: {e}")
@@ -118,7 +119,7 @@ def run_bench(checkpoint, cfg: BenchConfig, log: Log = print) -> dict:
         for gamma in cfg.guidances:
             fns = {}
             for name, e in engines.items():
-                fn, x, s = score_eval(e.bundle, batch, gamma, e.scorer)
+                fn, x, s = score_eval(e.bundle, batch, gamma, e.scorer, e.device)
                 fns[name] = lambda fn=fn, x=x, s=s: fn(x, s)
             times = interleaved(fns, cfg.repeats)
             row = {"batch": batch, "guidance": gamma, "times_s": times,
@@ -171,7 +172,7 @@ def parity(engines: dict, cfg: BenchConfig) -> dict:
 
 def _memory(checkpoint, engine: Engine, batch: int, gamma: float, cfg: BenchConfig) -> float:
     if engine.device.type == "cuda":
-        fn, x, s = score_eval(engine.bundle, batch, gamma, engine.scorer)
+        fn, x, s = score_eval(engine.bundle, batch, gamma, engine.scorer, engine.device)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
