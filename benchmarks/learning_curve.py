@@ -51,7 +51,11 @@ def judge_points(args, model: str, judge: QualityJudge, cache: dict) -> list[dic
     snaps = Path(args.checkpoint) / "state" / f"{kind.weights}_snapshots"
     engine = None
     rows = []
-    for point in training.get("curve", []):
+    points = {}
+    for point in training.get("curve", []):  # a continued run repeats its starting point: keep the latest record
+        points[(point["step"], point.get("snapshot"))] = {**points.get((point["step"], point.get("snapshot")), {}),
+                                                          **point}
+    for point in points.values():
         row = {"model": model, **point}
         f = snaps / f"{point.get('snapshot')}.safetensors"
         if f.exists():

@@ -44,6 +44,8 @@ def test_curves_of_a_continued_run_end_to_end(tiny_with_baselines, fsdd_root, tm
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
     result = json.loads(js.read_text())
     for model in ("tapdiff", "two-model"):
+        steps = [p["step"] for p in result["curves"][model]]
+        assert len(steps) == len(set(steps))  # the continued run's opening point is the original's last, once
         judged = [p for p in result["curves"][model] if "fd" in p]
         assert len(judged) >= 2 and all(p["fd"] > 0 and 0 <= p["recognised"] <= 1 for p in judged)
         assert all(p["heldout"]["all"] > 0 for p in judged)
