@@ -136,7 +136,7 @@ def cmd_train_score(args) -> int:
     from .storage.checkpoint import save_weights, update_config
     from .storage.config import TrainConfig, to_dict
     from .training.heldout import HeldOutDSM
-    from .training.score import train_score
+    from .training.score import continuation, train_score
 
     kind = score_network_kind(args.model)
     bundle = load_bundle(args.checkpoint, model=None)
@@ -144,7 +144,7 @@ def cmd_train_score(args) -> int:
     name = kind.weights
     init = start = None
     if args.continue_training:
-        net_cfg, init, start = _continuation(bundle, kind, args.widths)
+        net_cfg, init, start = continuation(bundle, kind, args.widths)
     else:
         net_cfg = kind.default_config(args.widths)
     labels = args.labels or bundle.labels
@@ -196,30 +196,6 @@ def cmd_train_score(args) -> int:
         dist.barrier()
         dist.destroy_process_group()
     return 0
-
-
-def _continuation(bundle, kind, widths):
-    """(network config, weight loader, start) to continue the bundle's trained ``kind`` network: its config,
-    its EMA weights as both the trained and the EMA copy, and its steps, seconds and curve from config.json."""
-    from .storage.checkpoint import load_weights
-    from .storage.config import from_dict
-
-    cfg = bundle.config
-    if kind.config_key not in cfg or kind.weights not in cfg.get("training", {}):
-        raise ValueError(f"--continue: {bundle.directory} has no trained {kind.weights} to continue")
-    net_cfg = from_dict(kind.config_cls, cfg[kind.config_key])
-    if widths is not None and tuple(widths) != tuple(net_cfg.widths):
-        raise ValueError(f"--continue keeps the trained network's widths {list(net_cfg.widths)}; got --widths {list(widths)}")
-    before = cfg["training"][kind.weights]
-
-    def init(net):
-        load_weights(bundle.directory, kind.weights, net, cfg)
-
-    previous = {k: before.get(k) for k in ("command", "steps", "seconds", "threads", "processes")}
-    start = {"step": before["steps"], "elapsed": before["seconds"],
-             "log": {"curve": list(before.get("curve", [])),
-                     "continues": [*before.get("continues", []), previous]}}
-    return net_cfg, init, start
 
 
 def cmd_train_evaluator(args) -> int:

@@ -16,7 +16,9 @@ from ..diffusion.score_model import GuidedDenoiser, build_score_model
 from ..diffusion.sde import loss_weight, perturb, sample_training_sigma
 from ..diffusion.taps import TapExtractor
 from ..models.registry import ScoreNetworkKind
-from ..storage.config import TrainConfig
+from ..storage.bundle import Bundle
+from ..storage.checkpoint import load_weights
+from ..storage.config import TrainConfig, from_dict
 from .loop import EMA, train_loop
 
 
@@ -67,3 +69,24 @@ def train_score(train: FeatureSet, norm: Normaliser, extractor: TapExtractor, ki
         return dsm_loss(model, x_all[idx], sigma, noise)
 
     return train_loop(net, loss_fn, cfg, state_path, "score", on_checkpoint, checkpoint_every_s, progress, start)
+
+
+def continuation(bundle: Bundle, kind: ScoreNetworkKind, widths: tuple[int, ...] | None):
+    """(network config, weight loader, start) to continue the bundle's trained ``kind`` network: its config,
+    its EMA weights as both the trained and the EMA copy, and its steps, seconds and curve from config.json."""
+    cfg = bundle.config
+    if kind.config_key not in cfg or kind.weights not in cfg.get("training", {}):
+        raise ValueError(f"--continue: {bundle.directory} has no trained {kind.weights} to continue")
+    net_cfg = from_dict(kind.config_cls, cfg[kind.config_key])
+    if widths is not None and tuple(widths) != tuple(net_cfg.widths):
+        raise ValueError(f"--continue keeps the trained network's widths {list(net_cfg.widths)}; got --widths {list(widths)}")
+    before = cfg["training"][kind.weights]
+
+    def init(net):
+        load_weights(bundle.directory, kind.weights, net, cfg)
+
+    previous = {k: before.get(k) for k in ("command", "steps", "seconds", "threads", "processes")}
+    start = {"step": before["steps"], "elapsed": before["seconds"],
+             "log": {"curve": list(before.get("curve", [])),
+                     "continues": [*before.get("continues", []), previous]}}
+    return net_cfg, init, start
