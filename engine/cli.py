@@ -365,7 +365,9 @@ def cmd_vocoder_compare(args) -> int:
     for r in rows:
         print(f"{r['vocoder']:<12} {r['stoi']:6.3f} {r['lsd']:7.2f} {r['rtf_median']:7.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({**run_record(_command(args)), "rows": rows}, indent=2) + "\n")
+        from .storage.atomic import atomic_write_bytes
+
+        atomic_write_bytes(args.json, (json.dumps({**run_record(_command(args)), "rows": rows}, indent=2) + "\n").encode())
     return 0
 
 
