@@ -1,0 +1,136 @@
+"""CLI: ScoreSubnet width sweep at an equal training budget, on the same frozen classifier.
+
+    python benchmarks/width_sweep.py --checkpoint engine/checkpoints/fsdd \
+        --widths 24,48,64,96 32,64,96,144 48,96,128,224 --seconds 3000 --work runs/widths -n 10 \
+        --out benchmarks/results/width_sweep.md --json benchmarks/results/width_sweep.json
+
+For each width list: a bundle in WORK/<widths> holding the checkpoint's classifier, evaluator and features
+but no score network, a new ScoreSubnet of those widths trained for ``--seconds`` training seconds (the same
+``tapdiff train-score`` run; resumable, so an interrupted sweep carries on; a finished one is not retrained),
+then judged like ``tapdiff evaluate`` (``-n`` clips per digit, guidance 3, the checkpoint's default solver)
+with its held-out DSM loss from the last snapshot. Run several instances with disjoint ``--widths`` to use
+more cores (one thread each: ``OMP_NUM_THREADS=1``), then one with all of them to write the table.
+Steps and steps/s are recorded beside the budget, so unequal machine load is visible.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from report import emit, header, record
+
+from engine.api import Engine
+from engine.cli import main as tapdiff
+from engine.evaluation.quality import QualityJudge, evaluate_quality
+from engine.models.registry import SCORE_NETWORKS
+from engine.storage.atomic import atomic_write_bytes
+from engine.storage.bundle import load_bundle
+from engine.storage.checkpoint import read_config, write_config
+
+SHARED_FILES = ("classifier.safetensors", "evaluator.safetensors")
+
+
+def widths_arg(text: str) -> tuple[int, ...]:
+    try:
+        w = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths must be comma-separated integers, got {text!r}") from None
+    if not w or min(w) < 1:
+        raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
+    return w
+
+
+def classifier_only(base: Path, out: Path) -> None:
+    """``out``: a bundle with ``base``'s classifier, evaluator, features, SDE and sampling, no score network."""
+    if (out / "config.json").exists():
+        return
+    cfg = read_config(base)
+    kinds = SCORE_NETWORKS.values()
+    drop = {k.config_key for k in kinds}
+    cfg = {k: v for k, v in cfg.items() if k not in drop}
+    cfg["training"] = {k: v for k, v in cfg.get("training", {}).items() if k not in {n.weights for n in kinds}}
+    cfg["files"] = {k: v for k, v in cfg.get("files", {}).items() if k in SHARED_FILES}
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in SHARED_FILES:
+        shutil.copy2(base / name, tmp / name)
+    write_config(tmp, cfg)
+    tmp.rename(out)  # a half-made bundle is never mistaken for a finished one
+
+
+def train(bundle: Path, widths: tuple[int, ...], args) -> None:
+    done = read_config(bundle).get("training", {}).get("score_subnet", {})
+    if done.get("seconds", 0) >= args.seconds:
+        return
+    cmd = ["train-score", "--checkpoint", str(bundle), "--data", args.data, "--widths", ",".join(map(str, widths)),
+           "--seconds", str(args.seconds), "--snapshot-every", str(args.snapshot_every), "--seed", str(args.seed)]
+    if tapdiff(cmd) != 0:
+        raise RuntimeError(f"training {bundle} failed: tapdiff {' '.join(cmd)}")
+
+
+def judge(bundle: Path, args) -> dict:
+    cfg = read_config(bundle)
+    t = cfg["training"]["score_subnet"]
+    engine = Engine(bundle, backend="torch")
+    ev = load_bundle(bundle, model=None, need_evaluator=True)
+    r = evaluate_quality(engine, QualityJudge(ev, args.data, engine.labels), args.n, args.guidance, args.seed)
+    last = next((p for p in reversed(t.get("curve", [])) if p.get("heldout")), {})
+    return {"widths": list(cfg["score_subnet_config"]["widths"]),
+            "params": sum(p.numel() for p in engine.score_model.denoiser.net.parameters()),
+            "seconds": t["seconds"], "steps": t["steps"], "threads": t.get("threads"),
+            "recognised": r.recognised, "fd": r.fd, "heldout": last.get("heldout"), "sampler": r.sampler}
+
+
+def render(rows: list[dict]) -> str:
+    bands = [k for k in (rows[0]["heldout"] or {}) if k != "all"] if rows else []
+    out = ["| widths | params | training s | steps | steps/s | threads | recognised | FD | held-out DSM " +
+           " | ".join(f"σ {b}" for b in bands) + " | held-out all |", "|---" + "|---:" * (8 + len(bands)) + "|"]
+    for r in rows:
+        h = r["heldout"] or {}
+        held = " | ".join(f"{h[b]:.4f}" if b in h else "–" for b in (*bands, "all"))
+        out.append(f"| {','.join(map(str, r['widths']))} | {r['params'] / 1e6:.2f}M | {r['seconds']:.0f} | {r['steps']:,} | "
+                   f"{r['steps'] / r['seconds']:.2f} | {r['threads'] or '?'} | {r['recognised']:.2f} | {r['fd']:.1f} | "
+                   f"{held} |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default="engine/checkpoints/fsdd", help="bundle whose classifier is shared")
+    p.add_argument("--widths", type=widths_arg, nargs="+", required=True, help="one comma-separated list per run")
+    p.add_argument("--seconds", type=float, default=3000.0, help="training seconds per width")
+    p.add_argument("--snapshot-every", type=float, default=600.0)
+    p.add_argument("--work", default="runs/widths", help="folder of the sweep's bundles")
+    p.add_argument("--data", default="../shared/data/fsdd")
+    p.add_argument("-n", type=int, default=10, help="clips per digit")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-only", action="store_true", help="train, write no table (for parallel instances)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    rec = record(__file__)
+    bundles = {}
+    for w in args.widths:
+        bundles[w] = Path(args.work) / "-".join(map(str, w))
+        classifier_only(Path(args.checkpoint), bundles[w])
+        train(bundles[w], w, args)
+    if args.train_only:
+        return 0
+    rows = [judge(b, args) for b in bundles.values()]
+    text = (f"{header(__file__)}\n# ScoreSubnet width sweep\n\nEach width trained from scratch for {args.seconds:.0f} "
+            f"training seconds on the frozen classifier of `{args.checkpoint}`; {args.n} clips per digit, guidance "
+            f"{args.guidance:g}, {rows[0]['sampler']}, judged by the evaluation classifier on re-analysed audio. "
+            "Held-out DSM loss: the last snapshot's, on the test split at fixed noise levels and noise.\n\n" + render(rows))
+    emit(text, args.out)
+    if args.json:
+        atomic_write_bytes(args.json, json.dumps({**rec, "rows": rows}, indent=1).encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
