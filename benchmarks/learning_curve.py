@@ -6,8 +6,9 @@ steps) and their cost at equal quality.
         --out benchmarks/results/learning_curves.md --json benchmarks/results/learning_curves.json \
         --plot benchmarks/results/learning_curves.png
 
-The curve of each model is config.json's training record for it (``tapdiff train-score`` logs a point, with
-the held-out DSM loss per sigma band and the threads used, at every snapshot); every point whose EMA snapshot
+The curve of each model is config.json's training record for it, or the run's resumable state when that is
+newer (``tapdiff train-score`` logs a point, with the held-out DSM loss per sigma band and the threads used,
+at every snapshot); every point whose EMA snapshot
 is in CHECKPOINT/state/ (not shipped: run it where the training ran) is judged like ``tapdiff evaluate``
 (``-n`` clips per digit, guidance ``--guidance``, the checkpoint's default solver; recognised fraction and FD
 from the evaluation classifier on re-analysed audio). ``--cache`` keeps judged points (keyed by model,
@@ -48,11 +49,19 @@ def judge_points(args, model: str, judge: QualityJudge, cache: dict) -> list[dic
     training = read_config(args.checkpoint).get("training", {}).get(kind.weights)
     if not training:
         raise ValueError(f"{args.checkpoint}: config.json has no training record for {kind.weights}")
+    curve = training.get("curve", [])
+    state = Path(args.checkpoint) / "state" / f"{kind.weights}.pt"
+    if state.exists():  # a run still going (or stopped): its resumable state holds the newer points
+        import torch
+
+        logged = torch.load(state, weights_only=False, map_location="cpu")["log"].get("curve", [])
+        if len(logged) > len(curve):
+            curve = logged
     snaps = Path(args.checkpoint) / "state" / f"{kind.weights}_snapshots"
     engine = None
     rows = []
     points = {}
-    for point in training.get("curve", []):  # a continued run repeats its starting point: keep the latest record
+    for point in curve:  # a continued run repeats its starting point: keep the latest record
         points[(point["step"], point.get("snapshot"))] = {**points.get((point["step"], point.get("snapshot")), {}),
                                                           **point}
     for point in points.values():
@@ -120,7 +129,7 @@ def render(result: dict) -> str:
     out = []
     for model, pts in result["curves"].items():
         out.append(f"\n## {model}\n")
-        bands = [k for k in (pts[0].get("heldout") or {}) if k != "all"] if pts else []
+        bands = [k for k in next((p["heldout"] for p in pts if p.get("heldout")), {}) if k != "all"]
         out.append("| training s | step | steps/s since last | threads | recognised | FD | held-out DSM " +
                    " | ".join(f"σ {b}" for b in bands) + " | held-out all |")
         out.append("|---:" * (7 + len(bands)) + "|")

@@ -171,8 +171,12 @@ def cmd_train_score(args) -> int:
         # EMA weights along the way, for learning curves (quality vs training time), with the held-out
         # DSM loss and the conditions the seconds were spent under.
         save_weights(snapshots, f"{int(elapsed):06d}s", ema.model, {})
-        point = {"snapshot": f"{int(elapsed):06d}s", "threads": torch.get_num_threads(),
-                 "wall": round(time.monotonic() - wall0, 1)}
+        point = {"snapshot": f"{int(elapsed):06d}s", "wall": round(time.monotonic() - wall0, 1)}
+        # threads of the stretch that ends here (a continued run's opening point ends the earlier run's)
+        threads = start["log"]["continues"][-1].get("threads") if start and step == start["step"] \
+            else torch.get_num_threads()
+        if threads:
+            point["threads"] = threads
         if heldout is not None:
             point["heldout"] = {k: round(v, 5) for k, v in heldout(build_score_model(extractor, ema.model)).items()}
         return point

@@ -65,7 +65,8 @@ def test_continue_counts_on_from_the_shipped_record_and_starts_from_its_weights(
     from engine.storage.bundle import load_bundle
     assert set(first["heldout"]) == {*band_sigmas(load_bundle(ck, model=None).sde), "all"}
     assert all(v > 0 for v in first["heldout"].values())
-    assert first["threads"] == torch.get_num_threads()
+    assert first["threads"] == before["threads"]  # the stretch it ends ran in the earlier run
+    assert all(p["threads"] == torch.get_num_threads() for p in after["curve"][len(before.get("curve", [])) + 1:])
     # The opening snapshot holds the shipped weights themselves.
     from safetensors.torch import load_file
     shipped = load_file(str(tiny_checkpoint / "score_subnet.safetensors"))
