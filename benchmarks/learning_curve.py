@@ -43,7 +43,19 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def judge_points(args, model: str, judge: QualityJudge, cache: dict) -> list[dict]:
+def earlier_points(paths: list[str]) -> dict:
+    """(model, step) -> judged point, from earlier runs' JSON results: a later session's curve keeps the points
+    whose snapshots it no longer has."""
+    out = {}
+    for path in paths:
+        for model, pts in json.loads(Path(path).read_text())["curves"].items():
+            for pt in pts:
+                if "fd" in pt:
+                    out[(model, pt["step"])] = {k: pt[k] for k in ("recognised", "fd", "per_digit", "sampler") if k in pt}
+    return out
+
+
+def judge_points(args, model: str, judge: QualityJudge, cache: dict, earlier: dict | None = None) -> list[dict]:
     """The model's training curve, each point with a snapshot on disk judged (from the cache when done)."""
     kind = score_network_kind(model)
     training = read_config(args.checkpoint).get("training", {}).get(kind.weights)
@@ -81,6 +93,8 @@ def judge_points(args, model: str, judge: QualityJudge, cache: dict) -> list[dic
                 print(f"{model} {point['seconds']:.0f}s step {point['step']}: recognised "
                       f"{r.recognised:.3f} FD {r.fd:.1f}", flush=True)
             row.update(cache[key])
+        elif earlier and (model, point["step"]) in earlier:
+            row.update(earlier[(model, point["step"])], judged_earlier=True)
         rows.append(row)
     return rows
 
@@ -207,6 +221,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None)
     p.add_argument("--bench", default="benchmarks/results/bench/bench.json")
+    p.add_argument("--earlier", nargs="*", default=[], help="earlier results JSON whose judged points fill in "
+                   "points without a snapshot here (e.g. benchmarks/results/learning_curves.json)")
     p.add_argument("--out", default=None)
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
@@ -216,7 +232,8 @@ def main() -> int:
     models = [m for m in args.models.split(",") if m]
     bundle = load_bundle(args.checkpoint, model=None, need_evaluator=True)
     judge = QualityJudge(bundle, args.data, bundle.labels)
-    curves = {m: judge_points(args, m, judge, cache) for m in models}
+    earlier = earlier_points(args.earlier)
+    curves = {m: judge_points(args, m, judge, cache, earlier) for m in models}
     costs = step_cost(args.bench)
     result = {**rec, "settings": {"n": args.n, "guidance": args.guidance, "seed": args.seed},
               "curves": curves, "step_cost": {m: costs[m] for m in models if m in costs},

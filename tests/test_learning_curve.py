@@ -56,3 +56,10 @@ def test_curves_of_a_continued_run_end_to_end(tiny_with_baselines, fsdd_root, tm
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)  # judged points come from the cache
     assert json.loads((tmp_path / "cache.json").read_text()) == before
     assert json.loads(js.read_text())["curves"] == result["curves"]
+    # A later session without the snapshots keeps the judged points from the earlier results.
+    shutil.rmtree(ck / "state")
+    later = tmp_path / "later.json"
+    subprocess.run(cmd[:-6] + ["--json", str(later), "--earlier", str(js)], check=True, capture_output=True, cwd=ROOT)
+    for model in ("tapdiff", "two-model"):
+        kept = {p["step"]: p["fd"] for p in json.loads(later.read_text())["curves"][model] if "fd" in p}
+        assert kept == {p["step"]: p["fd"] for p in result["curves"][model] if "fd" in p}
