@@ -128,13 +128,17 @@ def equal_quality(curves: dict[str, list[dict]], costs: dict, reference: str) ->
         row = {"fd_level": level}
         for model, pts in curves.items():
             hit = first_reaching(pts, level)
+            first = hit is not None and hit is next(p for p in pts if "fd" in p)
+            # reached at the first judged point: only "by then" is known, not when
             row[model] = None if hit is None else {"seconds": hit["seconds"], "step": hit["step"],
-                                                   "recognised": hit["recognised"], "fd": hit["fd"]}
+                                                   "recognised": hit["recognised"], "fd": hit["fd"], "by": first}
         others = [m for m in curves if m != reference]
         for m in others:
             a, b = row.get(m), row.get(reference)
-            if a and b:
+            if a and b and not (a["by"] and b["by"]):
+                # an upper bound where the numerator is only known "by then", a lower bound for the denominator
                 row[f"{m} / {reference} training seconds"] = a["seconds"] / b["seconds"]
+                row["ratio_bound"] = "≤" if a["by"] else "≥" if b["by"] else ""
         rows.append(row)
     return rows
 
@@ -160,6 +164,8 @@ def render(result: dict) -> str:
             prev = p
     models = list(result["curves"])
     out.append("\n## Cost at equal quality (first point at or below each FD)\n")
+    out.append("≤ before a time: the level was already reached at the first judged point, so only an upper bound "
+               "on when is known; ratios built on one such bound are bounds too.\n")
     costs = result["step_cost"]
     if costs:
         out.append("Guided score evaluation at batch 16, eager torch (from the bench results; the same for every "
@@ -173,9 +179,10 @@ def render(result: dict) -> str:
         cells = []
         for m in models:
             hit = row[m]
-            cells += ["not reached", "–"] if hit is None else [f"{hit['seconds']:.0f} ({hit['step']})",
-                                                               f"{hit['recognised']:.2f}"]
-        ratio = next((f"{v:.2f}" for k, v in row.items() if k.endswith("training seconds")), "–")
+            cells += ["not reached", "–"] if hit is None else [
+                f"{'≤ ' if hit.get('by') else ''}{hit['seconds']:.0f} ({hit['step']})", f"{hit['recognised']:.2f}"]
+        ratio = next((f"{row.get('ratio_bound', '')} {v:.2f}".strip() for k, v in row.items()
+                      if k.endswith("training seconds")), "–")
         out.append(f"| {row['fd_level']:g} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(out) + "\n"
 

@@ -23,9 +23,11 @@ def test_equal_quality_takes_the_first_point_at_or_below_each_level():
     assert rows[80.0]["tapdiff"]["seconds"] == 3000 and rows[80.0]["two-model"]["seconds"] == 6000
     assert rows[80.0]["tapdiff / two-model training seconds"] == 0.5
     assert rows[60.0]["two-model"] is None and "tapdiff / two-model training seconds" not in rows[60.0]
+    assert "tapdiff / two-model training seconds" not in rows[150.0]  # both only known "by the first point"
     text = render({"curves": curves, "step_cost": {}, "equal_quality": list(rows.values())})
-    assert "| 80 | 3000 (7000) | 0.90 | 6000 (8000) | 0.90 | 0.50 |" in text
-    assert "| 60 | 5000 (11000) | 0.90 | not reached | – | – |" in text
+    assert "| 80 | ≤ 3000 (7000) | 0.90 | 6000 (8000) | 0.90 | ≤ 0.50 |" in text
+    assert "| 65 | 4000 (9000) | 0.90 | not reached | – | – |" in text
+    assert "| 150 | ≤ 3000 (7000) | 0.90 | ≤ 3000 (4000) | 0.90 | – |" in text
     assert "| 9000 | 12000 | 1.33 | ? | – | – |" in text  # steps/s since the last point; unjudged point shown
 
 
