@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..diffusion.score_model import GuidedDenoiser
-from ..diffusion.sde import SDEConfig
+from ..diffusion.sde import SDEConfig, loss_weight
 
 # Band edges (sigma, in the normalised log-Mel space the SDE runs in): fine detail, the mid range where
 # the EDM training density puts most of its mass, and the coarse/near-prior range.
@@ -46,8 +46,6 @@ class HeldOutDSM:
 
     @torch.no_grad()
     def level_loss(self, model: GuidedDenoiser, sigma: float, seed: int) -> float:
-        from ..diffusion.sde import loss_weight
-
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn(self.x0.shape, generator=gen)
         total = 0.0
