@@ -106,7 +106,7 @@ def first_reaching(rows: list[dict], level: float) -> dict | None:
     return None
 
 
-def step_cost(bench_json: str | None, batch: int = 16) -> dict:
+def bench_step_cost(bench_json: str | None, batch: int = 16) -> dict:
     """model -> {"latency_ms", "peak_mb"} of one guided score evaluation (eager torch) from bench results."""
     if not bench_json or not Path(bench_json).exists():
         return {}
@@ -241,7 +241,7 @@ def main() -> int:
     judge = QualityJudge(bundle, args.data, bundle.labels)
     earlier = earlier_points(args.earlier)
     curves = {m: judge_points(args, m, judge, cache, earlier) for m in models}
-    costs = step_cost(args.bench)
+    costs = bench_step_cost(args.bench)
     result = {**rec, "settings": {"n": args.n, "guidance": args.guidance, "seed": args.seed},
               "curves": curves, "step_cost": {m: costs[m] for m in models if m in costs},
               "equal_quality": equal_quality(curves, costs, args.reference)}

@@ -7,7 +7,8 @@ import math
 import torch
 
 from ..diffusion.score_model import GuidedDenoiser
-from ..diffusion.sde import SDEConfig, loss_weight
+from ..diffusion.sde import SDEConfig
+from .score import dsm_loss
 
 # Band edges (sigma, in the normalised log-Mel space the SDE runs in): fine detail, the mid range where
 # the EDM training density puts most of its mass, and the coarse/near-prior range.
@@ -51,9 +52,7 @@ class HeldOutDSM:
         total = 0.0
         for i in range(0, len(self.x0), self.batch_size):
             x0, n = self.x0[i:i + self.batch_size], noise[i:i + self.batch_size]
-            s = torch.full((len(x0),), sigma)
-            err = (model(x0 + sigma * n, s) - x0) ** 2
-            total += float((loss_weight(s, self.sde) * err.mean(dim=(1, 2, 3))).sum())
+            total += float(dsm_loss(model, x0, torch.full((len(x0),), sigma), n)) * len(x0)
         return total / len(self.x0)
 
     def __call__(self, model: GuidedDenoiser) -> dict[str, float]:
