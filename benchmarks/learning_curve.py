@@ -43,15 +43,23 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def earlier_points(paths: list[str]) -> dict:
-    """(model, step) -> judged point, from earlier runs' JSON results: a later session's curve keeps the points
-    whose snapshots it no longer has."""
+def earlier_points(paths: list[str], settings: dict) -> dict:
+    """(model, step) -> judged point, from earlier runs' JSON results judged with the same ``settings``
+    (clips per digit, guidance, seed): a later session's curve keeps the points whose snapshots it no longer
+    has. Each point carries the snapshot it judged and the commit and code version it was judged at."""
     out = {}
     for path in paths:
-        for model, pts in json.loads(Path(path).read_text())["curves"].items():
+        result = json.loads(Path(path).read_text())
+        if result.get("settings") != settings:
+            print(f"--earlier {path}: judged with {result.get('settings')}, not {settings}; its points are not used",
+                  file=sys.stderr)
+            continue
+        at = {"commit": result.get("commit"), "code_version": result.get("code_version")}
+        for model, pts in result["curves"].items():
             for pt in pts:
                 if "fd" in pt:
-                    out[(model, pt["step"])] = {k: pt[k] for k in ("recognised", "fd", "per_digit", "sampler") if k in pt}
+                    out[(model, pt["step"])] = {**{k: pt[k] for k in ("recognised", "fd", "per_digit", "sampler", "snapshot")
+                                                   if k in pt}, "judged_at": pt.get("judged_at", at)}
     return out
 
 
@@ -79,7 +87,10 @@ def judge_points(args, model: str, judge: QualityJudge, cache: dict, earlier: di
     for point in points.values():
         row = {"model": model, **point}
         f = snaps / f"{point.get('snapshot')}.safetensors"
-        if f.exists():
+        kept = (earlier or {}).get((model, point["step"]))
+        if kept and args.keep_earlier and kept.get("snapshot") == point.get("snapshot"):
+            row.update(kept, judged_earlier=True)  # judged before (its code version recorded), not again
+        elif f.exists():
             key = f"{model}:{_sha(f)}:{code_version()}:{args.n}:{args.guidance}:{args.seed}"
             if key not in cache:
                 if engine is None:  # snapshots load into the eager module
@@ -93,8 +104,8 @@ def judge_points(args, model: str, judge: QualityJudge, cache: dict, earlier: di
                 print(f"{model} {point['seconds']:.0f}s step {point['step']}: recognised "
                       f"{r.recognised:.3f} FD {r.fd:.1f}", flush=True)
             row.update(cache[key])
-        elif earlier and (model, point["step"]) in earlier:
-            row.update(earlier[(model, point["step"])], judged_earlier=True)
+        elif kept:
+            row.update(kept, judged_earlier=True)
         rows.append(row)
     return rows
 
@@ -156,12 +167,18 @@ def render(result: dict) -> str:
             rate = "" if prev is None or p["seconds"] <= prev["seconds"] else \
                 f"{(p['step'] - prev['step']) / (p['seconds'] - prev['seconds']):.2f}"
             h = p.get("heldout") or {}
-            rec = f"{p['recognised']:.2f}" if "recognised" in p else "–"
+            mark = "*" if p.get("judged_earlier") else ""
+            rec = f"{p['recognised']:.2f}{mark}" if "recognised" in p else "–"
             fd = f"{p['fd']:.1f}" if "fd" in p else "–"
             held = [f"{h[b]:.4f}" if b in h else "–" for b in (*bands, "all")]
             out.append(f"| {p['seconds']:.0f} | {p['step']} | {rate} | {p.get('threads', '?')} | {rec} | {fd} | " +
                        " | ".join(held) + " |")
             prev = p
+        earlier = sorted({f"commit {(p['judged_at'].get('commit') or '?')[:12]}, code version "
+                          f"{p['judged_at'].get('code_version')}" for p in pts if p.get("judged_earlier")
+                          and p.get("judged_at")})
+        if earlier:
+            out.append(f"\n\\* judged in an earlier run ({'; '.join(earlier)}) and kept, not judged again.")
     models = list(result["curves"])
     out.append("\n## Cost at equal quality (first point at or below each FD)\n")
     out.append("≤ before a time: the level was already reached at the first judged point, so only an upper bound "
@@ -229,7 +246,11 @@ def main() -> int:
     p.add_argument("--cache", default=None)
     p.add_argument("--bench", default="benchmarks/results/bench/bench.json")
     p.add_argument("--earlier", nargs="*", default=[], help="earlier results JSON whose judged points fill in "
-                   "points without a snapshot here (e.g. benchmarks/results/learning_curves.json)")
+                   "points without a snapshot here (e.g. benchmarks/results/learning_curves.json); only files "
+                   "judged with the same -n, --guidance and --seed count")
+    p.add_argument("--keep-earlier", action="store_true", help="take --earlier's judged points even where their "
+                   "snapshot is here, instead of judging them again under today's code version (the results "
+                   "mark them and name the code version they were judged at)")
     p.add_argument("--out", default=None)
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None)
@@ -239,10 +260,11 @@ def main() -> int:
     models = [m for m in args.models.split(",") if m]
     bundle = load_bundle(args.checkpoint, model=None, need_evaluator=True)
     judge = QualityJudge(bundle, args.data, bundle.labels)
-    earlier = earlier_points(args.earlier)
+    settings = {"n": args.n, "guidance": args.guidance, "seed": args.seed}
+    earlier = earlier_points(args.earlier, settings)
     curves = {m: judge_points(args, m, judge, cache, earlier) for m in models}
     costs = bench_step_cost(args.bench)
-    result = {**rec, "settings": {"n": args.n, "guidance": args.guidance, "seed": args.seed},
+    result = {**rec, "settings": settings,
               "curves": curves, "step_cost": {m: costs[m] for m in models if m in costs},
               "equal_quality": equal_quality(curves, costs, args.reference)}
     text = (f"{header(__file__)}\n# Learning curves\n\n{args.n} clips per digit, guidance {args.guidance:g}, the "

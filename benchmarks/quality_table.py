@@ -1,9 +1,10 @@
 """CLI: tapdiff against the two-model pipeline and the x_t-only ablation, side by side, same seeds.
 
     python benchmarks/quality_table.py --checkpoint engine/checkpoints/fsdd \
-        --checkpoint engine/checkpoints/fsdd_digit7 --clips 100 --out benchmarks/results/quality.md
+        --checkpoint engine/checkpoints/fsdd_digits012 --checkpoint engine/checkpoints/fsdd_digit7 \
+        --clips 100 --out benchmarks/results/quality.md
 
-Each checkpoint is a data regime (all ten digits, one digit, ...): its score models were trained on the
+Each checkpoint is a data regime (all ten digits, three digits, one digit): its score models were trained on the
 digits recorded in its config.json. For every system a checkpoint holds: recognised fraction and Frechet
 distance, guided (gamma 3) and unguided, judged by the evaluation classifier on re-analysed audio;
 ``--clips`` clips per regime and guidance setting, split evenly over its digits, so every FD has the same

@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from learning_curve import equal_quality, first_reaching, render  # noqa: E402
+from learning_curve import earlier_points, equal_quality, first_reaching, render  # noqa: E402
 
 
 def _pt(seconds, step, fd, rec=0.9):
@@ -58,6 +58,19 @@ def test_curves_of_a_continued_run_end_to_end(tiny_with_baselines, fsdd_root, tm
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)  # judged points come from the cache
     assert json.loads((tmp_path / "cache.json").read_text()) == before
     assert json.loads(js.read_text())["curves"] == result["curves"]
+    # --keep-earlier takes the earlier judgement of a snapshot that is still here instead of judging it again.
+    marked = {**result, "code_version": "earlier-code"}
+    marked["curves"] = {m: [{**p, "fd": p["fd"] + 1000} if "fd" in p else p for p in pts]
+                        for m, pts in result["curves"].items()}
+    (tmp_path / "marked.json").write_text(json.dumps(marked))
+    kept_md, kept_js = tmp_path / "kept.md", tmp_path / "kept.json"
+    subprocess.run(cmd[:-8] + ["--out", str(kept_md), "--json", str(kept_js), "--earlier", str(tmp_path / "marked.json"),
+                               "--keep-earlier"], check=True, capture_output=True, cwd=ROOT)
+    for model in ("tapdiff", "two-model"):
+        pts = [p for p in json.loads(kept_js.read_text())["curves"][model] if "fd" in p]
+        assert [p["fd"] for p in pts] == [p["fd"] for p in marked["curves"][model] if "fd" in p]
+        assert all(p["judged_earlier"] and p["judged_at"]["code_version"] == "earlier-code" for p in pts)
+    assert "judged in an earlier run (commit" in kept_md.read_text() and "earlier-code" in kept_md.read_text()
     # A later session without the snapshots keeps the judged points from the earlier results.
     shutil.rmtree(ck / "state")
     later = tmp_path / "later.json"
@@ -65,3 +78,16 @@ def test_curves_of_a_continued_run_end_to_end(tiny_with_baselines, fsdd_root, tm
     for model in ("tapdiff", "two-model"):
         kept = {p["step"]: p["fd"] for p in json.loads(later.read_text())["curves"][model] if "fd" in p}
         assert kept == {p["step"]: p["fd"] for p in result["curves"][model] if "fd" in p}
+
+
+def test_earlier_points_only_from_results_judged_the_same_way(tmp_path):
+    pts = {"tapdiff": [_pt(3000, 7000, 66.0), {"seconds": 600, "step": 1381, "snapshot": "000600s"}]}
+    same, other = tmp_path / "same.json", tmp_path / "other.json"
+    same.write_text(json.dumps({"settings": {"n": 10, "guidance": 3.0, "seed": 0}, "commit": "abc",
+                                "code_version": "v1", "curves": pts}))
+    other.write_text(json.dumps({"settings": {"n": 30, "guidance": 3.0, "seed": 0}, "curves": pts}))
+    got = earlier_points([str(same), str(other)], {"n": 10, "guidance": 3.0, "seed": 0})
+    assert set(got) == {("tapdiff", 7000)}  # unjudged points are not taken
+    assert got[("tapdiff", 7000)]["fd"] == 66.0 and got[("tapdiff", 7000)]["snapshot"] == "003000s"
+    assert got[("tapdiff", 7000)]["judged_at"] == {"commit": "abc", "code_version": "v1"}
+    assert earlier_points([str(other)], {"n": 10, "guidance": 3.0, "seed": 0}) == {}  # -n 30 is another measure
