@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from report import emit, header, record
+from report import emit, header, load_cache, record, save_cache
 
 from engine.api import Engine
 from engine.evaluation.provenance import code_version
@@ -99,8 +99,7 @@ def judge_points(args, model: str, judge: QualityJudge, cache: dict, earlier: di
                 r = evaluate_quality(engine, judge, args.n, args.guidance, args.seed)
                 cache[key] = {"recognised": r.recognised, "fd": r.fd, "per_digit": r.recognised_per_digit,
                               "sampler": engine.default_sampler.label()}
-                if args.cache:
-                    atomic_write_bytes(args.cache, json.dumps(cache, indent=1).encode())
+                save_cache(args.cache, cache)
                 print(f"{model} {point['seconds']:.0f}s step {point['step']}: recognised "
                       f"{r.recognised:.3f} FD {r.fd:.1f}", flush=True)
             row.update(cache[key])
@@ -256,7 +255,7 @@ def main() -> int:
     p.add_argument("--plot", default=None)
     args = p.parse_args()
     rec = record(__file__)
-    cache = json.loads(Path(args.cache).read_text()) if args.cache and Path(args.cache).exists() else {}
+    cache = load_cache(args.cache)
     models = [m for m in args.models.split(",") if m]
     bundle = load_bundle(args.checkpoint, model=None, need_evaluator=True)
     judge = QualityJudge(bundle, args.data, bundle.labels)

@@ -20,14 +20,13 @@ import json
 import sys
 from pathlib import Path
 
-from report import emit, header, record
+from report import emit, header, load_cache, record, save_cache
 
 from engine.api import Engine
 from engine.evaluation.cost import peak_step_memory, step_cost, time_score_eval
 from engine.evaluation.provenance import code_version
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import SCORE_NETWORKS
-from engine.storage.atomic import atomic_write_bytes
 from engine.storage.bundle import has_model, load_bundle
 from export.onnx_macs import traced_step_macs
 
@@ -59,15 +58,6 @@ def budget(config: dict, name: str) -> str:
     return f"{t['seconds']:.0f} s / {t['steps']:,}" if "seconds" in t else "?"
 
 
-def load_cache(path: str | None) -> dict:
-    if not path or not Path(path).exists():
-        return {}
-    try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"--cache {path} is not valid JSON ({e}); delete it to start afresh") from None
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", action="append", required=True)
@@ -95,8 +85,7 @@ def main() -> int:
                               code_version(), spec.label(), args.clips, args.seed, args.data])
             if key not in cache:
                 cache[key] = quality(engine, ev, args.data, args.clips, args.seed, args.sampler, args.nfe)
-                if args.cache:
-                    atomic_write_bytes(args.cache, json.dumps(cache, indent=1).encode())
+                save_cache(args.cache, cache)
             cost = step_cost(engine.bundle, engine.score_model)
             traced = traced_step_macs(engine.score_model, engine.bundle.input_hw)
             if (traced["guided"]["total"], traced["unguided"]["total"]) != (cost.guided_macs, cost.unguided_macs):

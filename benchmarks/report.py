@@ -3,6 +3,7 @@ versions), then the report printed and saved atomically."""
 from __future__ import annotations
 
 import functools
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -32,3 +33,20 @@ def emit(text: str, out: str | None) -> None:
         from engine.storage.atomic import atomic_write_bytes
 
         atomic_write_bytes(out, text.encode())  # a failed run never leaves a half-written report
+
+
+def load_cache(path: str | None) -> dict:
+    """The finished results a ``--cache FILE`` keeps (empty when there is none yet), so an interrupted run resumes."""
+    if not path or not Path(path).exists():
+        return {}
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--cache {path} is not valid JSON ({e}); delete it to start afresh") from None
+
+
+def save_cache(path: str | None, cache: dict) -> None:
+    if path:
+        from engine.storage.atomic import atomic_write_bytes
+
+        atomic_write_bytes(path, json.dumps(cache, indent=1).encode())

@@ -9,7 +9,9 @@ but no score network, a new ScoreSubnet of those widths trained for ``--seconds`
 ``tapdiff train-score`` run; resumable, so an interrupted sweep carries on; a finished one is not retrained),
 then judged like ``tapdiff evaluate`` (``-n`` clips per digit, guidance 3, the checkpoint's default solver)
 with its held-out DSM loss from the last snapshot. Run several instances with disjoint ``--widths`` to use
-more cores (one thread each: ``OMP_NUM_THREADS=1``), then one with all of them to write the table.
+more cores (one thread each: ``OMP_NUM_THREADS=1``), then one with all of them to write the table. With
+``--cache FILE`` a judged width is kept (keyed by its weights' hash, the code version and the judging settings),
+so widths already trained can be judged while others still train.
 Steps and steps/s are recorded beside the budget, so unequal machine load is visible.
 """
 from __future__ import annotations
@@ -20,10 +22,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from report import emit, header, record
+from report import emit, header, load_cache, record, save_cache
 
 from engine.api import Engine
 from engine.cli import main as tapdiff
+from engine.evaluation.provenance import code_version
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import SCORE_NETWORKS
 from engine.storage.atomic import atomic_write_bytes
@@ -72,8 +75,18 @@ def train(bundle: Path, widths: tuple[int, ...], args) -> None:
         raise RuntimeError(f"training {bundle} failed: tapdiff {' '.join(cmd)}")
 
 
-def judge(bundle: Path, args) -> dict:
+def judge(bundle: Path, args, cache: dict) -> dict:
+    """The width's row, from ``cache`` when these weights were judged the same way by the same code."""
     cfg = read_config(bundle)
+    key = json.dumps([str(bundle.resolve()), cfg["files"]["score_subnet.safetensors"], code_version(), args.n,
+                      args.guidance, args.seed, args.data])
+    if key not in cache:
+        cache[key] = judged(bundle, cfg, args)
+        save_cache(args.cache, cache)
+    return cache[key]
+
+
+def judged(bundle: Path, cfg: dict, args) -> dict:
     t = cfg["training"]["score_subnet"]
     engine = Engine(bundle, backend="torch")
     ev = load_bundle(bundle, model=None, need_evaluator=True)
@@ -82,7 +95,10 @@ def judge(bundle: Path, args) -> dict:
     return {"widths": list(cfg["score_subnet_config"]["widths"]),
             "params": sum(p.numel() for p in engine.score_model.denoiser.net.parameters()),
             "seconds": t["seconds"], "steps": t["steps"], "threads": t.get("threads"),
-            "recognised": r.recognised, "fd": r.fd, "heldout": last.get("heldout"), "sampler": r.sampler}
+            "recognised": r.recognised, "fd": r.fd, "heldout": last.get("heldout"), "sampler": r.sampler,
+            "code_version": code_version(),
+            "curve": [{"seconds": p["seconds"], "steps": p["step"], "heldout": p["heldout"]["all"]}
+                      for p in t.get("curve", []) if p.get("heldout")]}
 
 
 def render(rows: list[dict]) -> str:
@@ -98,6 +114,16 @@ def render(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_curves(rows: list[dict]) -> str:
+    """Held-out DSM loss (all bands) at every snapshot, with its step: wider networks take fewer steps in the
+    same time, so this shows whether a width is behind for its size or only for its step count."""
+    out = ["| widths | held-out all at training s (steps) |", "|---|---|"]
+    for r in rows:
+        points = ", ".join(f"{p['heldout']:.4f} at {p['seconds']:.0f} ({p['steps']:,})" for p in r.get("curve", []))
+        out.append(f"| {','.join(map(str, r['widths']))} | {points or '–'} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="engine/checkpoints/fsdd", help="bundle whose classifier is shared")
@@ -110,6 +136,8 @@ def main() -> int:
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-only", action="store_true", help="train, write no table (for parallel instances)")
+    p.add_argument("--cache", default=None, help="JSON file of judged widths, so widths already trained can be "
+                   "judged while others train, and an interrupted run resumes")
     p.add_argument("--out", default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -121,11 +149,13 @@ def main() -> int:
         train(bundles[w], w, args)
     if args.train_only:
         return 0
-    rows = [judge(b, args) for b in bundles.values()]
+    cache = load_cache(args.cache)
+    rows = [judge(b, args, cache) for b in bundles.values()]
     text = (f"{header(__file__)}\n# ScoreSubnet width sweep\n\nEach width trained from scratch for {args.seconds:.0f} "
             f"training seconds on the frozen classifier of `{args.checkpoint}`; {args.n} clips per digit, guidance "
             f"{args.guidance:g}, {rows[0]['sampler']}, judged by the evaluation classifier on re-analysed audio. "
-            "Held-out DSM loss: the last snapshot's, on the test split at fixed noise levels and noise.\n\n" + render(rows))
+            "Held-out DSM loss: the last snapshot's, on the test split at fixed noise levels and noise.\n\n" + render(rows)
+            + "\n## Held-out DSM loss along the way\n\n" + render_curves(rows))
     emit(text, args.out)
     if args.json:
         atomic_write_bytes(args.json, json.dumps({**rec, "rows": rows}, indent=1).encode())

@@ -183,15 +183,17 @@ def cmd_train_score(args) -> int:
 
     ema, log = train_score(train, bundle.normaliser, extractor, kind, net_cfg, tcfg, bundle.input_hw,
                            out / "state" / f"{name}.pt", on_checkpoint=snapshot,
-                           checkpoint_every_s=args.snapshot_every, init=init, start=start)
+                           checkpoint_every_s=args.snapshot_every, init=init, start=start,
+                           stretch={"command": _command(args)})
     if rank == 0:
         files = save_weights(out, name, ema.model, {})["files"]
         record = {"command": _command(args), "config": to_dict(tcfg), "processes": world,
                   "threads": torch.get_num_threads(), "global_batch": tcfg.batch_size * world,
                   "steps": log["steps"], "seconds": round(log["seconds"], 1),
                   "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"]}
-        if "continues" in log:
-            record["continues"] = log["continues"]
+        for key in ("continues", "stretches"):  # earlier trained runs; each invocation of this one
+            if key in log:
+                record[key] = log[key]
         update_config(out, {kind.config_key: to_dict(net_cfg)}, files=files, training={name: record})
         print(json.dumps({"steps": log["steps"], "seconds": round(log["seconds"], 1), "processes": world}))
     if world > 1:

@@ -60,6 +60,8 @@ def test_continue_counts_on_from_the_shipped_record_and_starts_from_its_weights(
     after = read_config(ck)["training"]["score_subnet"]
     assert after["steps"] > before["steps"] and after["seconds"] >= total
     assert after["continues"][-1]["steps"] == before["steps"]
+    assert [s["from_step"] for s in after["stretches"]] == [before["steps"]]
+    assert after["stretches"][0]["command"].startswith("tapdiff train-score") and "--continue" in after["stretches"][0]["command"]
     first = after["curve"][len(before.get("curve", []))]
     assert first["step"] == before["steps"]  # the shipped point opens the continued curve
     from engine.storage.bundle import load_bundle

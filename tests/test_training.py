@@ -8,6 +8,7 @@ from engine.diffusion.taps import TapExtractor
 from engine.models.classifier import NoiseConditionedClassifier
 from engine.models.registry import SCORE_NETWORKS
 from engine.storage.config import ClassifierConfig, SDEConfig, SubnetConfig, TrainConfig
+from engine.training.loop import train_loop
 from engine.training.score import dsm_loss, train_score
 
 SDE = SDEConfig(sigma_min=0.005, sigma_max=40.0)
@@ -51,7 +52,7 @@ def test_score_training_leaves_the_classifier_frozen():
     assert not any(p.requires_grad for p in clf.parameters())
 
 
-def _run(tmp_path, name: str, steps: int, monkeypatch) -> tuple[dict, dict, int]:
+def _run(tmp_path, name: str, steps: int, monkeypatch, stretch: dict | None = None) -> tuple[dict, dict, int]:
     """train_score up to ``steps`` total steps with state file ``name``: (EMA weights, trained weights, loss calls)."""
     calls = []
     real = score_training.dsm_loss
@@ -61,7 +62,7 @@ def _run(tmp_path, name: str, steps: int, monkeypatch) -> tuple[dict, dict, int]
     tx = TapExtractor(NoiseConditionedClassifier(TINY_CLF).eval(), SDE)
     cfg = TrainConfig(batch_size=4, lr=3e-3, seconds=1e9, max_steps=steps, seed=3)
     ema, log = train_score(data, Normaliser.fit(data.mels), tx, TAPDIFF, TINY_SUB, cfg, (80, 72),
-                           state_path=tmp_path / name, progress=False)
+                           state_path=tmp_path / name, progress=False, stretch=stretch)
     state = torch.load(tmp_path / name, weights_only=False)
     assert log["steps"] == steps == state["step"]
     return ema.model.state_dict(), state["model"], len(calls)
@@ -69,9 +70,13 @@ def _run(tmp_path, name: str, steps: int, monkeypatch) -> tuple[dict, dict, int]
 
 def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
     whole_ema, whole, n_whole = _run(tmp_path, "whole.pt", 15, monkeypatch)
-    _, _, n_first = _run(tmp_path, "split.pt", 10, monkeypatch)
-    split_ema, split, n_rest = _run(tmp_path, "split.pt", 15, monkeypatch)  # resumes from step 10
+    _, _, n_first = _run(tmp_path, "split.pt", 10, monkeypatch, {"command": "first"})
+    split_ema, split, n_rest = _run(tmp_path, "split.pt", 15, monkeypatch, {"command": "resumed"})  # from step 10
     assert (n_whole, n_first, n_rest) == (15, 10, 5)
+    # Each stretch is on record with the command that ran it and where it started.
+    stretches = torch.load(tmp_path / "split.pt", weights_only=False)["log"]["stretches"]
+    assert [(s["command"], s["from_step"]) for s in stretches] == [("first", 0), ("resumed", 10)]
+    assert all(s["threads"] == torch.get_num_threads() and s["processes"] == 1 for s in stretches)
     for k in whole:
         assert torch.equal(whole[k], split[k]), k
         assert torch.equal(whole_ema[k], split_ema[k]), k
@@ -79,6 +84,20 @@ def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path, monk
     skipped_ema, skipped, _ = _run(tmp_path, "skipped.pt", 5, monkeypatch)
     assert any(not torch.allclose(whole[k], skipped[k]) for k in whole)
     assert [p.name for p in sorted(tmp_path.iterdir())] == ["skipped.pt", "split.pt", "whole.pt"]  # no temp files
+
+
+def test_rerunning_a_finished_run_changes_nothing(tmp_path):
+    def run():
+        model = torch.nn.Linear(2, 1)
+        cfg = TrainConfig(batch_size=4, seconds=1e9, max_steps=5)
+        return train_loop(model, lambda g: model(torch.randn(4, 2, generator=g)).pow(2).mean(), cfg,
+                          tmp_path / "s.pt", "t", lambda ema, step, elapsed: {"mark": step}, progress=False)[1]
+
+    first = run()
+    on_disk = (tmp_path / "s.pt").read_bytes()
+    again = run()
+    assert [p["step"] for p in first["curve"]] == [p["step"] for p in again["curve"]] == [5]
+    assert (tmp_path / "s.pt").read_bytes() == on_disk
 
 
 def test_training_refuses_an_empty_label_set():

@@ -64,6 +64,7 @@ def train_loop(
     checkpoint_every_s: float = 120.0,
     progress: bool = True,
     start: dict | None = None,
+    stretch: dict | None = None,
 ) -> tuple[EMA, dict]:
     """Minimise ``loss_fn`` until ``cfg.seconds`` of training time (summed over resumes) or ``cfg.max_steps``.
 
@@ -71,6 +72,9 @@ def train_loop(
     a network the caller has already loaded (a shipped checkpoint: weights and EMA from it, a fresh optimiser
     with its own learning-rate warm-up); steps and seconds count on from it and its point is saved first. ``on_checkpoint(ema, step, elapsed)`` runs at each save;
     the metrics it returns are appended to the learning curve ``log['curve']``, which is saved with the state.
+    Every call (the first and each resume) appends ``stretch`` (what the caller records about itself, e.g. its
+    command) with the step, seconds and threads it starts from to ``log['stretches']``, so a run resumed
+    several times keeps the record of each stretch.
 
     Under torch.distributed (torchrun; the caller wraps the network in DistributedDataParallel so gradients
     are averaged) every rank draws its own batches from its own generator, all ranks stop at the same step
@@ -82,6 +86,7 @@ def train_loop(
     ema = EMA(model, cfg.ema_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)
     step, elapsed, log = 0, 0.0, {"losses": [], "curve": []}
+    saved_step = None  # the step the state on disk holds
     if state_path is not None and state_path.exists():
         st = torch.load(state_path, weights_only=False)
         if st.get("world", 1) != world:
@@ -92,11 +97,17 @@ def train_loop(
         opt.load_state_dict(st["opt"])
         gen.set_state(st["rng"][rank] if isinstance(st["rng"], list) else st["rng"])
         step, elapsed, log = st["step"], st["elapsed"], st["log"]
+        saved_step = step
     elif start is not None:
         step, elapsed = int(start["step"]), float(start["elapsed"])
         log = {"losses": [], "curve": [], **start.get("log", {}), "warm_start": step}
+    log["stretches"] = [*log.get("stretches", []), {**(stretch or {}), "from_step": step,
+                                                    "from_seconds": round(elapsed, 1),
+                                                    "threads": torch.get_num_threads(), "processes": world}]
 
     def save() -> None:
+        nonlocal saved_step
+        saved_step = step
         rngs = [gen.get_state()]
         if world > 1:
             import torch.distributed as dist
@@ -148,7 +159,8 @@ def train_loop(
         if elapsed - last_save > checkpoint_every_s:  # training seconds: the same decision on every rank
             save()
             last_save = elapsed
-    save()
+    if saved_step != step:  # a rerun of a finished run adds no second curve point for the same weights
+        save()
     bar.close()
     log["steps"], log["seconds"] = step, elapsed
     return ema, log

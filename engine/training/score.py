@@ -46,7 +46,7 @@ def train_score(train: FeatureSet, norm: Normaliser, extractor: TapExtractor, ki
                 cfg: TrainConfig, input_hw: tuple[int, int], state_path: Path | None = None, progress: bool = True,
                 on_checkpoint: Callable[[EMA, int, float], dict | None] | None = None,
                 checkpoint_every_s: float = 120.0, init: Callable[[torch.nn.Module], object] | None = None,
-                start: dict | None = None) -> tuple[EMA, dict]:
+                start: dict | None = None, stretch: dict | None = None) -> tuple[EMA, dict]:
     """DSM training of a network of ``kind`` (config ``net_cfg``); the EMA copy is the result.
 
     The network is new, or ``init(net)`` loads trained weights into it; ``start`` then says where its
@@ -68,7 +68,8 @@ def train_score(train: FeatureSet, norm: Normaliser, extractor: TapExtractor, ki
         noise = torch.randn(x_all[idx].shape, generator=gen)
         return dsm_loss(model, x_all[idx], sigma, noise)
 
-    return train_loop(net, loss_fn, cfg, state_path, "score", on_checkpoint, checkpoint_every_s, progress, start)
+    return train_loop(net, loss_fn, cfg, state_path, "score", on_checkpoint, checkpoint_every_s, progress, start,
+                      stretch)
 
 
 def continuation(bundle: Bundle, kind: ScoreNetworkKind, widths: tuple[int, ...] | None):
