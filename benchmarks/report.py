@@ -1,5 +1,6 @@
 """What every benchmark CLI starts and ends with: the provenance header (command, commit, machine, threads,
-versions), then the report printed and saved atomically."""
+versions), then the report printed and saved atomically; and the ``--cache`` file of finished results that
+lets a long run resume."""
 from __future__ import annotations
 
 import functools

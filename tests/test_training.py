@@ -98,6 +98,12 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path):
     again = run()
     assert [p["step"] for p in first["curve"]] == [p["step"] for p in again["curve"]] == [5]
     assert (tmp_path / "s.pt").read_bytes() == on_disk
+    # A periodic save on the last step is not followed by a second save of the same step.
+    model = torch.nn.Linear(2, 1)
+    _, log = train_loop(model, lambda g: model(torch.randn(4, 2, generator=g)).pow(2).mean(),
+                        TrainConfig(batch_size=4, seconds=1e9, max_steps=5), tmp_path / "every.pt", "t",
+                        lambda ema, step, elapsed: {"mark": step}, checkpoint_every_s=-1.0, progress=False)
+    assert [p["step"] for p in log["curve"]] == [1, 2, 3, 4, 5]
 
 
 def test_training_refuses_an_empty_label_set():
