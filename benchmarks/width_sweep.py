@@ -78,10 +78,11 @@ def train(bundle: Path, widths: tuple[int, ...], args) -> None:
 def judge(bundle: Path, args, cache: dict) -> dict:
     """The width's row, from ``cache`` when these weights were judged the same way by the same code."""
     cfg = read_config(bundle)
-    key = json.dumps([str(bundle.resolve()), cfg["files"]["score_subnet.safetensors"], code_version(), args.n,
+    version = code_version()
+    key = json.dumps([str(bundle.resolve()), cfg["files"]["score_subnet.safetensors"], version, args.n,
                       args.guidance, args.seed, args.data])
     if key not in cache:
-        cache[key] = judged(bundle, cfg, args)
+        cache[key] = {**judged(bundle, cfg, args), "code_version": version}
         save_cache(args.cache, cache)
     return cache[key]
 
@@ -96,7 +97,6 @@ def judged(bundle: Path, cfg: dict, args) -> dict:
             "params": sum(p.numel() for p in engine.score_model.denoiser.net.parameters()),
             "seconds": t["seconds"], "steps": t["steps"], "threads": t.get("threads"),
             "recognised": r.recognised, "fd": r.fd, "heldout": last.get("heldout"), "sampler": r.sampler,
-            "code_version": code_version(),
             "curve": [{"seconds": p["seconds"], "steps": p["step"], "heldout": p["heldout"]["all"]}
                       for p in t.get("curve", []) if p.get("heldout")]}
 
