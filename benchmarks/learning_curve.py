@@ -35,6 +35,7 @@ from engine.models.registry import score_network_kind
 from engine.storage.atomic import atomic_write_bytes
 from engine.storage.bundle import load_bundle
 from engine.storage.checkpoint import load_weights, read_config
+from engine.storage.state_file import load_state, state_path
 
 FD_LEVELS = (200.0, 150.0, 125.0, 100.0, 90.0, 80.0, 70.0, 65.0, 60.0)
 
@@ -70,11 +71,9 @@ def judge_points(args, model: str, judge: QualityJudge, cache: dict, earlier: di
     if not training:
         raise ValueError(f"{args.checkpoint}: config.json has no training record for {kind.weights}")
     curve = training.get("curve", [])
-    state = Path(args.checkpoint) / "state" / f"{kind.weights}.pt"
+    state = state_path(Path(args.checkpoint) / "state", kind.weights)
     if state.exists():  # a run still going (or stopped): its resumable state holds the newer points
-        import torch
-
-        logged = torch.load(state, weights_only=False, map_location="cpu")["log"].get("curve", [])
+        logged = load_state(state)["log"].get("curve", [])
         if len(logged) > len(curve):
             curve = logged
     snaps = Path(args.checkpoint) / "state" / f"{kind.weights}_snapshots"

@@ -5,7 +5,7 @@ import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -13,17 +13,19 @@ from tqdm import tqdm
 
 from .audio.features import log_mel_range
 from .audio.vocoders import make_vocoder
-from .audio.wav import write_wav
-from .backends import DEFAULT_BACKEND, BackendError, resolve_backend, score_backend
+from .audio.wav import wav_bytes
+from .storage.atomic import write_files_or_none
+from .backends import DEFAULT_BACKEND, BackendError, backend_can_be_captured, resolve_backend, score_backend
 from .diffusion.captured import CapturedSampler, can_capture
 from .diffusion.guidance import conditioned
 from .diffusion.noise import clip_seed, draw_noise
 from .diffusion.score_model import score_model
 from .diffusion.solvers import SamplerSpec, get_solver, sample
 from .diffusion.taps import onehot
+from .limits import Limits
 from .stages import stage
 from .storage.bundle import Bundle, load_bundle
-from .storage.checkpoint import DEFAULT_CHECKPOINT
+from .storage.checkpoint import DEFAULT_CHECKPOINT, CheckpointError
 
 DEFAULT_GUIDANCE = 3.0
 
@@ -51,11 +53,10 @@ class Generation:
             self.names = clip_names(self.labels)
 
     def save(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
-        """Write one 16-bit WAV per clip, ``{prefix}{name}.wav``; returns the paths."""
-        paths = [Path(out_dir) / f"{prefix}{name}.wav" for name in self.names]
-        for p, w in zip(paths, self.waves):
-            write_wav(p, w.numpy(), self.sample_rate)
-        return paths
+        """Write one 16-bit WAV per clip, ``{prefix}{name}.wav``, all of them or none (a failure midway
+        leaves ``out_dir`` as it was); returns the paths."""
+        return write_files_or_none(out_dir, {f"{prefix}{name}.wav": wav_bytes(w.numpy(), self.sample_rate)
+                                             for name, w in zip(self.names, self.waves)})
 
 
 def _is_int(v) -> bool:
@@ -91,28 +92,36 @@ class Engine:
 
     def __init__(self, checkpoint: str | Path | None = None, model: str = "tapdiff", vocoder: str | None = None,
                  batch_size: int = 16, progress: bool = False, hifigan_dir: str | Path | None = None,
-                 device: str = "cpu", backend: str = DEFAULT_BACKEND, artifacts: str | Path | None = None):
+                 device: str = "cpu", backend: str = DEFAULT_BACKEND, artifacts: str | Path | None = None,
+                 limits: Limits | None = None):
         """``backend``: which runtime evaluates the score (``engine.backends``: torch, onnxruntime, tensorrt, or
-        auto: onnxruntime where installed, else torch);
+        auto: onnxruntime on a CPU where it is installed, else torch);
         ``artifacts``: the folder of exported graphs and engines (default ``$TAPDIFF_CACHE`` or
-        ``~/.cache/tapdiff``), built there on first use."""
+        ``~/.cache/tapdiff``), built there on first use;
+        ``limits``: how much one request may ask for (``engine.limits.Limits``; its defaults unless given)."""
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"device {device!r} requested but CUDA is not available to torch")
         if not _is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if limits is not None and not isinstance(limits, Limits):
+            raise ValueError(f"limits must be an engine.limits.Limits, got {type(limits).__name__}")
+        self.limits = limits or Limits()
         self.bundle: Bundle = load_bundle(checkpoint or DEFAULT_CHECKPOINT, model=model)
         self.model = model
         self.score_model = score_model(self.bundle).to(self.device)
-        self.batch_size, self.progress, self.backend = batch_size, progress, resolve_backend(backend)
+        self.batch_size, self.progress, self.backend = batch_size, progress, resolve_backend(backend, self.device)
         # what the solvers call: the score model itself, or an exported copy of it run by another runtime
         self.scorer = score_backend(self.backend, self.score_model, self.bundle, self.device, artifacts,
                                     max_batch=batch_size)
-        sampling = self.bundle.config.get("sampling", {})
-        # Fallback for a checkpoint without a measured choice (benchmarks/choose_sampling.py --write)
-        self.default_sampler = SamplerSpec(sampling.get("sampler", "heun"), int(sampling.get("steps", 25)),
-                                           sampling.get("rho"), tuple(sorted(sampling.get("options", {}).items())))
-        self.vocoder_name = vocoder or sampling.get("vocoder", "griffin-lim")
+        # the checkpoint's measured choice (benchmarks/choose_sampling.py --write), checked on load
+        sampling = self.bundle.sampling
+        try:
+            self.default_sampler = SamplerSpec(sampling["sampler"], sampling["steps"], sampling["rho"],
+                                               tuple(sorted(sampling["options"].items())))
+        except ValueError as e:
+            raise CheckpointError(f"{self.bundle.directory / 'config.json'}: its sampling section is invalid: {e}") from e
+        self.vocoder_name = vocoder or sampling["vocoder"]
         self.vocoder = make_vocoder(self.vocoder_name, self.bundle.features, hifigan_dir)
 
     @property
@@ -130,11 +139,20 @@ class Engine:
         name = sampler or d.solver
         get_solver(name)
         rho, options = (d.rho, d.options) if name == d.solver else (None, ())
+        for what, value in (("nfe", nfe), ("steps", steps)):  # bounded before anything is sized by them
+            if _is_int(value) and value > self.limits.max_nfe:
+                raise ValueError(f"{what} {value} is above this engine's limit of {self.limits.max_nfe} score "
+                                 "evaluations per clip (Limits.max_nfe)")
         if nfe is not None:
-            return SamplerSpec.from_nfe(name, nfe, rho, options)
-        if steps is None:
-            steps = d.steps if name == d.solver else get_solver(name).steps_for_nfe(d.nfe)
-        return SamplerSpec(name, steps, rho, options)
+            spec = SamplerSpec.from_nfe(name, nfe, rho, options)
+        else:
+            if steps is None:
+                steps = d.steps if name == d.solver else get_solver(name).steps_for_nfe(d.nfe)
+            spec = SamplerSpec(name, steps, rho, options)
+        if spec.nfe > self.limits.max_nfe:
+            raise ValueError(f"{spec.label()} needs {spec.nfe} score evaluations per clip; this engine's limit is "
+                             f"{self.limits.max_nfe} (Limits.max_nfe)")
+        return spec
 
     def _check(self, labels, n, guidance, seed) -> None:
         for y in labels:
@@ -145,8 +163,16 @@ class Engine:
         if (not isinstance(guidance, numbers.Real) or isinstance(guidance, bool) or math.isnan(guidance)
                 or guidance < 0 or math.isinf(guidance)):
             raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
+        if guidance > self.limits.max_guidance:
+            raise ValueError(f"guidance {guidance!r} is above this engine's limit of {self.limits.max_guidance:g} "
+                             "(Limits.max_guidance)")
         if not _is_int(seed) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        if seed > self.limits.max_seed:
+            raise ValueError(f"seed must be at most {self.limits.max_seed}, got {seed!r}")
+        if n * len(labels) > self.limits.max_clips:
+            raise ValueError(f"{n * len(labels)} clips asked for ({len(labels)} digit(s) x n={n}); this engine's "
+                             f"limit is {self.limits.max_clips} per request (Limits.max_clips)")
 
     def conditioning(self, clips: Sequence[Clip]):
         """(onehot, gamma) of a batch of clips, or (None, None) when none of them is guided."""
@@ -170,7 +196,7 @@ class Engine:
             noise = draw_noise([clip_seed(c.seed, c.index) for c in chunk], (1, feats.n_mels, feats.frames),
                                spec.steps, solver.noise_per_step, self.device)
             fn = conditioned(self.scorer, *self.conditioning(chunk))
-            if can_capture(self.device):
+            if can_capture(self.device) and backend_can_be_captured(self.backend):
                 # CUDA: one captured graph per step kind, replayed every step
                 runner = CapturedSampler(fn, solver, noise.prior.shape, self.device)
                 x = runner.run(sigmas, noise, options, callback=lambda *_: bar.update(1))
@@ -201,7 +227,20 @@ class Engine:
         ``sampler``/``steps``/``nfe`` override the checkpoint's measured default solver and budget.
         ``shard=(rank, world)``: only the clips whose index is ``rank`` modulo ``world``, named as in the
         whole request, so shards generated anywhere add up to the request's files.
-        Safe to call from several threads at once: the engine holds no state that a call changes."""
+        Safe to call from several threads at once: the engine holds no state that a call changes.
+        Holds every clip of the request until it returns; ``generate_chunks`` hands them over a batch at a time."""
+        parts = list(self.generate_chunks(labels, n, steps, guidance, seed, sampler, nfe, shard))
+        if not parts:
+            return Generation([], torch.empty(0), torch.empty(0), self.bundle.features.sample_rate, [])
+        return Generation([y for g in parts for y in g.labels], torch.cat([g.mels for g in parts]),
+                          torch.cat([g.waves for g in parts]), parts[0].sample_rate, [m for g in parts for m in g.names])
+
+    def generate_chunks(self, labels: int | Sequence[int] | None = None, n: int = 1, steps: int | None = None,
+                        guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sampler: str | None = None,
+                        nfe: int | None = None, shard: tuple[int, int] | None = None) -> Iterator[Generation]:
+        """``generate``'s clips, vocoded and handed over one sampler batch (``batch_size`` clips) at a time,
+        so a request of any size holds at most one batch in memory. The request is validated in full before
+        the first clip is sampled."""
         clips = self.request_clips(labels, n, guidance, seed)
         names = clip_names([c.label for c in clips])
         if shard is not None:
@@ -209,12 +248,15 @@ class Engine:
             if not (_is_int(rank) and _is_int(world) and 0 <= rank < world):
                 raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
             clips, names = clips[rank::world], names[rank::world]
-            if not clips:
-                return Generation([], torch.empty(0), torch.empty(0), self.bundle.features.sample_rate, [])
         spec = self.sampler_spec(sampler, steps, nfe)
-        out = self.finish([c.label for c in clips], self.sample_clips(clips, spec))
-        out.names = names
-        return out
+        return self._chunks(clips, names, spec)
+
+    def _chunks(self, clips: list[Clip], names: list[str], spec: SamplerSpec) -> Iterator[Generation]:
+        for start in range(0, len(clips), self.batch_size):
+            chunk = clips[start:start + self.batch_size]
+            out = self.finish([c.label for c in chunk], self.sample_clips(chunk, spec))
+            out.names = names[start:start + self.batch_size]
+            yield out
 
     def finish(self, labels: list[int | None], x: torch.Tensor) -> Generation:
         """Normalised samples -> de-normalised log-Mels (clamped to what audio can reach) -> waveforms."""

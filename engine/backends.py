@@ -8,7 +8,9 @@ and cannot tell them apart.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -18,18 +20,33 @@ from .diffusion.score_model import GuidedDenoiser
 from .storage.bundle import Bundle
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-# The default, "auto": onnxruntime where it is installed, else torch. Chosen by measurement on this CPU
+# The default, "auto": on a CPU, onnxruntime where it is installed, else torch. Chosen by measurement on this CPU
 # (benchmarks/results/bench/bench.md, benchmarks/results/ort_settings.md): the exported graph in onnxruntime
 # took 0.75x eager torch's time per guided score evaluation at batch 1, 0.85x at 16 and 0.42x at 64, with no
-# more memory, and matches it to ~1e-5 relative.
+# more memory, and matches it to ~1e-5 relative. On CUDA, torch: its solver steps are captured in CUDA graphs,
+# which onnxruntime's cannot be (not measured on a GPU yet).
 DEFAULT_BACKEND = "auto"
 
 
-def resolve_backend(name: str) -> str:
-    """``name``, with "auto" resolved to onnxruntime when onnx and onnxruntime are importable, else torch."""
+def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
+    """``name``, with "auto" resolved for ``device``: torch on CUDA; on a CPU onnxruntime when onnx and
+    onnxruntime are importable, else torch."""
     if name != "auto":
         return name
+    if torch.device(device).type != "cpu":
+        return "torch"
     return "onnxruntime" if all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")) else "torch"
+
+
+def backend_can_be_captured(name: str) -> bool:
+    """Whether a backend's score evaluation can sit inside a CUDA graph: eager torch, and TensorRT (enqueued
+    on torch's current stream, which is the capturing one); not onnxruntime, which runs on its own stream and
+    synchronises."""
+    return name in ("torch", "tensorrt")
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 class BackendError(RuntimeError):
@@ -38,8 +55,9 @@ class BackendError(RuntimeError):
 
 def score_backend(name: str, model: GuidedDenoiser, bundle: Bundle, device: torch.device,
                   cache_dir: str | Path | None = None, batches: tuple[int, ...] | None = None,
-                  max_batch: int = 64, fp16: bool = False, log: Callable[[str], None] = print):
-    """The score model of ``bundle`` as run by backend ``name``."""
+                  max_batch: int = 64, fp16: bool = False, log: Callable[[str], None] = _warn):
+    """The score model of ``bundle`` as run by backend ``name``. Graphs are always exported from a CPU copy
+    of the model (with CPU example inputs), whatever device ``model`` is on."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
     if name == "torch":
@@ -52,8 +70,9 @@ def score_backend(name: str, model: GuidedDenoiser, bundle: Bundle, device: torc
         raise ImportError(f"the {name} backend needs {' and '.join(missing)}: pip install 'tapdiff[export]'")
     from export.artifacts import GraphSpec, default_cache_dir, ensure_score_graphs
 
-    spec = GraphSpec.of(bundle, model, batches)
-    graphs = ensure_score_graphs(model, bundle, spec, cache_dir or default_cache_dir(), log)
+    on_cpu = model if _on_cpu(model) else copy.deepcopy(model).cpu()
+    spec = GraphSpec.of(bundle, on_cpu, batches)
+    graphs = ensure_score_graphs(on_cpu, bundle, spec, cache_dir or default_cache_dir(), log)
     if name == "onnxruntime":
         from export.ort_runtime import OrtScoreModel
 
@@ -62,5 +81,9 @@ def score_backend(name: str, model: GuidedDenoiser, bundle: Bundle, device: torc
     from export.trt_runtime import TrtScoreModel, read_manifest
 
     plans = {key: cached_engine(path, path.parent / "trt", None if key[1] is not None else (1, max_batch, max_batch),
-                                fp16) for key, path in graphs.items()}
+                                fp16, device=str(device)) for key, path in graphs.items()}
     return TrtScoreModel(plans, {k: read_manifest(p) for k, p in graphs.items()}, str(device), max_batch)
+
+
+def _on_cpu(module: torch.nn.Module) -> bool:
+    return all(t.device.type == "cpu" for t in (*module.parameters(), *module.buffers()))

@@ -39,8 +39,15 @@ def _command(args) -> str:
 
 
 def cmd_generate(args) -> int:
-    from .api import Engine
+    import io
 
+    import numpy as np
+
+    from .api import Engine
+    from .audio.wav import wav_bytes
+    from .storage.atomic import StagedFolder, check_output_folder
+
+    check_output_folder(args.out)  # before any work: a bad --out fails now, not after the whole generation
     engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=not args.quiet, model=args.model,
                     backend=args.backend, artifacts=args.artifacts,
                     device=args.device)
@@ -48,17 +55,22 @@ def cmd_generate(args) -> int:
     labels = None if args.digit is None else args.digit
     shard = _distributed_shard()
     t0 = time.monotonic()
-    out = engine.generate(labels, n=args.n, steps=args.steps, nfe=args.nfe, guidance=guidance, seed=args.seed,
-                          sampler=args.sampler, shard=shard)
-    paths = out.save(args.out)
-    if args.save_mels:
-        import numpy as np
-
-        suffix = "" if shard is None else f".rank{shard[0]}"
-        np.save(Path(args.out) / f"mels{suffix}.npy", out.mels.numpy())
-    for p in paths:
-        print(p)
-    print(f"{len(paths)} clip(s) in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    chunks = engine.generate_chunks(labels, n=args.n, steps=args.steps, nfe=args.nfe, guidance=guidance,
+                                    seed=args.seed, sampler=args.sampler, shard=shard)
+    mels = []
+    with StagedFolder(args.out) as staged:  # every file of the request, or none
+        for out in chunks:
+            for name, w in zip(out.names, out.waves):
+                staged.write(f"{name}.wav", wav_bytes(w.numpy(), out.sample_rate))
+            mels.append(out.mels.numpy())
+        if args.save_mels:
+            buf = io.BytesIO()
+            np.save(buf, np.concatenate(mels) if mels else np.zeros((0,)))
+            staged.write(f"mels{'' if shard is None else f'.rank{shard[0]}'}.npy", buf.getvalue())
+    for p in staged.paths:
+        if p.suffix == ".wav":
+            print(p)
+    print(f"{sum(len(m) for m in mels)} clip(s) in {time.monotonic() - t0:.1f} s", file=sys.stderr)
     if shard is not None:
         import torch.distributed as dist
 
@@ -97,6 +109,7 @@ def cmd_train_classifier(args) -> int:
     from .storage.bundle import normaliser_to_config
     from .storage.checkpoint import save_weights, write_config
     from .storage.config import ClassifierConfig, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max, to_dict
+    from .storage.state_file import state_path
     from .training.classifier import accuracy_by_sigma, train_classifier
 
     feats = FeatureConfig(frames=args.frames)
@@ -111,7 +124,7 @@ def cmd_train_classifier(args) -> int:
                                  blocks=(0,) + (1,) * (len(args.widths) - 1))
     tcfg = TrainConfig(batch_size=args.batch_size, lr=args.lr, seconds=args.seconds, seed=args.seed, labels=args.labels)
     out = Path(args.out)
-    model, log = train_classifier(train, norm, feats.log_floor, model_cfg, sde, tcfg, out / "state" / "classifier.pt", test)
+    model, log = train_classifier(train, norm, feats.log_floor, model_cfg, sde, tcfg, state_path(out / "state", "classifier"), test)
     acc = accuracy_by_sigma(model, norm.normalise(test.mels)[:, None], test.labels, sde)
     cfg = {"features": to_dict(feats), "sde": to_dict(sde), "classifier": to_dict(model_cfg),
            "normaliser": normaliser_to_config(norm), "labels": list(args.labels),
@@ -135,6 +148,7 @@ def cmd_train_score(args) -> int:
     from .storage.bundle import load_bundle
     from .storage.checkpoint import save_weights, update_config
     from .storage.config import TrainConfig, to_dict
+    from .storage.state_file import state_path
     from .training.heldout import HeldOutDSM
     from .training.score import continuation, train_score
 
@@ -182,7 +196,7 @@ def cmd_train_score(args) -> int:
         return point
 
     ema, log = train_score(train, bundle.normaliser, extractor, kind, net_cfg, tcfg, bundle.input_hw,
-                           out / "state" / f"{name}.pt", on_checkpoint=snapshot,
+                           state_path(out / "state", name), on_checkpoint=snapshot,
                            checkpoint_every_s=args.snapshot_every, init=init, start=start,
                            stretch={"command": _command(args)})
     if rank == 0:
@@ -334,11 +348,15 @@ def cmd_bench(args) -> int:
 
 def cmd_serve(args) -> int:
     from .api import Engine
+    from .limits import Limits, ServerLimits
     from .serve import serve
 
+    limits = ServerLimits(max_queued=args.max_queued, max_body_bytes=args.max_body_bytes,
+                          body_timeout_s=args.body_timeout_s, request_timeout_s=args.request_timeout_s)
     engine = Engine(args.checkpoint, model=args.model, backend=args.backend, artifacts=args.artifacts,
-                    batch_size=args.max_batch, device=args.device)
-    serve(engine, args.host, args.port, args.max_batch, args.max_delay_ms, args.max_clips, args.max_queued)
+                    batch_size=args.max_batch, device=args.device,
+                    limits=Limits(max_clips=args.max_clips, max_nfe=args.max_nfe))
+    serve(engine, args.host, args.port, args.max_batch, args.max_delay_ms, limits)
     return 0
 
 
@@ -415,6 +433,7 @@ def _add_model(p: argparse.ArgumentParser, help_suffix: str = "") -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .audio.vocoders import VOCODERS
+    from .limits import Limits, ServerLimits
     from .storage.config import ClassifierConfig
 
     p = argparse.ArgumentParser(prog="tapdiff", description="Class-conditional speech generation from one frozen classifier.")
@@ -541,7 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=16, help="clips per sampler batch (1: no batching)")
     sv.add_argument("--max-delay-ms", type=float, default=10.0, help="how long a batch waits for more requests")
     sv.add_argument("--max-clips", type=int, default=64, help="clips per request before 429")
-    sv.add_argument("--max-queued", type=int, default=256, help="clips waiting or running before 429")
+    sv.add_argument("--max-nfe", type=int, default=Limits.max_nfe, help="score evaluations per clip before 422")
+    sv.add_argument("--max-queued", type=int, default=ServerLimits.max_queued, help="clips waiting or running before 429")
+    sv.add_argument("--max-body-bytes", type=int, default=ServerLimits.max_body_bytes, help="request body size before 413")
+    sv.add_argument("--body-timeout-s", type=float, default=ServerLimits.body_timeout_s,
+                    help="time to receive a request body before 408")
+    sv.add_argument("--request-timeout-s", type=float, default=ServerLimits.request_timeout_s,
+                    help="time a request may wait and run before 504 (its clips are dropped)")
     _add_backend(sv)
     sv.set_defaults(func=cmd_serve)
 
@@ -577,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
         args.checkpoint = str(DEFAULT_CHECKPOINT)
     try:
         return args.func(args)
-    except (ValueError, CheckpointError, FileNotFoundError, FloatingPointError, ImportError, BackendError) as e:
+    except (ValueError, CheckpointError, OSError, FloatingPointError, ImportError, BackendError) as e:
         print(f"tapdiff: error: {e}", file=sys.stderr)
         return 2
 

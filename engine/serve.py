@@ -3,21 +3,31 @@ FastAPI + uvicorn).
 
 - ``POST /generate`` {digit (or a list, or null), n, seed, guidance, nfe, sampler}: one clip as
   ``audio/wav``, several as a zip of WAVs (``{digit}_{index}.wav``). Requests are batched by a
-  ``engine.batching.Batcher``; per-clip seeds make each answer the one the request gets alone.
-- ``GET /health``, ``GET /info`` (checkpoint, model, labels, backend, defaults, limits).
-- Bad requests get 422 with the reason; more clips than ``max_clips`` in one request, or more than
-  ``max_queued`` clips waiting or running in all, get 429 instead of unbounded memory.
+  ``engine.batching.Batcher``, in turns of one batch, so a short request is not stuck behind a long one.
+- ``GET /health``, ``GET /info`` (checkpoint name and weights hash, model, labels, backend, defaults, limits).
+- What a request may ask for is bounded (``engine.limits``): types are strict (``true`` is no digit, a
+  string no number) and unknown fields are refused; values are checked by the Engine itself, as for the
+  Python API and the CLI. Every bad request gets a 4xx with the reason: 422 for bad values, 413 for a body
+  over ``max_body_bytes``, 408 for a body not received within ``body_timeout_s``, 429 for more clips than
+  ``max_clips`` in a request or ``max_queued`` waiting in all, 504 for a request that ran past
+  ``request_timeout_s``. A client that disconnects, or a request that times out, has its clips that have not
+  run yet dropped and released from the queue count.
 """
 # No ``from __future__ import annotations`` here: FastAPI reads the request model's annotation at run time,
 # and the model is defined inside create_app (FastAPI and pydantic are an optional extra).
 import asyncio
 import io
+import json
+import sys
 import threading
 import zipfile
+from typing import Literal, Optional, Union
 
-from .api import Engine, Generation
+from .api import DEFAULT_GUIDANCE, Engine, Generation
 from .audio.wav import wav_bytes
-from .batching import Batcher
+from .batching import Batcher, RequestCancelled
+from .diffusion.solvers import SOLVERS
+from .limits import ServerLimits
 
 
 def clips_to_response_body(out: Generation) -> tuple[bytes, str]:
@@ -31,21 +41,85 @@ def clips_to_response_body(out: Generation) -> tuple[bytes, str]:
     return buf.getvalue(), "application/zip"
 
 
-def create_app(engine: Engine, batcher: Batcher, max_clips: int = 64, max_queued: int = 256):
-    from fastapi import FastAPI, HTTPException
-    from fastapi.responses import Response
-    from pydantic import BaseModel, Field
+class BodyLimit:
+    """ASGI middleware: a request body is read whole before the app sees it, at most ``max_bytes`` (413
+    beyond, whether announced by Content-Length or not) within ``timeout_s`` (408 when the client sends
+    less than it announced, or too slowly); then the app gets the body and, after it, the client's own
+    messages (so a disconnect is still seen)."""
+
+    def __init__(self, app, max_bytes: int, timeout_s: float):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await _plain(send, 413, f"request body over {self.max_bytes} bytes")
+        body, more = b"", True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while more:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                return await _plain(send, 408, f"request body not received within {self.timeout_s:g} s")
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await _plain(send, 413, f"request body over {self.max_bytes} bytes")
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _plain(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLimits()):
+    """The FastAPI app over ``engine`` and ``batcher``; the per-request bounds are ``engine.limits``."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from pydantic import BaseModel, ConfigDict, Field
+
+    bounds = engine.limits
 
     class GenerateRequest(BaseModel):
-        digit: int | list[int] | None = None
-        n: int = Field(1, ge=1)
-        seed: int = Field(0, ge=0)
-        guidance: float = Field(3.0, ge=0, allow_inf_nan=False)
-        nfe: int | None = Field(None, ge=1)
-        sampler: str | None = None
+        model_config = ConfigDict(extra="forbid", strict=True)
+        digit: Optional[Union[int, list[int]]] = Field(None, description="a digit, a list of digits, or null")
+        n: int = Field(1, ge=1, le=bounds.max_clips, description="clips per digit")
+        seed: int = Field(0, ge=0, le=bounds.max_seed)
+        guidance: float = Field(DEFAULT_GUIDANCE, ge=0, le=bounds.max_guidance, allow_inf_nan=False)
+        nfe: Optional[int] = Field(None, ge=1, le=bounds.max_nfe, description="score evaluations per clip")
+        sampler: Optional[Literal[tuple(sorted(SOLVERS))]] = None
 
-    app = FastAPI(title="tapdiff", version="0.1.0")
+    app = FastAPI(title="tapdiff", version="0.1.0",
+                  description=f"Limits: {bounds.max_clips} clips per request, {bounds.max_nfe} score evaluations per "
+                              f"clip, {limits.max_queued} clips queued, {limits.max_body_bytes}-byte bodies, "
+                              f"{limits.request_timeout_s:g} s per request.")
     lock, queued = threading.Lock(), [0]
+
+    @app.exception_handler(RequestValidationError)
+    async def refused(_request, exc: RequestValidationError):
+        # FastAPI's own handler echoes the input, which fails on NaN and Infinity: name the field instead
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     def release(n: int):
         def done(_):
@@ -55,43 +129,68 @@ def create_app(engine: Engine, batcher: Batcher, max_clips: int = 64, max_queued
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "queued_clips": queued[0]}
+        return {"status": "ok", "queued_clips": queued[0], "clips_sampled": batcher.clips_sampled}
 
     @app.get("/info")
     def info() -> dict:
-        return {"checkpoint": str(engine.bundle.directory), "model": engine.model, "labels": list(engine.labels),
-                "backend": engine.backend, "sampler": engine.default_sampler.label(), "guidance": 3.0,
-                "vocoder": engine.vocoder_name, "sample_rate": engine.bundle.features.sample_rate,
-                "limits": {"max_clips": max_clips, "max_queued": max_queued, "max_batch": batcher.max_batch,
-                           "max_delay_ms": batcher.max_delay * 1000}}
+        weights = engine.bundle.weights_sha256("classifier") or ""
+        return {"checkpoint": engine.bundle.directory.name, "classifier_sha256": weights[:16], "model": engine.model,
+                "labels": list(engine.labels), "backend": engine.backend, "sampler": engine.default_sampler.label(),
+                "guidance": DEFAULT_GUIDANCE, "vocoder": engine.vocoder_name,
+                "sample_rate": engine.bundle.features.sample_rate,
+                "limits": {"max_clips": bounds.max_clips, "max_nfe": bounds.max_nfe,
+                           "max_guidance": bounds.max_guidance, "max_queued": limits.max_queued,
+                           "max_body_bytes": limits.max_body_bytes, "request_timeout_s": limits.request_timeout_s,
+                           "max_batch": batcher.max_batch, "max_delay_ms": batcher.max_delay * 1000}}
 
-    @app.post("/generate")
-    async def generate(req: GenerateRequest) -> Response:
+    @app.post("/generate", responses={200: {"content": {"audio/wav": {}, "application/zip": {}}}})
+    async def generate(req: GenerateRequest, request: Request) -> Response:
         digits = 1 if req.digit is None or isinstance(req.digit, int) else len(req.digit)
         clips = req.n * max(digits, 1)
-        if clips > max_clips:
-            raise HTTPException(429, f"{clips} clips asked for; at most {max_clips} per request")
+        if clips > bounds.max_clips:
+            raise HTTPException(429, f"{clips} clips asked for; at most {bounds.max_clips} per request")
         with lock:
-            if queued[0] + clips > max_queued:
-                raise HTTPException(429, f"{queued[0]} clips are queued; at most {max_queued}: retry later")
+            if queued[0] + clips > limits.max_queued:
+                raise HTTPException(429, f"{queued[0]} clips are queued; at most {limits.max_queued}: retry later")
             queued[0] += clips
-        future = batcher.submit(req.digit, req.n, req.guidance, req.seed, req.sampler, nfe=req.nfe)
-        future.add_done_callback(release(clips))
         try:
-            out = await asyncio.wrap_future(future)
-        except ValueError as e:
+            future = batcher.submit(req.digit, req.n, req.guidance, req.seed, req.sampler, nfe=req.nfe)
+        except BaseException:
+            release(clips)(None)
+            raise
+        future.add_done_callback(release(clips))
+        waiting = asyncio.ensure_future(asyncio.wrap_future(future))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.request_timeout_s
+        while not waiting.done():
+            await asyncio.wait({waiting}, timeout=min(0.25, max(0.0, deadline - loop.time())))
+            if waiting.done():
+                break
+            if await request.is_disconnected():
+                batcher.cancel(future)
+                raise HTTPException(499, "the client disconnected")
+            if loop.time() >= deadline:
+                batcher.cancel(future)
+                raise HTTPException(504, f"the request ran past {limits.request_timeout_s:g} s; its clips were dropped")
+        try:
+            out = waiting.result()
+        except (ValueError, FloatingPointError) as e:
             raise HTTPException(422, str(e)) from None
+        except (RequestCancelled, asyncio.CancelledError):
+            raise HTTPException(503, "the request was cancelled") from None
         body, media = clips_to_response_body(out)
         return Response(body, media_type=media)
 
-    return app
+    return BodyLimit(app, limits.max_body_bytes, limits.body_timeout_s), app
 
 
-def serve(engine: Engine, host: str, port: int, max_batch: int, max_delay_ms: float, max_clips: int,
-          max_queued: int) -> None:
+def serve(engine: Engine, host: str, port: int, max_batch: int, max_delay_ms: float,
+          limits: ServerLimits = ServerLimits()) -> None:
     try:
         import uvicorn
     except ImportError as e:
         raise ImportError("tapdiff serve needs FastAPI and uvicorn: pip install 'tapdiff[serve]'") from e
     with Batcher(engine, max_batch=max_batch, max_delay_ms=max_delay_ms) as batcher:
-        uvicorn.run(create_app(engine, batcher, max_clips, max_queued), host=host, port=port, log_level="warning")
+        asgi, _ = create_app(engine, batcher, limits)
+        print(f"tapdiff: serving on http://{host}:{port}", file=sys.stderr)
+        uvicorn.run(asgi, host=host, port=port, log_level="warning")

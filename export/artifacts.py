@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,14 +29,22 @@ from engine.evaluation.provenance import code_version
 from engine.models.registry import score_network_kind
 from engine.storage.bundle import Bundle
 
+from engine.storage.hashing import file_sha256
+from engine.storage.paths import cache_root
+
 from .graphs import SCORE_INPUTS, SCORE_OUTPUTS, score_inputs
-from .onnx_export import DEFAULT_OPSET, export_onnx, file_sha256
+from .onnx_export import DEFAULT_OPSET, export_onnx
 
 Log = Callable[[str], None]
 
 
+def warn(message: str) -> None:
+    """Where the cache says what it rebuilds and why: stderr, never among a command's output on stdout."""
+    print(message, file=sys.stderr)
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("TAPDIFF_CACHE") or Path.home() / ".cache" / "tapdiff")
+    return cache_root()
 
 
 @dataclass(frozen=True)
@@ -93,8 +102,10 @@ def stale_reason(onnx_path: Path, spec: GraphSpec) -> str | None:
     try:
         manifest = json.loads(manifest_path.read_text())
         built_for, recorded = manifest["artifact"], manifest["onnx_sha256"]
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OSError) as e:
         return f"{manifest_path.name} is unreadable ({type(e).__name__}: {e})"
+    if not isinstance(built_for, dict) or not isinstance(recorded, str):
+        return f"{manifest_path.name} is unreadable (its artifact or onnx_sha256 entry has the wrong type)"
     want = json.loads(json.dumps(asdict(spec)))  # tuples as lists, like the manifest
     if built_for != want:
         diff = sorted(k for k in want if built_for.get(k) != want[k])
@@ -118,7 +129,7 @@ def export_score_graph(model: GuidedDenoiser, hw: tuple[int, int], out_dir: Path
 
 
 def ensure_score_graphs(model: GuidedDenoiser, bundle: Bundle, spec: GraphSpec, cache_dir: str | os.PathLike,
-                        log: Log = print) -> dict[tuple[bool, int | None], Path]:
+                        log: Log = warn) -> dict[tuple[bool, int | None], Path]:
     """Every graph of ``spec`` from the cache, exporting (and parity-checking) what is missing or stale."""
     out_dir = artifact_dir(cache_dir, spec)
     paths = {}

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from engine.storage.atomic import atomic_write_bytes
+from engine.storage.hashing import file_sha256
 
 DEFAULT_OPSET = 17
 
@@ -38,14 +39,6 @@ def ort_session(path: str | os.PathLike, providers: Sequence[str] = ("CPUExecuti
     if not set(used) & set(providers):
         raise RuntimeError(f"onnxruntime gave providers {used}, none of the requested {list(providers)}")
     return sess
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], out_dir: str | os.PathLike, name: str,

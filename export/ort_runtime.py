@@ -3,17 +3,22 @@
 
 - CPU (``CPUExecutionProvider``): numpy views of the tensors in, a tensor view of the result out.
 - CUDA (``CUDAExecutionProvider``, ``TensorrtExecutionProvider`` of onnxruntime-gpu): IOBinding on the
-  torch tensors' device memory, on torch's current stream; never run on this project's machines.
+  torch tensors' device memory, synchronised with torch's stream on both sides, so never inside a CUDA
+  graph; never run on a GPU: onnxruntime-gpu cannot be installed on this project's machines.
 
 onnxruntime-gpu falls back to the CPU provider silently when CUDA is missing: every session's
 ``get_providers()`` is checked against what was asked, and a mismatch is an error, never a slow success.
 Thread spinning is off: a spinning intra-op pool slows the PyTorch code that shares the process.
 Sessions save their optimised graph beside the exported one (keyed by onnxruntime's version, the
-provider and the settings), and later sessions load it with optimisation off, so they start fast.
+provider and the settings; written atomically with its sha256 beside it), and later sessions load it with
+optimisation off, so they start fast; one that fails its hash or does not load is rebuilt with one line on
+stderr saying why.
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +26,12 @@ import torch
 
 from engine.backends import BackendError
 from engine.evaluation.provenance import cpu_model
+from engine.storage.atomic import atomic_write_bytes
+from engine.storage.hashing import file_sha256
 
-from .onnx_export import file_sha256
+from .artifacts import Log, warn
 
-# Chosen by measurement (benchmarks/backend_speed.py, benchmarks/results/backend_speed.md).
+# Chosen by measurement (benchmarks/ort_settings.py, benchmarks/results/ort_settings.md).
 DEFAULT_LEVEL = "all"
 LEVELS = ("disable", "basic", "extended", "all")
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"],
@@ -59,6 +66,27 @@ def session_options(threads: int, level: str, optimized_path: Path | None = None
     return so
 
 
+def provider_saves_graph(provider: str) -> bool:
+    """Whether a session on ``provider`` can save its optimised graph (TensorRT's compiled nodes cannot be)."""
+    return provider != "tensorrt"
+
+
+def saved_graph_problem(optimized: Path) -> str | None:
+    """Why the saved optimised graph at ``optimized`` cannot be used (None: it can; "missing" when absent)."""
+    sidecar = optimized.with_suffix(".sha256")
+    if not optimized.exists():
+        return "missing"
+    if not sidecar.exists():
+        return f"{sidecar.name} is missing (an interrupted save?)"
+    try:
+        recorded = sidecar.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{sidecar.name} is unreadable ({e})"
+    if file_sha256(optimized) != recorded:
+        return "it is corrupt (its sha256 differs from the one recorded when it was saved)"
+    return None
+
+
 def checked_session(path: Path, so, providers: list):
     """An InferenceSession whose providers are the ones asked for (the first one at least)."""
     ort = _onnxruntime()
@@ -77,7 +105,7 @@ class OrtScoreModel:
     """The score model as onnxruntime sessions: one per (guided, static batch or None = dynamic) graph."""
 
     def __init__(self, graphs: dict[tuple[bool, int | None], Path], device: str = "cpu", provider: str | None = None,
-                 threads: int | None = None, level: str = DEFAULT_LEVEL):
+                 threads: int | None = None, level: str = DEFAULT_LEVEL, log: Log = warn):
         """``threads``: intra-op threads, default torch's (both runtimes then use the same cores)."""
         ort = _onnxruntime()
         self.device = torch.device(device)
@@ -87,22 +115,48 @@ class OrtScoreModel:
         if (provider == "cpu") != (self.device.type == "cpu"):
             raise ValueError(f"provider {provider!r} does not run on device {self.device}")
         providers: list = list(PROVIDERS[provider])
-        if provider != "cpu":  # compute on torch's stream, so no extra synchronisation is needed
-            stream = str(torch.cuda.current_stream(self.device).cuda_stream)
-            providers = [(p, {"device_id": self.device.index or 0, "user_compute_stream": stream}) for p in providers]
+        if provider != "cpu":
+            # onnxruntime computes on a stream of its own (a "user_compute_stream" of "0", torch's default
+            # stream, counts as unset): _run_on_device orders it with torch's by synchronising (see there)
+            providers = [(p, {"device_id": self.device.index or 0}) for p in providers]
         threads = threads or torch.get_num_threads()
         self.provider, self.sessions = provider, {}
         # optimised graphs can hold layouts for this very processor: its model is part of the key
         settings = f"{ort.__version__}|{provider}|{threads}|{level}|{cpu_model()}"
         for key, path in graphs.items():
-            optimized = self._optimized_path(path, settings)
-            if optimized.exists():  # optimised before: load it as it is
-                so = session_options(threads, "disable")
-                self.sessions[key] = checked_session(optimized, so, providers)
-            else:
-                optimized.parent.mkdir(parents=True, exist_ok=True)
-                so = session_options(threads, level, optimized)
-                self.sessions[key] = checked_session(path, so, providers)
+            self.sessions[key] = self._session(path, settings, threads, level, providers, log)
+
+    def _session(self, path: Path, settings: str, threads: int, level: str, providers: list, log: Log):
+        """A session of ``path``: from its saved optimised graph when that is intact, else optimising ``path``
+        and saving the result (written to a temporary file, hashed, then moved into place with its sha256
+        beside it). A saved graph that is truncated, altered, unhashed or unloadable is rebuilt with one line
+        saying why. TensorRT's provider compiles nodes that cannot be saved: its graphs are never saved."""
+        if not provider_saves_graph(self.provider):
+            return checked_session(path, session_options(threads, level), providers)
+        optimized = self._optimized_path(path, settings)
+        reason = saved_graph_problem(optimized)
+        if reason is None:
+            try:
+                return checked_session(optimized, session_options(threads, "disable"), providers)
+            except BackendError:
+                raise
+            except Exception as e:  # noqa: BLE001 - onnxruntime's own error types (InvalidGraph, Fail, ...)
+                reason = f"onnxruntime cannot load it ({type(e).__name__}: {str(e)[:200]})"
+        if optimized.exists() or optimized.with_suffix(".sha256").exists():
+            log(f"tapdiff: rebuilding {optimized}: {reason}")
+        optimized.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=optimized.parent, prefix=f".{optimized.stem}.", suffix=".onnx")
+        os.close(fd)
+        try:
+            sess = checked_session(path, session_options(threads, level, Path(tmp)), providers)
+            if os.path.getsize(tmp) > 0:  # onnxruntime wrote the optimised graph: hash it, then publish both
+                digest = file_sha256(tmp)
+                os.replace(tmp, optimized)
+                atomic_write_bytes(optimized.with_suffix(".sha256"), digest.encode())
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return sess
 
     @staticmethod
     def _optimized_path(path: Path, settings: str) -> Path:
@@ -143,5 +197,9 @@ class OrtScoreModel:
             binding.bind_input(name, "cuda", index, np.float32, list(t.shape), t.data_ptr())
         out = torch.empty_like(keep[0])
         binding.bind_output("denoised", "cuda", index, np.float32, list(out.shape), out.data_ptr())
+        # The inputs were written on torch's stream, onnxruntime reads on its own: wait for torch's work first.
+        # run_with_iobinding synchronises onnxruntime's stream before it returns, so torch may read `out` next.
+        # Being synchronous, this runner is never captured in a CUDA graph (engine.backends.can_capture_backend).
+        torch.cuda.current_stream(self.device).synchronize()
         sess.run_with_iobinding(binding)
         return out

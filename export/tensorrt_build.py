@@ -1,19 +1,49 @@
-"""TensorRT engine build from an exported ONNX graph (written against TensorRT's documented Python API).
+"""TensorRT engine build from an exported ONNX graph, for TensorRT 10 and 11.
 
 TensorRT is imported lazily: it cannot be installed from the package registries this project reaches, and
-the engine build needs an NVIDIA GPU. What runs without it: deriving the optimisation profiles from an
-export manifest, and the cache key that decides when a cached engine is stale. Never built here: no
-TensorRT, no GPU on this project's machines.
+the engine build needs an NVIDIA GPU. What runs without it, and is tested on CPU: the optimisation profiles
+from an export manifest, the cache key that decides when a cached engine is stale, the plan integrity check
+(sha256 sidecar), and a check that every TensorRT name used here exists in the real bindings of TensorRT
+10.13.3.9 and 11.4.0.106 or sits behind a feature test (``tests/test_tensorrt_names.py``, against name lists
+read from the bindings wheels by ``export.tensorrt_names``). What has never run: any of the TensorRT calls
+below; this project's machines have neither TensorRT nor a GPU.
+
+Versions, told apart by feature tests on the module, never by version strings:
+
+- fp16 plans use weak typing (``BuilderFlag.FP16`` + ``OBEY_PRECISION_CONSTRAINTS`` and fp32 pinning of
+  softmax, reductions and normalisation). TensorRT 11 removed weak typing (it is strongly typed only), so
+  there an fp16 build is refused with a ``BackendError`` naming the way out (fp32 plan, or TensorRT 10).
+  The strongly typed alternative, an fp16-typed ONNX graph with fp32 casts around softmax and reductions,
+  is not implemented.
+- ``create_network(0)`` on both (see ``create_network``).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.backends import BackendError
 from engine.storage.atomic import atomic_write_bytes
+from engine.storage.hashing import file_sha256
+
+if TYPE_CHECKING:  # annotations only: the module is imported lazily, by _tensorrt()
+    import tensorrt as trt
+
+# TensorRT names that one of the checked versions (10.13.3.9, 11.4.0.106) lacks, each with the feature test
+# guarding every use: a function here (uses sit inside ``if guard(...)`` or after ``if not guard(...): raise``)
+# or "getattr" (every use is itself ``getattr(obj, name, default)`` / ``hasattr``). tests/test_tensorrt_names.py
+# checks this table against the source and the name lists, both ways.
+VERSION_SPECIFIC = {
+    "FP16": "weakly_typed",                        # BuilderFlag.FP16: 10 only
+    "OBEY_PRECISION_CONSTRAINTS": "weakly_typed",  # BuilderFlag: 10 only
+    "precision": "weakly_typed",                   # ILayer.precision: 10 only
+    "set_output_type": "weakly_typed",             # ILayer.set_output_type: 10 only
+}
 
 Shape = tuple[int, ...]
 
@@ -42,7 +72,7 @@ def optimization_profile(manifest: dict, batch: tuple[int, int, int] | None = No
 
 def engine_cache_key(onnx_path: str | os.PathLike, profile: dict, fp16: bool, trt_version: str, device_name: str) -> str:
     """Everything an engine depends on: the graph's bytes, the profile, precision, TensorRT and the GPU."""
-    h = hashlib.sha256(Path(onnx_path).read_bytes())
+    h = hashlib.sha256(file_sha256(onnx_path).encode())
     h.update(json.dumps({k: [list(s) for s in v] for k, v in sorted(profile.items())}).encode())
     h.update(f"fp16={fp16}|trt={trt_version}|gpu={device_name}".encode())
     return h.hexdigest()[:32]
@@ -57,10 +87,46 @@ def _tensorrt():
     return trt
 
 
-def keep_fp32(trt, network) -> int:
-    """With fp16 on, pin the layers whose arithmetic fp16 ruins to fp32: softmax (the cotangents
-    softmax(logits) are differences of probabilities) and reductions (the tap RMS over ~10^5 elements,
-    GroupNorm statistics); the gradient taps are ~1e-4 of feature scale. Returns how many were pinned."""
+@functools.lru_cache(maxsize=None)
+def shared_logger(trt) -> trt.Logger:
+    """One logger for every builder and runtime: TensorRT keeps a single logger pointer per process."""
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def weakly_typed(trt) -> bool:
+    """Whether this TensorRT still has weak typing (builder-chosen precision: ``BuilderFlag.FP16``, per-layer
+    ``precision`` / ``set_output_type``). TensorRT 10 has it; TensorRT 11 removed it (every network is
+    strongly typed: precisions come from the graph's types)."""
+    return hasattr(trt.BuilderFlag, "FP16")
+
+
+def fp16_refusal(trt) -> str:
+    return (f"fp16 TensorRT plans are built with weak typing (BuilderFlag.FP16, softmax, reductions and normalisation "
+            f"pinned to fp32), which TensorRT {trt.__version__} does not have: it is strongly typed "
+            "only and takes every precision from the ONNX graph, and tapdiff exports that graph in fp32. Build an "
+            "fp32 plan (drop --fp16 / fp16=False), or use TensorRT 10.")
+
+
+def check_precision(trt, fp16: bool) -> None:
+    """Refuse, before any work, a precision this TensorRT cannot build (``BackendError`` saying why)."""
+    if fp16 and not weakly_typed(trt):
+        raise BackendError(fp16_refusal(trt))
+
+
+def create_network(builder: trt.Builder) -> trt.INetworkDefinition:
+    """An empty network. Flags 0 on both versions: TensorRT 10 makes it weakly typed (what the fp16 path
+    needs; EXPLICIT_BATCH is deprecated there and gone in 11, explicit batch being the only mode), TensorRT 11
+    strongly typed (its STRONGLY_TYPED flag is kept only for compatibility and ignored)."""
+    return builder.create_network(0)
+
+
+def keep_fp32(trt, network: trt.INetworkDefinition) -> int:
+    """With fp16 on (weak typing, TensorRT 10), pin the layers whose arithmetic fp16 ruins to fp32: softmax
+    (the cotangents softmax(logits) are differences of probabilities) and reductions (the tap RMS over ~10^5
+    elements, GroupNorm statistics); the gradient taps are ~1e-4 of feature scale. Returns how many were
+    pinned."""
+    if not weakly_typed(trt):
+        raise BackendError(fp16_refusal(trt))
     pinned = 0
     kinds = {trt.LayerType.SOFTMAX, trt.LayerType.REDUCE, trt.LayerType.NORMALIZATION}
     for i in range(network.num_layers):
@@ -73,15 +139,25 @@ def keep_fp32(trt, network) -> int:
     return pinned
 
 
+def enable_fp16(trt, config: trt.IBuilderConfig, network: trt.INetworkDefinition) -> int:
+    """TensorRT 10's weakly typed fp16: fp16 kernels allowed, the layers ``keep_fp32`` pins obeyed."""
+    if not weakly_typed(trt):
+        raise BackendError(fp16_refusal(trt))
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return keep_fp32(trt, network)
+
+
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, profile: dict, fp16: bool = False,
                  workspace_bytes: int = 2 << 30, timing_cache: str | os.PathLike | None = None) -> Path:
     """Parse the ONNX graph, build a serialised engine with one optimisation profile, write it atomically.
     ``timing_cache``: a file of kernel timings shared by builds on the same GPU (read if present, then
-    written back), which makes later builds fast."""
+    written back), which makes later builds fast. Builds on torch's current CUDA device."""
     trt = _tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
+    check_precision(trt, fp16)
+    logger = shared_logger(trt)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = create_network(builder)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -89,9 +165,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, p
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        keep_fp32(trt, network)
+        enable_fp16(trt, config, network)
     cache_path = Path(timing_cache) if timing_cache else None
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path and cache_path.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
@@ -108,31 +182,64 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, p
 
 
 def cached_engine(onnx_path: str | os.PathLike, cache_dir: str | os.PathLike, batch: tuple[int, int, int] | None = None,
-                  fp16: bool = False) -> Path:
-    """The engine for ``onnx_path`` (its manifest beside it), built once per cache key; a stale engine is
-    never reused because the key covers everything it depends on."""
+                  fp16: bool = False, device: str | None = None) -> Path:
+    """The engine for ``onnx_path`` (its manifest beside it), built once per cache key on ``device`` (a
+    torch CUDA device; None: the current one); a stale engine is never reused because the key covers
+    everything it depends on, and a plan that fails its sha256 check is rebuilt (one line on stderr says
+    why). The plan and then its sidecar are each written atomically, the sidecar last: a build interrupted
+    in between leaves a plan without a matching sidecar, which the next call rebuilds."""
     import torch
 
     trt = _tensorrt()
+    check_precision(trt, fp16)
     if not torch.cuda.is_available():
         raise BackendError("building a TensorRT engine needs an NVIDIA GPU visible to torch")
-    manifest = json.loads(Path(onnx_path).with_suffix(".json").read_text())
-    profile = optimization_profile(manifest, batch)
-    key = engine_cache_key(onnx_path, profile, fp16, trt.__version__, torch.cuda.get_device_name())
-    path = Path(cache_dir) / f"{Path(onnx_path).stem}-{key}.plan"
-    timing = Path(cache_dir) / f"timing-{trt.__version__}-{torch.cuda.get_device_name().replace(' ', '_')}.cache"
-    if plan_is_intact(path):
-        return path
-    if path.exists():
-        print(f"tapdiff: rebuilding {path}: its bytes differ from the sha256 recorded when it was built")
-    build_engine(onnx_path, path, profile, fp16, timing_cache=timing)
-    atomic_write_bytes(path.with_suffix(".sha256"), hashlib.sha256(path.read_bytes()).hexdigest().encode())
+    with torch.cuda.device(torch.device("cuda") if device is None else torch.device(device)):
+        gpu = torch.cuda.get_device_name()
+        manifest = json.loads(Path(onnx_path).with_suffix(".json").read_text())
+        profile = optimization_profile(manifest, batch)
+        key = engine_cache_key(onnx_path, profile, fp16, trt.__version__, gpu)
+        path = Path(cache_dir) / f"{Path(onnx_path).stem}-{key}.plan"
+        timing = Path(cache_dir) / f"timing-{trt.__version__}-{gpu.replace(' ', '_')}.cache"
+        problem = plan_problem(path)
+        if problem is None:
+            return path
+        if path.exists():
+            print(f"tapdiff: rebuilding {path}: {problem}", file=sys.stderr)
+        build_engine(onnx_path, path, profile, fp16, timing_cache=timing)
+        atomic_write_bytes(sidecar_path(path), file_sha256(path).encode())
     return path
 
 
+def sidecar_path(plan: Path) -> Path:
+    return Path(plan).with_suffix(".sha256")
+
+
+def plan_problem(path: str | os.PathLike) -> str | None:
+    """Why the plan at ``path`` must not be deserialised, or None when its bytes match the sha256 written
+    beside it after its build (a truncated or half-written plan, or one whose build was interrupted before
+    its sidecar was written, is rebuilt)."""
+    path = Path(path)
+    if not path.exists():
+        return "no plan"
+    sidecar = sidecar_path(path)
+    if not sidecar.exists():
+        return f"no sha256 sidecar {sidecar.name} beside it (its build was interrupted, or the sidecar was removed)"
+    try:
+        want = sidecar.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        return f"its sha256 sidecar {sidecar.name} is unreadable ({type(e).__name__}: {e})"
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        return f"its sha256 sidecar {sidecar.name} does not hold a sha256"
+    try:
+        have = file_sha256(path)
+    except OSError as e:
+        return f"it is unreadable ({type(e).__name__}: {e})"
+    if have != want:
+        return "its bytes differ from the sha256 recorded when it was built"
+    return None
+
+
 def plan_is_intact(path: Path) -> bool:
-    """A plan exists and its bytes match the sha256 written beside it after its build (a truncated or
-    half-written plan is rebuilt, not deserialised)."""
-    sidecar = path.with_suffix(".sha256")
-    return (path.exists() and sidecar.exists()
-            and hashlib.sha256(path.read_bytes()).hexdigest() == sidecar.read_text().strip())
+    """A plan exists and its bytes match the sha256 written beside it after its build."""
+    return plan_problem(path) is None

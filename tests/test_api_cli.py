@@ -110,10 +110,10 @@ def test_commands_adding_to_one_bundle_keep_each_others_entries(tiny_checkpoint,
 
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / "merge")
     stale = read_config(ck)  # what a long-running command read at its start
-    update_config(ck, {"evaluator": {"x": 1}}, files={"evaluator.safetensors": "a" * 64})
+    update_config(ck, {"evaluator": {"arch": {"n_mels": 80}, "x": 1}}, files={"evaluator.safetensors": "a" * 64})
     update_config(ck, {"unet_config": {"widths": [8]}}, training={"unet": {"steps": 1}}, files={"unet.safetensors": "b" * 64})
     now = read_config(ck)
-    assert now["evaluator"] == {"x": 1} and now["unet_config"] == {"widths": [8]}
+    assert now["evaluator"] == {"arch": {"n_mels": 80}, "x": 1} and now["unet_config"] == {"widths": [8]}
     assert set(stale["files"]) | {"evaluator.safetensors", "unet.safetensors"} == set(now["files"])
     assert set(stale["training"]) | {"unet"} == set(now["training"])
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file
 
 from engine.api import Engine
 from engine.audio.wav import AudioFileError, read_wav
@@ -148,7 +149,7 @@ cfg = TrainConfig(batch_size=4, lr=3e-3, seconds=1e9, max_steps=int(sys.argv[2])
 ema, log = train_score(data, Normaliser.fit(data.mels), tx, SCORE_NETWORKS["tapdiff"],
                        SubnetConfig(widths=(8, 8, 16, 16), emb_dim=16, heads=2), cfg, (80, 72), state_path=__import__("pathlib").Path(sys.argv[1]),
                        progress=False, checkpoint_every_s=0.0)
-torch.save(ema.model.state_dict(), sys.argv[1] + ".final")
+__import__("safetensors.torch").torch.save_file(ema.model.state_dict(), sys.argv[1] + ".final")
 """
 
 
@@ -166,10 +167,10 @@ def _train(state, steps, kill_after=None):
 
 @pytest.mark.parametrize("kill_after", [0.5, 3.0, 6.0])
 def test_training_killed_at_any_moment_resumes_to_the_uninterrupted_weights(tmp_path, kill_after):
-    _train(tmp_path / "whole.pt", 40)
-    _train(tmp_path / "killed.pt", 40, kill_after=kill_after)  # SIGKILL: no clean-up runs
+    _train(tmp_path / "whole.st", 40)
+    _train(tmp_path / "killed.st", 40, kill_after=kill_after)  # SIGKILL: no clean-up runs
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
-    _train(tmp_path / "killed.pt", 40)  # resumes from whatever the kill left (or starts afresh)
-    a, b = torch.load(str(tmp_path / "whole.pt") + ".final"), torch.load(str(tmp_path / "killed.pt") + ".final")
+    _train(tmp_path / "killed.st", 40)  # resumes from whatever the kill left (or starts afresh)
+    a, b = (load_file(str(tmp_path / f"{n}.st") + ".final") for n in ("whole", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(p.endswith(".tmp") for p in leftovers)  # a kill can strand a temp file, never a half state file

@@ -71,7 +71,7 @@ def test_answers_equal_the_engine_alone_one_wav_or_a_zip(server, tiny_checkpoint
     ({"digit": 3}, 422, "unknown digit 3"),
     ({"digit": 7, "n": 0}, 422, "greater than or equal to 1"),
     ({"digit": 7, "guidance": -1}, 422, "greater than or equal to 0"),
-    ({"digit": 7, "sampler": "ddim"}, 422, "unknown sampler"),
+    ({"digit": 7, "sampler": "ddim"}, 422, "Input should be 'dpmpp_2m'"),
     ({"digit": 7, "seed": "x"}, 422, "seed"),
     ({"digit": [1, 7], "n": 3}, 429, "at most 4 per request"),
 ])

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import engine.training.score as score_training
 from engine.audio.datasets import FeatureSet, Normaliser
@@ -8,6 +9,7 @@ from engine.diffusion.taps import TapExtractor
 from engine.models.classifier import NoiseConditionedClassifier
 from engine.models.registry import SCORE_NETWORKS
 from engine.storage.config import ClassifierConfig, SDEConfig, SubnetConfig, TrainConfig
+from engine.storage.state_file import load_state
 from engine.training.loop import train_loop
 from engine.training.score import dsm_loss, train_score
 
@@ -63,27 +65,27 @@ def _run(tmp_path, name: str, steps: int, monkeypatch, stretch: dict | None = No
     cfg = TrainConfig(batch_size=4, lr=3e-3, seconds=1e9, max_steps=steps, seed=3)
     ema, log = train_score(data, Normaliser.fit(data.mels), tx, TAPDIFF, TINY_SUB, cfg, (80, 72),
                            state_path=tmp_path / name, progress=False, stretch=stretch)
-    state = torch.load(tmp_path / name, weights_only=False)
+    state = load_state(tmp_path / name)
     assert log["steps"] == steps == state["step"]
     return ema.model.state_dict(), state["model"], len(calls)
 
 
 def test_interrupted_training_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    whole_ema, whole, n_whole = _run(tmp_path, "whole.pt", 15, monkeypatch)
-    _, _, n_first = _run(tmp_path, "split.pt", 10, monkeypatch, {"command": "first"})
-    split_ema, split, n_rest = _run(tmp_path, "split.pt", 15, monkeypatch, {"command": "resumed"})  # from step 10
+    whole_ema, whole, n_whole = _run(tmp_path, "whole.st", 15, monkeypatch)
+    _, _, n_first = _run(tmp_path, "split.st", 10, monkeypatch, {"command": "first"})
+    split_ema, split, n_rest = _run(tmp_path, "split.st", 15, monkeypatch, {"command": "resumed"})  # from step 10
     assert (n_whole, n_first, n_rest) == (15, 10, 5)
     # Each stretch is on record with the command that ran it and where it started.
-    stretches = torch.load(tmp_path / "split.pt", weights_only=False)["log"]["stretches"]
+    stretches = load_state(tmp_path / "split.st")["log"]["stretches"]
     assert [(s["command"], s["from_step"]) for s in stretches] == [("first", 0), ("resumed", 10)]
     assert all(s["threads"] == torch.get_num_threads() and s["processes"] == 1 for s in stretches)
     for k in whole:
         assert torch.equal(whole[k], split[k]), k
         assert torch.equal(whole_ema[k], split_ema[k]), k
     # Skipping the resume (5 steps from a fresh start, same seed) gives other weights: the test can fail.
-    skipped_ema, skipped, _ = _run(tmp_path, "skipped.pt", 5, monkeypatch)
+    skipped_ema, skipped, _ = _run(tmp_path, "skipped.st", 5, monkeypatch)
     assert any(not torch.allclose(whole[k], skipped[k]) for k in whole)
-    assert [p.name for p in sorted(tmp_path.iterdir())] == ["skipped.pt", "split.pt", "whole.pt"]  # no temp files
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["skipped.st", "split.st", "whole.st"]  # no temp files
 
 
 def test_rerunning_a_finished_run_changes_nothing(tmp_path):
@@ -91,17 +93,17 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path):
         model = torch.nn.Linear(2, 1)
         cfg = TrainConfig(batch_size=4, seconds=1e9, max_steps=5)
         return train_loop(model, lambda g: model(torch.randn(4, 2, generator=g)).pow(2).mean(), cfg,
-                          tmp_path / "s.pt", "t", lambda ema, step, elapsed: {"mark": step}, progress=False)[1]
+                          tmp_path / "s.st", "t", lambda ema, step, elapsed: {"mark": step}, progress=False)[1]
 
     first = run()
-    on_disk = (tmp_path / "s.pt").read_bytes()
+    on_disk = (tmp_path / "s.st").read_bytes()
     again = run()
     assert [p["step"] for p in first["curve"]] == [p["step"] for p in again["curve"]] == [5]
-    assert (tmp_path / "s.pt").read_bytes() == on_disk
+    assert (tmp_path / "s.st").read_bytes() == on_disk
     # A periodic save on the last step is not followed by a second save of the same step.
     model = torch.nn.Linear(2, 1)
     _, log = train_loop(model, lambda g: model(torch.randn(4, 2, generator=g)).pow(2).mean(),
-                        TrainConfig(batch_size=4, seconds=1e9, max_steps=5), tmp_path / "every.pt", "t",
+                        TrainConfig(batch_size=4, seconds=1e9, max_steps=5), tmp_path / "every.st", "t",
                         lambda ema, step, elapsed: {"mark": step}, checkpoint_every_s=-1.0, progress=False)
     assert [p["step"] for p in log["curve"]] == [1, 2, 3, 4, 5]
 
@@ -124,6 +126,7 @@ from engine.models.classifier import NoiseConditionedClassifier
 from engine.models.registry import SCORE_NETWORKS
 from engine.storage.config import ClassifierConfig, SDEConfig, SubnetConfig, TrainConfig
 from engine.training.score import train_score
+from safetensors.torch import save_file
 out, global_batch = sys.argv[1], int(sys.argv[2])
 world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
 if world > 1:
@@ -136,7 +139,7 @@ tx = TapExtractor(NoiseConditionedClassifier(ClassifierConfig(widths=(8, 8, 16, 
 cfg = TrainConfig(batch_size=global_batch // world, lr=3e-3, seconds=1e9, max_steps=100, seed=3)
 ema, log = train_score(data, Normaliser.fit(data.mels), tx, SCORE_NETWORKS["tapdiff"],
                        SubnetConfig(widths=(8, 8, 16, 16), emb_dim=16, heads=2), cfg, (80, 72), progress=False)
-torch.save(ema.model.state_dict(), f"{out}.rank{rank}")
+save_file(ema.model.state_dict(), f"{out}.rank{rank}")
 if rank == 0:
     open(out + ".json", "w").write(json.dumps(log["losses"]))
 if world > 1:
@@ -160,11 +163,11 @@ def test_ddp_under_torchrun_matches_the_single_process_loss_curve_at_equal_globa
                           "29519", str(script), str(tmp_path / "two"), "16"], env=env, capture_output=True, text=True,
                          timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
-    r0, r1 = (torch.load(tmp_path / f"two.rank{r}") for r in (0, 1))
+    r0, r1 = (load_file(str(tmp_path / f"two.rank{r}")) for r in (0, 1))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # gradients averaged: the ranks hold one model
     single, ddp = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert [s for s, *_ in single] == [s for s, *_ in ddp] == [50, 100]
     for (_, _, a), (_, _, b) in zip(single, ddp):  # other batches (per-rank generators), the same curve within noise
         assert abs(a - b) < 0.25 * a, (single, ddp)
     # other draws than the single process's: what matched above is the curve, not a copy of the same run
-    assert any(not torch.equal(r0[k], torch.load(tmp_path / "one.rank0")[k]) for k in r0)
+    assert any(not torch.equal(r0[k], load_file(str(tmp_path / "one.rank0"))[k]) for k in r0)

@@ -9,7 +9,8 @@ from engine.diffusion.denoiser import EDMDenoiser
 from engine.diffusion.score_model import TwoModelDenoiser, build_score_model
 from engine.diffusion.taps import TapExtractor, onehot
 from engine.models.classifier import NoiseConditionedClassifier
-from engine.models.unet import UNet, UNetConfig
+from engine.models.unet import UNet
+from engine.storage.config import UNetConfig
 from engine.storage.config import ClassifierConfig, SDEConfig
 
 SDE = SDEConfig(sigma_min=0.005, sigma_max=80.0)

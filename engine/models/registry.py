@@ -1,15 +1,19 @@
 """The score networks a bundle can hold, by the one name used everywhere: ``Engine(model=...)``, and
-``--model`` of ``train-score``, ``generate``, ``evaluate`` and the benchmarks."""
+``--model`` of ``train-score``, ``generate``, ``evaluate`` and the benchmarks. Each entry carries its own
+config's default and its own builder."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Callable
 
 from torch import nn
 
-from ..storage.config import SubnetConfig
+from ..storage.config import SubnetConfig, UNetConfig
 from .score_subnet import ScoreSubnet
-from .unet import UNet, UNetConfig
+from .unet import UNet
+
+Builder = Callable[[object, tuple[int, ...], tuple[int, int]], nn.Module]
 
 
 @dataclass(frozen=True)
@@ -19,35 +23,37 @@ class ScoreNetworkKind:
     config_cls: type
     uses_taps: bool
     description: str
+    default: Callable[[], object]  # the network's default config
+    builder: Builder  # (config, classifier tap channels, input (n_mels, frames)) -> untrained network F
 
     @property
     def config_key(self) -> str:
         return f"{self.weights}_config"
 
     def default_config(self, widths: tuple[int, ...] | None = None):
-        cfg = self.config_cls() if self.config_cls is UNetConfig else SubnetConfig(use_taps=self.uses_taps)
+        cfg = self.default()
         return cfg if widths is None else dataclasses.replace(cfg, widths=widths)
 
     def build(self, cfg, tap_channels: tuple[int, ...], input_hw: tuple[int, int]) -> nn.Module:
         """The network F of this kind (untrained), for a classifier with ``tap_channels``."""
         if not isinstance(cfg, self.config_cls):
             raise TypeError(f"model {self.name!r} needs a {self.config_cls.__name__}, got {type(cfg).__name__}")
-        if self.config_cls is UNetConfig:
-            return UNet(cfg)
-        if cfg.use_taps != self.uses_taps:
+        if getattr(cfg, "use_taps", self.uses_taps) != self.uses_taps:
             raise ValueError(f"model {self.name!r} needs SubnetConfig.use_taps={self.uses_taps}")
-        return ScoreSubnet(cfg, tap_channels, input_hw)
+        return self.builder(cfg, tap_channels, input_hw)
 
 
 SCORE_NETWORKS = {k.name: k for k in (
-    ScoreNetworkKind("tapdiff", "score_subnet", SubnetConfig, True, "ScoreSubnet on the frozen classifier's taps"),
-    ScoreNetworkKind("two-model", "unet", UNetConfig, False, "U-Net score network + guidance from the classifier"),
-    ScoreNetworkKind("ablation", "score_ablation", SubnetConfig, False, "ScoreSubnet's decoder on x_t only"),
+    ScoreNetworkKind("tapdiff", "score_subnet", SubnetConfig, True, "ScoreSubnet on the frozen classifier's taps",
+                     lambda: SubnetConfig(use_taps=True), ScoreSubnet),
+    ScoreNetworkKind("two-model", "unet", UNetConfig, False, "U-Net score network + guidance from the classifier",
+                     UNetConfig, lambda cfg, tap_channels, input_hw: UNet(cfg)),
+    ScoreNetworkKind("ablation", "score_ablation", SubnetConfig, False, "ScoreSubnet's decoder on x_t only",
+                     lambda: SubnetConfig(use_taps=False), ScoreSubnet),
 )}
 
 
 def score_network_kind(name: str) -> ScoreNetworkKind:
-    try:
-        return SCORE_NETWORKS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(SCORE_NETWORKS)}") from None
+    if not isinstance(name, str) or name not in SCORE_NETWORKS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(SCORE_NETWORKS)}")
+    return SCORE_NETWORKS[name]

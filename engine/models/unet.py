@@ -7,8 +7,6 @@ samplers. It sees only x_t: classifier guidance comes from a separate pass of th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,15 +14,8 @@ from torch import nn
 from kernels import multi_head_attention
 
 from ..stages import stage
+from ..storage.config import UNetConfig
 from .blocks import FiLMResBlock, SigmaEmbedding, group_count
-
-
-@dataclass(frozen=True)
-class UNetConfig:
-    widths: tuple[int, ...] = (32, 64, 96, 128)
-    blocks_per_level: int = 1
-    heads: int = 4
-    emb_dim: int = 64
 
 
 def _block(c_in: int, c_out: int, emb_dim: int) -> FiLMResBlock:

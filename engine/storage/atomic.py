@@ -6,6 +6,7 @@ the permissions an ordinary ``open(path, "w")`` would (mkstemp's files are priva
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -36,3 +37,67 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+class OutputFolderError(ValueError):
+    """An output folder that cannot be written: it names a file, lies under a file, or is not writable."""
+
+
+def check_output_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` if files can be written in it (it exists as a folder, or can be created); else an
+    ``OutputFolderError`` naming why. Called before any work whose result goes there."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputFolderError(f"output folder {folder} is a file, not a folder")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputFolderError(f"output folder {folder} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"output folder {folder} cannot be written: no write permission in {existing}")
+    return folder
+
+
+class StagedFolder:
+    """Files that appear in ``folder`` all together or not at all: ``write`` puts each into a temporary folder
+    inside ``folder``; leaving the ``with`` block normally renames them all into place, leaving it by an
+    exception removes them (``folder`` keeps what it held before either way)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = check_output_folder(folder)
+        self.names: list[str] = []
+        self._tmp: Path | None = None
+
+    def __enter__(self) -> "StagedFolder":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(dir=self.folder, prefix=".tapdiff-staged-"))
+        return self
+
+    def write(self, name: str, data: bytes) -> Path:
+        if Path(name).name != name or name.startswith("."):
+            raise ValueError(f"file name {name!r} must be a plain name")
+        (self._tmp / name).write_bytes(data)
+        os.chmod(self._tmp / name, _default_mode())
+        self.names.append(name)
+        return self.folder / name
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                for name in self.names:  # renames within one folder: they do not fail for want of space
+                    os.replace(self._tmp / name, self.folder / name)
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.folder / n for n in self.names]
+
+
+def write_files_or_none(folder: str | os.PathLike, files: dict[str, bytes]) -> list[Path]:
+    """Write every ``{name: bytes}`` into ``folder``, or none of them (see ``StagedFolder``)."""
+    with StagedFolder(folder) as staged:
+        for name, data in files.items():
+            staged.write(name, data)
+    return staged.paths

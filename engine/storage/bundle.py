@@ -11,7 +11,7 @@ from ..audio.datasets import Normaliser
 from ..models.classifier import NoiseConditionedClassifier
 from ..models.evaluator import EvalClassifier
 from ..models.registry import ScoreNetworkKind, score_network_kind
-from .checkpoint import CheckpointError, load_weights, read_config
+from .checkpoint import SAMPLING_DEFAULTS, CheckpointError, load_weights, read_config
 from .config import ClassifierConfig, FeatureConfig, SDEConfig, from_dict
 
 
@@ -38,6 +38,12 @@ class Bundle:
     @property
     def input_hw(self) -> tuple[int, int]:
         return self.features.n_mels, self.features.frames
+
+    @property
+    def sampling(self) -> dict:
+        """The sampling section (solver, steps, rho, options, vocoder, guidance fade) with defaults filled in;
+        its types were checked when config.json was read."""
+        return {**SAMPLING_DEFAULTS, **self.config.get("sampling", {})}
 
     def weights_sha256(self, name: str) -> str | None:
         """The recorded sha256 of ``name``.safetensors (what caches and exported artifacts key on)."""
@@ -77,8 +83,11 @@ def load_score_network(bundle: Bundle, kind: ScoreNetworkKind) -> nn.Module:
     if kind.config_key not in bundle.config:
         raise CheckpointError(f"{bundle.directory} has no {kind.name} model; train it with "
                               f"`tapdiff train-score --model {kind.name}`")
-    net = kind.build(_section(bundle.config, kind.config_key, kind.config_cls), bundle.classifier.tap_channels,
-                     bundle.input_hw)
+    net_cfg = _section(bundle.config, kind.config_key, kind.config_cls)
+    try:
+        net = kind.build(net_cfg, bundle.classifier.tap_channels, bundle.input_hw)
+    except (TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"config.json section {kind.config_key!r} does not build a network: {e}") from e
     return load_weights(bundle.directory, kind.weights, net, bundle.config).eval().requires_grad_(False)
 
 
@@ -101,6 +110,9 @@ def load_bundle(directory: str | Path, model: str | None = "tapdiff", need_evalu
     if need_evaluator:
         if "evaluator" not in cfg:
             raise CheckpointError(f"{directory} has no evaluation classifier; run `tapdiff train-evaluator` first")
-        ev = EvalClassifier(**cfg["evaluator"]["arch"])
+        try:
+            ev = EvalClassifier(**cfg["evaluator"]["arch"])
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"config.json section 'evaluator.arch' is invalid: {e}") from e
         bundle.evaluator = load_weights(directory, "evaluator", ev, cfg).eval().requires_grad_(False)
     return bundle

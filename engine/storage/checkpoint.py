@@ -7,8 +7,9 @@ bundle intact.
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import math
+import re
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write
+from .hashing import file_sha256
 
 FORMAT = "tapdiff/1"
 DEFAULT_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "fsdd"
@@ -23,10 +25,6 @@ DEFAULT_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "fsdd"
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt, or does not fit the model it is loaded into."""
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_config(directory: str | Path) -> dict:
@@ -42,7 +40,62 @@ def read_config(directory: str | Path) -> dict:
         raise CheckpointError(f"{path} is corrupt: {e}") from e
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown checkpoint format {cfg.get('format') if isinstance(cfg, dict) else cfg!r}, expected {FORMAT}")
+    why = config_problem(cfg)
+    if why is not None:
+        raise CheckpointError(f"{path}: {why}")
     return cfg
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+SAMPLING_DEFAULTS = {"sampler": "heun", "steps": 25, "rho": None, "options": {}, "vocoder": "griffin-lim",
+                     "guidance_fade_sigma": 0.0}  # for a bundle without a measured choice
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def config_problem(cfg: dict) -> str | None:
+    """What is wrong with the shape of config.json's bundle-level entries (None: nothing), naming the key.
+    The dataclass sections (features, sde, classifier, the score networks' configs) are checked field by
+    field when they are built (``engine.storage.config.from_dict``)."""
+    files = cfg.get("files", {})
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v)
+                                              for k, v in files.items()):
+        return "'files' must map each weights file name to its sha256 (64 hex digits)"
+    labels = cfg.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(y, int) and not isinstance(y, bool) and y >= 0
+                                               for y in labels):
+        return "'labels' must be a list of integers >= 0"
+    for key in ("training", "data", "evaluator", "normaliser"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            return f"{key!r} must be a mapping, got {type(cfg[key]).__name__}"
+    if any(not isinstance(v, dict) for v in cfg.get("training", {}).values()):
+        return "'training' must map each network to its training record"
+    for name, record in cfg.get("training", {}).items():
+        trained = record.get("config", {})
+        trained = trained.get("labels", []) if isinstance(trained, dict) else None
+        if not isinstance(trained, list) or not all(isinstance(y, int) and not isinstance(y, bool) for y in trained):
+            return f"'training.{name}.config.labels' must be a list of integers"
+    if "evaluator" in cfg and not isinstance(cfg["evaluator"].get("arch"), dict):
+        return "'evaluator.arch' must be a mapping of the evaluation classifier's arguments"
+    sampling = cfg.get("sampling", {})
+    if not isinstance(sampling, dict):
+        return f"'sampling' must be a mapping, got {type(sampling).__name__}"
+    s = {**SAMPLING_DEFAULTS, **sampling}
+    if not isinstance(s["sampler"], str):
+        return "'sampling.sampler' must be a solver's name"
+    if isinstance(s["steps"], bool) or not isinstance(s["steps"], int) or s["steps"] < 1:
+        return f"'sampling.steps' must be an integer >= 1, got {s['steps']!r}"
+    if s["rho"] is not None and not (_number(s["rho"]) and s["rho"] > 0):
+        return f"'sampling.rho' must be a number > 0 or null, got {s['rho']!r}"
+    if not isinstance(s["options"], dict) or not all(isinstance(k, str) and _number(v) for k, v in s["options"].items()):
+        return "'sampling.options' must map option names to numbers"
+    if not isinstance(s["vocoder"], str):
+        return "'sampling.vocoder' must be a vocoder's name"
+    if not (_number(s["guidance_fade_sigma"]) and s["guidance_fade_sigma"] >= 0):
+        return f"'sampling.guidance_fade_sigma' must be a number >= 0, got {s['guidance_fade_sigma']!r}"
+    return None
 
 
 def write_config(directory: str | Path, cfg: dict) -> None:
@@ -70,7 +123,7 @@ def save_weights(directory: str | Path, name: str, module: torch.nn.Module, cfg:
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, tmp))
     cfg = dict(cfg)
-    cfg["files"] = {**cfg.get("files", {}), path.name: _sha256(path)}
+    cfg["files"] = {**cfg.get("files", {}), path.name: file_sha256(path)}
     return cfg
 
 
@@ -80,7 +133,7 @@ def load_weights(directory: str | Path, name: str, module: torch.nn.Module, cfg:
     if not path.exists():
         raise CheckpointError(f"{path} is missing")
     expected = cfg.get("files", {}).get(path.name)
-    if expected is not None and _sha256(path) != expected:
+    if expected is not None and file_sha256(path) != expected:
         raise CheckpointError(f"{path} is corrupt or was replaced: its sha256 does not match config.json")
     try:
         state = load_file(str(path))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 
 
@@ -29,6 +30,16 @@ class FeatureConfig:
     peak: float = 0.95
     frames: int = 72  # 0.72 s; >= 97% of FSDD clips fit uncropped (measured: 97th percentile 65.4 frames)
 
+    def __post_init__(self):
+        check_fields(self)
+        if not (0 <= self.fmin < self.fmax <= self.sample_rate / 2):
+            raise ValueError(f"fmin and fmax must satisfy 0 <= fmin < fmax <= sample_rate / 2, got {self.fmin}, {self.fmax}")
+        if not (self.log_floor > 0 and 0 < self.peak <= 1):
+            raise ValueError(f"log_floor must be > 0 and peak in (0, 1], got {self.log_floor}, {self.peak}")
+        if self.win_length > self.n_fft or self.hop_length > self.win_length:
+            raise ValueError(f"need hop_length <= win_length <= n_fft, got {self.hop_length}, {self.win_length}, "
+                             f"{self.n_fft}")
+
     @property
     def clip_samples(self) -> int:
         return self.frames * self.hop_length
@@ -49,6 +60,12 @@ class SDEConfig:
     p_std: float = 1.2
     rho: float = 7.0
 
+    def __post_init__(self):
+        check_fields(self)
+        if not (0 < self.sigma_min < self.sigma_max and self.sigma_data > 0 and self.p_std > 0 and self.rho > 0):
+            raise ValueError("need 0 < sigma_min < sigma_max and sigma_data, p_std, rho > 0, got "
+                             f"{self.sigma_min}, {self.sigma_max}, {self.sigma_data}, {self.p_std}, {self.rho}")
+
 
 @dataclass(frozen=True)
 class ClassifierConfig:
@@ -60,6 +77,13 @@ class ClassifierConfig:
     norm: str = "affine"  # "affine" (folds into conv once frozen; cheap adjoint) or "groupnorm"
     emb_dim: int = 64
 
+    def __post_init__(self):
+        check_fields(self, may_be_zero=("blocks",))
+        if self.norm not in ("affine", "groupnorm"):
+            raise ValueError(f"norm must be 'affine' or 'groupnorm', got {self.norm!r}")
+        if len(self.blocks) != len(self.widths):
+            raise ValueError(f"blocks {self.blocks} needs one entry per width {self.widths}")
+
 
 @dataclass(frozen=True)
 class SubnetConfig:
@@ -68,6 +92,22 @@ class SubnetConfig:
     heads: int = 4
     emb_dim: int = 64
     use_taps: bool = True  # False: the x_t-only ablation (same decoder, no classifier taps)
+
+    def __post_init__(self):
+        check_fields(self, may_be_zero=("attention_depths",))
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The two-model pipeline's score network (``engine.models.unet.UNet``)."""
+
+    widths: tuple[int, ...] = (32, 64, 96, 128)
+    blocks_per_level: int = 1
+    heads: int = 4
+    emb_dim: int = 64
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -87,7 +127,51 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _type_error(key: str, expected: str, value) -> str:
+    return f"{key} must be {expected}, got {value!r} ({type(value).__name__})"
+
+
+def _check_value(key: str, hint, value, may_be_zero: bool) -> str | None:
+    """Why ``value`` does not fit the annotation ``hint`` (None: it fits). Integers must be >= 1 (>= 0 where
+    ``may_be_zero``): every integer of these configs is a size or a count."""
+    if hint is bool:
+        return None if isinstance(value, bool) else _type_error(key, "true or false", value)
+    if hint is str:
+        return None if isinstance(value, str) else _type_error(key, "a string", value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return _type_error(key, "an integer", value)
+        return None if value >= (0 if may_be_zero else 1) else f"{key} must be >= {0 if may_be_zero else 1}, got {value}"
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return _type_error(key, "a number", value)
+        return None if math.isfinite(value) else f"{key} must be finite, got {value}"
+    if typing.get_origin(hint) is tuple:
+        (item, *_) = typing.get_args(hint)
+        if not isinstance(value, tuple) or not value:
+            return _type_error(key, "a non-empty list", value)
+        for i, v in enumerate(value):
+            if (why := _check_value(f"{key}[{i}]", item, v, may_be_zero)) is not None:
+                return why
+        return None
+    return None
+
+
+def check_fields(cfg, may_be_zero: tuple[str, ...] = ()) -> None:
+    """Every field of the dataclass ``cfg`` has its annotated type (integers >= 1, or >= 0 for the fields in
+    ``may_be_zero``; numbers finite); raises a ``ValueError`` naming the first one that does not."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        why = _check_value(f.name, hints[f.name], getattr(cfg, f.name), f.name in may_be_zero)
+        if why is not None:
+            raise ValueError(why)
+
+
 def from_dict(cls, d: dict):
+    """``cls`` from its JSON form; unknown keys, wrong types and out-of-range values raise a ``ValueError``
+    naming the key."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__} must be a mapping of its fields, got {type(d).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(d) - set(names)
     if unknown:

@@ -10,6 +10,15 @@ from pathlib import Path
 
 from ..models.hifigan import HiFiGANConfig, HiFiGANGenerator, load_state_dict_checked
 from .atomic import atomic_write_bytes
+from .paths import cache_root
+
+class VocoderCacheError(ValueError):
+    """A vocoder cache folder whose config or weights are corrupt, replaced or unreadable."""
+
+
+class VocoderMissing(VocoderCacheError, FileNotFoundError):
+    """A vocoder cache folder without its config or weights."""
+
 
 WEIGHTS_FILE = "hifigan.safetensors"
 CONFIG_FILE = "hifigan.json"
@@ -17,8 +26,7 @@ FORMAT = "tapdiff-hifigan/1"
 
 
 def default_vocoder_dir() -> Path:
-    root = os.environ.get("TAPDIFF_CACHE") or Path.home() / ".cache" / "tapdiff"
-    return Path(root) / "vocoder" / "hifigan-ts-16k"
+    return cache_root() / "vocoder" / "hifigan-ts-16k"
 
 
 def save_vocoder(model: HiFiGANGenerator, config: HiFiGANConfig, directory: str | os.PathLike, source: str,
@@ -40,14 +48,14 @@ def save_vocoder(model: HiFiGANGenerator, config: HiFiGANConfig, directory: str 
 def read_vocoder_meta(directory: str | os.PathLike) -> dict:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no vocoder here; create it with `tapdiff vocoder import`")
+        raise VocoderMissing(f"{path}: no vocoder here; create it with `tapdiff vocoder import`")
     try:
         meta = json.loads(path.read_text())
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
         meta["config"] = HiFiGANConfig.from_dict(meta["config"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"{path}: corrupt vocoder config ({type(e).__name__}: {e})") from e
+        raise VocoderCacheError(f"{path}: corrupt vocoder config ({type(e).__name__}: {e})") from e
     return meta
 
 
@@ -59,14 +67,14 @@ def load_vocoder(directory: str | os.PathLike | None = None) -> HiFiGANGenerator
     meta = read_vocoder_meta(directory)
     wpath = directory / WEIGHTS_FILE
     if not wpath.is_file():
-        raise FileNotFoundError(f"{wpath}: vocoder weights missing; re-run `tapdiff vocoder import`")
+        raise VocoderMissing(f"{wpath}: vocoder weights missing; re-run `tapdiff vocoder import`")
     blob = wpath.read_bytes()
     if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
-        raise ValueError(f"{wpath}: sha256 does not match {CONFIG_FILE} (corrupt or replaced weights)")
+        raise VocoderCacheError(f"{wpath}: sha256 does not match {CONFIG_FILE} (corrupt or replaced weights)")
     try:
         sd = load(blob)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise ValueError(f"{wpath}: corrupt safetensors file ({type(e).__name__}: {e})") from e
+        raise VocoderCacheError(f"{wpath}: corrupt safetensors file ({type(e).__name__}: {e})") from e
     model = HiFiGANGenerator(meta["config"])
     load_state_dict_checked(model, sd, f"weights {wpath}")
     return model.eval()

@@ -9,8 +9,9 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ..storage.atomic import atomic_write
+from ..storage.checkpoint import CheckpointError
 from ..storage.config import TrainConfig
+from ..storage.state_file import legacy_state_error, load_state, save_state
 
 
 class EMA:
@@ -23,10 +24,6 @@ class EMA:
         d = min(self.decay, (1 + step) / (10 + step))  # warm-up: early EMA follows the model closely
         for e, p in zip(self.model.parameters(), model.parameters()):
             e.lerp_(p.detach(), 1 - d)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _dist():
@@ -68,7 +65,8 @@ def train_loop(
 ) -> tuple[EMA, dict]:
     """Minimise ``loss_fn`` until ``cfg.seconds`` of training time (summed over resumes) or ``cfg.max_steps``.
 
-    Resumes from ``state_path`` when it exists. Without state, ``start`` ({"step", "elapsed", "log"}) continues
+    Resumes from ``state_path`` (a ``engine.storage.state_file`` file: tensors and JSON, never a pickle) when it
+    exists. Without state, ``start`` ({"step", "elapsed", "log"}) continues
     a network the caller has already loaded (a shipped checkpoint: weights and EMA from it, a fresh optimiser
     with its own learning-rate warm-up); steps and seconds count on from it and its point is saved first. ``on_checkpoint(ema, step, elapsed)`` runs at each save;
     the metrics it returns are appended to the learning curve ``log['curve']``, which is saved with the state.
@@ -87,16 +85,22 @@ def train_loop(
     gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)
     step, elapsed, log = 0, 0.0, {"losses": [], "curve": []}
     saved_step = None  # the step the state on disk holds
+    if state_path is not None and (legacy := legacy_state_error(Path(state_path))) is not None:
+        raise legacy
     if state_path is not None and state_path.exists():
-        st = torch.load(state_path, weights_only=False)
+        st = load_state(state_path)
         if st.get("world", 1) != world:
             raise ValueError(f"{state_path} was saved by {st.get('world', 1)} process(es); resume it with as many "
                              f"(this run has {world})")
-        model.load_state_dict(st["model"])
-        ema.model.load_state_dict(st["ema"])
-        opt.load_state_dict(st["opt"])
-        gen.set_state(st["rng"][rank] if isinstance(st["rng"], list) else st["rng"])
-        step, elapsed, log = st["step"], st["elapsed"], st["log"]
+        try:
+            model.load_state_dict(st["model"])
+            ema.model.load_state_dict(st["ema"])
+            opt.load_state_dict(st["opt"])
+            gen.set_state(st["rng"][rank] if isinstance(st["rng"], list) else st["rng"])
+            step, elapsed, log = int(st["step"]), float(st["elapsed"]), dict(st["log"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"{state_path} does not fit this run ({type(e).__name__}: {e}); delete it to "
+                                  "train afresh") from e
         saved_step = step
     elif start is not None:
         step, elapsed = int(start["step"]), float(start["elapsed"])
@@ -121,10 +125,10 @@ def train_loop(
             if metrics:
                 log["curve"].append({"step": step, "seconds": round(elapsed, 1), **metrics})
         if state_path is not None:
-            atomic_torch_save(
-                {"model": model.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),
+            save_state(
+                state_path, {"model": model.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),
                  "rng": rngs if world > 1 else rngs[0], "world": world, "step": step, "elapsed": elapsed,
-                 "log": log}, state_path)
+                 "log": log})
 
     if start is not None and not (state_path is not None and state_path.exists()):
         save()  # the starting point of the curve

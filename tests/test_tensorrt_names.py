@@ -1,0 +1,669 @@
+"""Every TensorRT name tapdiff uses exists in the real Python bindings of TensorRT 10.13.3.9 and 11.4.0.106,
+or is used only behind a feature test.
+
+TensorRT cannot be installed here, so the names are checked against lists read from the bindings wheels'
+string tables (``export.tensorrt_names``; committed under ``tests/data/tensorrt_names``, so this runs
+offline). The source side is read with ``ast``: in every project file that imports TensorRT, the attribute
+names used on the ``tensorrt`` module and on objects that come from it (``trt.BuilderFlag.FP16``,
+``config.set_memory_pool_limit``), the keyword arguments of calls on them, and the names in ``hasattr`` /
+``getattr`` feature tests. What counts as a TensorRT object is followed through assignments, ``self.x``
+attributes, containers filled with them, calls of module functions, and annotations rooted at ``trt``
+(``engine: trt.ICudaEngine``, ``-> trt.IExecutionContext``).
+
+Rules: a name neither version has fails. A name one version lacks must be listed in the module's
+``VERSION_SPECIFIC`` table with its guard, and every use must be guarded: a ``hasattr(obj, name)`` /
+``getattr(obj, name, default)`` feature test itself, or code inside ``if guard(...)`` / ``if hasattr(..,
+name)``, or after ``if not guard(...): raise`` (or return) in the same block; the guard function must
+itself be a feature test. A name found only as the tail of a longer string (see ``export.tensorrt_names``)
+must be reviewed in ``TAIL_ONLY`` below. The checker is exercised on synthetic sources too, so a bogus or an
+unguarded name is shown to fail.
+"""
+from __future__ import annotations
+
+import ast
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from export.tensorrt_names import VERSIONS, committed_indexes, download_wheel, list_path, read_list, wheel_names
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE_DIRS = ("engine", "export", "kernels", "benchmarks")
+
+# Names present in some checked version only as the tail of a longer string, each reviewed by hand.
+TAIL_ONLY = {
+    "SOFTMAX": "LayerType.SOFTMAX (both); stored inside RAGGED_SOFTMAX",
+    "REDUCE": "LayerType.REDUCE (both); 11 stores it inside ALL_REDUCE",
+    "num_errors": "IParser.num_errors (both); stored inside get_num_errors",
+    "serialize": "ITimingCache.serialize (both); stored inside get_fields_to_serialize",
+    "precision": "ILayer.precision (10 only; its docstring names ILayer.precision); stored inside reset_precision",
+    "set_output_type": "ILayer.set_output_type (10 only; named in the same docstring); inside reset_output_type",
+}
+# Names the walker must find in the project's TensorRT code: if it stops following objects, this fails.
+MUST_SEE = {"FP16", "OBEY_PRECISION_CONSTRAINTS", "precision", "set_output_type", "create_network", "WORKSPACE",
+            "set_memory_pool_limit", "build_serialized_network", "create_timing_cache", "deserialize_cuda_engine",
+            "create_execution_context", "set_input_shape", "set_tensor_address", "get_tensor_shape",
+            "execute_async_v3", "device_memory_size", "device_memory_size_v2", "ignore_mismatch", "num_layers"}
+
+OBJ, CONTAINER = "obj", "container"
+
+
+@dataclass(frozen=True)
+class Use:
+    name: str
+    file: str
+    line: int
+    guards: frozenset[str]
+    feature_test: bool = False
+
+
+@dataclass
+class SourceReport:
+    file: str
+    uses: list[Use] = field(default_factory=list)
+    table: dict[str, str] = field(default_factory=dict)
+    guard_functions: set[str] = field(default_factory=set)  # module functions that contain a feature test
+    problems: list[str] = field(default_factory=list)
+
+
+def _dotted(node) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return None if base is None else f"{base}.{node.attr}"
+    return None
+
+
+def _is_feature_call(node) -> tuple[str, ast.AST, str | None, bool] | None:
+    """hasattr(obj, "n") / getattr(obj, "n"[, default]): (function, obj, name or None if not literal, has default)."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("hasattr", "getattr") \
+            and len(node.args) >= 2:
+        arg = node.args[1]
+        name = arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else None
+        return node.func.id, node.args[0], name, node.func.id == "hasattr" or len(node.args) == 3
+    return None
+
+
+class _Taint:
+    """Which expressions hold TensorRT objects: names per function scope, ``x.y`` paths module-wide (for
+    ``self.engines``), what module functions return."""
+
+    def __init__(self, tree: ast.Module):
+        self.tree = tree
+        self.kinds: dict[ast.AST, dict[str, str]] = {tree: {}}  # scope -> name -> kind
+        self.paths: dict[str, str] = {}
+        self.returns: dict[str, str] = {}
+        self.functions = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        self.scope_of: dict[ast.AST, ast.AST] = {}
+        self._scopes(tree, tree)
+        self._solve()
+
+    def _scopes(self, node, scope) -> None:
+        for child in ast.iter_child_nodes(node):
+            self.scope_of[child] = scope
+            self._scopes(child, child if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else scope)
+
+    def kind(self, node) -> str | None:
+        if isinstance(node, ast.Name):
+            scope = self.scope_of.get(node, self.tree)
+            return self.kinds.get(scope, {}).get(node.id) or self.kinds[self.tree].get(node.id)
+        if isinstance(node, ast.Attribute):
+            path = _dotted(node)
+            if path is not None and path in self.paths:
+                return self.paths[path]
+            return OBJ if self.kind(node.value) == OBJ else None
+        if isinstance(node, ast.Subscript):
+            return OBJ if self.kind(node.value) in (OBJ, CONTAINER) else None
+        if isinstance(node, ast.Call):
+            func = node.func
+            if _is_feature_call(node):
+                return None
+            if isinstance(func, ast.Attribute) and self.kind(func.value) == CONTAINER and func.attr in ("get", "pop", "setdefault"):
+                return OBJ
+            if self.kind(func) == OBJ:
+                return OBJ
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            return OBJ if name == "_tensorrt" else self.returns.get(name)
+        if isinstance(node, (ast.Dict, ast.DictComp)):
+            values = node.values if isinstance(node, ast.Dict) else [node.value]
+            return CONTAINER if any(self.kind(v) == OBJ for v in values) else None
+        if isinstance(node, (ast.List, ast.Set)) and any(self.kind(e) == OBJ for e in node.elts):
+            return CONTAINER
+        return None
+
+    def _annotation_is_trt(self, ann) -> bool:
+        return ann is not None and any(isinstance(n, ast.Name) and self.kinds[self.tree].get(n.id) == OBJ
+                                       for n in ast.walk(ann))
+
+    def _bind(self, target, kind, scope) -> bool:
+        """Record that ``target`` (assigned in ``scope``) holds ``kind``; True if that is news."""
+        if kind is None:
+            return False
+        if isinstance(target, (ast.Name, str)):
+            name = target if isinstance(target, str) else target.id
+            kinds = self.kinds.setdefault(scope, {})
+            if kinds.get(name) != kind:
+                kinds[name] = kind
+                return True
+        elif isinstance(target, ast.Attribute):
+            path = _dotted(target)
+            if path is not None and self.paths.get(path) != kind:
+                self.paths[path] = kind
+                return True
+        elif isinstance(target, ast.Subscript) and kind == OBJ:
+            return self._bind(target.value, CONTAINER, scope)
+        return False
+
+    def _returns_obj(self, name: str) -> bool:
+        if self.returns.get(name) == OBJ:
+            return False
+        self.returns[name] = OBJ
+        return True
+
+    def _solve(self) -> None:
+        for node in ast.walk(self.tree):  # roots: import tensorrt [as x], from tensorrt import ...
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name == "tensorrt":
+                        self._bind(a.asname or a.name, OBJ, self.tree)
+            elif isinstance(node, ast.ImportFrom) and node.module == "tensorrt":
+                for a in node.names:
+                    self._bind(a.asname or a.name, OBJ, self.tree)
+        changed = True
+        while changed:  # to a fixpoint: taint only grows
+            changed = False
+            for fn in self.functions.values():
+                for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs:
+                    if self._annotation_is_trt(a.annotation):
+                        changed |= self._bind(a.arg, OBJ, fn)
+                if self._annotation_is_trt(fn.returns):
+                    changed |= self._returns_obj(fn.name)
+            for node in ast.walk(self.tree):
+                scope = self.scope_of.get(node, self.tree)
+                if isinstance(node, (ast.Assign, ast.AnnAssign, ast.NamedExpr)) and node.value is not None:
+                    for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                        if isinstance(t, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                            for te, ve in zip(t.elts, node.value.elts):
+                                changed |= self._bind(te, self.kind(ve), scope)
+                        else:
+                            changed |= self._bind(t, self.kind(node.value), scope)
+                elif isinstance(node, ast.Return) and node.value is not None and self.kind(node.value) == OBJ:
+                    if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        changed |= self._returns_obj(scope.name)
+                elif isinstance(node, ast.Call):  # a module function (or self.method) called with TensorRT objects
+                    func = node.func
+                    method = isinstance(func, ast.Attribute) and _dotted(func.value) == "self"
+                    fn = self.functions.get(func.id if isinstance(func, ast.Name) else func.attr if method else None)
+                    if fn is None:
+                        continue
+                    params = [a.arg for a in fn.args.posonlyargs + fn.args.args][1 if method else 0:]
+                    bound = list(zip(params, node.args)) + [(kw.arg, kw.value) for kw in node.keywords if kw.arg in params]
+                    for param, arg in bound:
+                        if self.kind(arg) == OBJ:
+                            changed |= self._bind(param, OBJ, fn)
+
+
+def _positive(test) -> set[str]:
+    """Guards in force where ``test`` is true."""
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return set().union(*(_positive(v) for v in test.values))
+    feature = _is_feature_call(test)
+    if feature and feature[0] == "hasattr" and feature[2]:
+        return {f"hasattr:{feature[2]}"}
+    if isinstance(test, ast.Call) and isinstance(test.func, ast.Name):  # guard(...): a module function
+        return {test.func.id}
+    return set()
+
+
+def _negative(test) -> set[str]:
+    """Guards in force where ``test`` is false."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        return _positive(test.operand)
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.Or):
+        return set().union(*(_negative(v) for v in test.values))
+    return set()
+
+
+def _exits(body) -> bool:
+    """The block never falls through to the statements after it (so they run only when its test was false)."""
+    return bool(body) and isinstance(body[-1], (ast.Raise, ast.Return, ast.Continue, ast.Break))
+
+
+class _Collector:
+    """The TensorRT names a source file uses, each with the guards in force where it is used."""
+
+    def __init__(self, source: str, filename: str):
+        self.tree = ast.parse(source, filename)
+        self.file = filename
+        self.taint = _Taint(self.tree)
+        self.report = SourceReport(filename)
+
+    def run(self) -> SourceReport:
+        if not self.taint.kinds[self.tree] and not any(
+                isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "_tensorrt"
+                for n in ast.walk(self.tree)):
+            return self.report
+        self._block(self.tree.body, frozenset())
+        for node in self.tree.body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "VERSION_SPECIFIC"
+                                                    for t in node.targets):
+                self.report.table = ast.literal_eval(node.value)
+        for name, fn in self.taint.functions.items():
+            if any((f := _is_feature_call(n)) and f[3] and self.taint.kind(f[1]) == OBJ for n in ast.walk(fn)):
+                self.report.guard_functions.add(name)
+        return self.report
+
+    def _block(self, stmts, guards: frozenset[str]) -> None:
+        for stmt in stmts:
+            if isinstance(stmt, ast.If):
+                self._expr(stmt.test, guards)
+                self._block(stmt.body, guards | _positive(stmt.test))
+                self._block(stmt.orelse, guards | _negative(stmt.test))
+                if _exits(stmt.body):
+                    guards = guards | _negative(stmt.test)
+                elif stmt.orelse and _exits(stmt.orelse):
+                    guards = guards | _positive(stmt.test)
+            elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                for d in stmt.decorator_list:
+                    self._expr(d, guards)
+                if not isinstance(stmt, ast.ClassDef):
+                    for a in stmt.args.posonlyargs + stmt.args.args + stmt.args.kwonlyargs:
+                        if a.annotation is not None:
+                            self._expr(a.annotation, frozenset())
+                    if stmt.returns is not None:
+                        self._expr(stmt.returns, frozenset())
+                self._block(stmt.body, frozenset())  # guards do not cross into a function
+            else:
+                for _, value in ast.iter_fields(stmt):
+                    items = value if isinstance(value, list) else [value]
+                    stmt_lists = [v for v in items if isinstance(v, ast.stmt)]
+                    if stmt_lists:
+                        self._block(stmt_lists, guards)
+                    for v in items:
+                        if isinstance(v, ast.AST) and not isinstance(v, ast.stmt):
+                            self._expr(v, guards)
+
+    def _expr(self, node, guards: frozenset[str]) -> None:
+        if isinstance(node, ast.IfExp):
+            self._expr(node.test, guards)
+            self._expr(node.body, guards | _positive(node.test))
+            self._expr(node.orelse, guards | _negative(node.test))
+            return
+        if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And):
+            seen = set(guards)
+            for v in node.values:  # `hasattr(x, "n") and x.n`: later operands run only if earlier ones held
+                self._expr(v, frozenset(seen))
+                seen |= _positive(v)
+            return
+        feature = _is_feature_call(node)
+        if feature and self.taint.kind(feature[1]) == OBJ:
+            fname, obj, name, guarded = feature
+            if name is None:
+                self.report.problems.append(f"{self.file}:{node.lineno}: {fname}() on a TensorRT object with a "
+                                            "name that is not a string literal cannot be checked")
+            else:
+                self.report.uses.append(Use(name, self.file, node.lineno, guards, feature_test=guarded))
+            self._expr(obj, guards)
+            for extra in node.args[2:]:
+                self._expr(extra, guards)
+            return
+        if isinstance(node, ast.Attribute) and self.taint.kind(node.value) == OBJ:
+            self.report.uses.append(Use(node.attr, self.file, node.lineno, guards))
+        if isinstance(node, ast.Call) and self.taint.kind(node.func) == OBJ:
+            for kw in node.keywords:
+                if kw.arg is not None:
+                    self.report.uses.append(Use(kw.arg, self.file, node.lineno, guards))
+        for child in ast.iter_child_nodes(node):
+            self._expr(child, guards)
+
+
+def collect(source: str, filename: str = "<source>") -> SourceReport:
+    return _Collector(source, filename).run()
+
+
+def check(reports: list[SourceReport], indexes: dict) -> list[str]:
+    """Every problem with the TensorRT names in ``reports`` against the per-version ``indexes``."""
+    problems = [p for r in reports for p in r.problems]
+    for r in reports:
+        used = {u.name for u in r.uses}
+        for name, guard in r.table.items():
+            missing = [v for v, idx in indexes.items() if idx.lookup(name) is None]
+            if not missing:
+                problems.append(f"{r.file}: VERSION_SPECIFIC lists {name!r}, which every checked TensorRT has: remove it")
+            if name not in used:
+                problems.append(f"{r.file}: VERSION_SPECIFIC lists {name!r}, which the source does not use")
+            if guard != "getattr" and guard not in r.guard_functions:
+                problems.append(f"{r.file}: guard {guard!r} of {name!r} is not a function here that feature-tests "
+                                "a TensorRT object (hasattr / getattr with a default)")
+        for u in r.uses:
+            where = f"{u.file}:{u.line}"
+            lacking = [v for v, idx in indexes.items() if idx.lookup(u.name) is None]
+            if len(lacking) == len(indexes):
+                problems.append(f"{where}: TensorRT has no {u.name!r} in any checked version ({', '.join(indexes)})")
+                continue
+            if lacking:
+                guard = r.table.get(u.name)
+                if guard is None:
+                    problems.append(f"{where}: {u.name!r} is missing from TensorRT {', '.join(lacking)}: guard it with a "
+                                    "feature test and list it in the module's VERSION_SPECIFIC")
+                elif not (u.feature_test or guard in u.guards or f"hasattr:{u.name}" in u.guards):
+                    problems.append(f"{where}: {u.name!r} (missing from TensorRT {', '.join(lacking)}) is used outside "
+                                    f"its guard {guard}")
+    return problems
+
+
+def tail_only(reports: list[SourceReport], indexes: dict) -> set[str]:
+    return {u.name for r in reports for u in r.uses
+            if any(idx.lookup(u.name) == "tail" for idx in indexes.values())}
+
+
+def project_sources() -> list[Path]:
+    """The project's Python files that import TensorRT (directly, or through export.tensorrt_build._tensorrt)."""
+    found = []
+    for d in SOURCE_DIRS:
+        for path in sorted((ROOT / d).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            if any(isinstance(n, ast.Import) and any(a.name == "tensorrt" for a in n.names)
+                   or isinstance(n, ast.ImportFrom) and (n.module == "tensorrt" or any(a.name == "_tensorrt" for a in n.names))
+                   for n in ast.walk(tree)):
+                found.append(path)
+    return found
+
+
+@pytest.fixture(scope="module")
+def indexes():
+    return committed_indexes()
+
+
+@pytest.fixture(scope="module")
+def project_reports():
+    return [collect(p.read_text(), str(p.relative_to(ROOT))) for p in project_sources()]
+
+
+def test_the_tensorrt_modules_are_all_found():
+    files = {str(p.relative_to(ROOT)) for p in project_sources()}
+    assert {"export/tensorrt_build.py", "export/trt_runtime.py"} <= files, files
+
+
+def test_every_tensorrt_name_the_project_uses_exists_in_10_and_11_or_is_guarded(project_reports, indexes):
+    problems = check(project_reports, indexes)
+    assert not problems, "\n".join(problems)
+    seen = {u.name for r in project_reports for u in r.uses}
+    assert MUST_SEE <= seen, f"the walker lost track of TensorRT objects: not seen {sorted(MUST_SEE - seen)}"
+
+
+def test_names_found_only_as_string_tails_are_reviewed(project_reports, indexes):
+    tails = tail_only(project_reports, indexes)
+    assert tails <= set(TAIL_ONLY), f"review these (present only inside longer strings): {sorted(tails - set(TAIL_ONLY))}"
+    assert set(TAIL_ONLY) <= tails, f"no longer used, or now whole strings: {sorted(set(TAIL_ONLY) - tails)}"
+
+
+def test_the_name_lists_hold_the_facts_the_code_relies_on(indexes):
+    v10, v11 = (indexes[v] for v in VERSIONS)
+    for weak in ("FP16", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS", "device_memory_size"):
+        assert v10.lookup(weak) == "exact" and v11.lookup(weak) is None, weak
+    for gone in ("precision", "set_output_type"):  # ILayer's weak-typing attributes: not even a string tail in 11
+        assert v10.lookup(gone) and v11.lookup(gone) is None, gone
+    for both in ("STRONGLY_TYPED", "create_network", "execute_async_v3", "set_tensor_address", "set_input_shape",
+                 "get_tensor_shape", "deserialize_cuda_engine", "create_timing_cache", "set_timing_cache",
+                 "WORKSPACE", "build_serialized_network", "device_memory_size_v2", "NORMALIZATION", "__version__"):
+        assert v10.lookup(both) == "exact" and v11.lookup(both) == "exact", both
+    assert v10.lookup("EXPLICIT_BATCH") == "exact" and v11.lookup("EXPLICIT_BATCH") is None
+    for v in VERSIONS:  # the full identifier set, not a hand-picked one
+        assert 1000 < len(indexes[v].names) and list_path(v).stat().st_size < 1 << 20
+
+
+BOGUS = '''
+import tensorrt as trt
+
+def build(builder, config):
+    config.set_flag(trt.BuilderFlag.FP17)
+'''
+UNGUARDED = '''
+import tensorrt as trt
+
+def build(builder):
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+'''
+GUARDED = '''
+import tensorrt as trt
+
+VERSION_SPECIFIC = {"FP16": "weak", "OBEY_PRECISION_CONSTRAINTS": "weak", "device_memory_size": "getattr"}
+
+def weak(trt):
+    return hasattr(trt.BuilderFlag, "FP16")
+
+def build(network: trt.INetworkDefinition, fp16):
+    config = trt.Builder(trt.Logger()).create_builder_config()
+    if fp16:
+        if not weak(trt):
+            raise RuntimeError("strongly typed only")
+        config.set_flag(trt.BuilderFlag.FP16)
+    if weak(trt):
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return config
+
+def memory(engine: trt.ICudaEngine):
+    return getattr(engine, "device_memory_size", None)
+'''
+
+
+def test_the_checker_fails_on_a_name_no_version_has(indexes):
+    problems = check([collect(BOGUS, "bogus.py")], indexes)
+    assert len(problems) == 1 and "'FP17'" in problems[0] and "any checked version" in problems[0], problems
+
+
+def test_the_checker_fails_on_an_unguarded_name_one_version_lacks(indexes):
+    problems = check([collect(UNGUARDED, "unguarded.py")], indexes)
+    assert len(problems) == 1 and "'OBEY_PRECISION_CONSTRAINTS' is missing from TensorRT 11.4.0.106" in problems[0], problems
+    listed = UNGUARDED.replace("def build", 'VERSION_SPECIFIC = {"OBEY_PRECISION_CONSTRAINTS": "getattr"}\n\ndef build')
+    problems = check([collect(listed, "listed.py")], indexes)  # listed, but still used outside a guard
+    assert len(problems) == 1 and "outside its guard" in problems[0], problems
+
+
+def test_the_checker_accepts_guarded_uses_and_rejects_a_stale_or_fake_guard(indexes):
+    assert check([collect(GUARDED, "guarded.py")], indexes) == []
+    stale = GUARDED.replace('"getattr"}', '"getattr", "create_network": "weak"}')
+    assert any("every checked TensorRT has" in p for p in check([collect(stale, "stale.py")], indexes))
+    fake = GUARDED.replace('return hasattr(trt.BuilderFlag, "FP16")', "return True")
+    problems = check([collect(fake, "fake.py")], indexes)
+    assert any("is not a function here that feature-tests" in p for p in problems), problems
+    outside = GUARDED.replace("    return config\n", "    return config, trt.BuilderFlag.FP16\n")
+    problems = check([collect(outside, "outside.py")], indexes)
+    assert len(problems) == 1 and "'FP16'" in problems[0] and "outside its guard weak" in problems[0], problems
+
+
+def test_the_checker_follows_objects_through_helpers_and_attributes(indexes):
+    source = '''
+from .tensorrt_build import _tensorrt
+
+class Model:
+    def __init__(self):
+        trt = _tensorrt()
+        self.engines = {}
+        self.engines[0] = trt.Runtime(trt.Logger()).deserialize_cuda_engine(b"")
+
+    def _ctx(self, key) -> trt.IExecutionContext:
+        return self.engines[key].create_execution_context()
+
+    def run(self):
+        ctx = self._ctx(0)
+        ctx.execute_async_v4(0)
+'''
+    source = "import tensorrt as trt\n" + source  # the annotation's trt, as under TYPE_CHECKING
+    report = collect(source, "model.py")
+    assert {"Runtime", "Logger", "deserialize_cuda_engine", "create_execution_context", "execute_async_v4"} <= \
+        {u.name for u in report.uses}
+    problems = check([report], indexes)
+    assert len(problems) == 1 and "'execute_async_v4'" in problems[0], problems
+
+
+@pytest.mark.skipif(not (os.environ.get("TAPDIFF_TRT_WHEEL_DIR") or os.environ.get("TAPDIFF_TRT_DOWNLOAD")),
+                    reason="re-deriving the lists needs the bindings wheels: set TAPDIFF_TRT_WHEEL_DIR to a folder "
+                           "holding them, or TAPDIFF_TRT_DOWNLOAD=1 to fetch them from PyPI")
+def test_the_committed_lists_are_what_the_wheels_hold(tmp_path):
+    wheel_dir = Path(os.environ.get("TAPDIFF_TRT_WHEEL_DIR") or Path.home() / ".cache" / "tapdiff" / "tensorrt-wheels")
+    for version in VERSIONS:
+        assert wheel_names(download_wheel(version, wheel_dir)) == read_list(list_path(version)), version
+
+
+# --- Feature detection, plan cache and per-thread contexts, on stand-in TensorRT objects --------------------
+# These exercise tapdiff's logic around TensorRT, not TensorRT: the stand-ins only carry the names the real
+# 10.x / 11.x bindings have (checked above).
+
+def _fake_trt(version: str):
+    from types import SimpleNamespace as NS
+
+    flags = dict(FP16="FP16", OBEY_PRECISION_CONSTRAINTS="OBEY") if version.startswith("10.") else {}
+    return NS(__version__=version, float32="fp32", BuilderFlag=NS(TF32="TF32", **flags),
+              LayerType=NS(SOFTMAX="softmax", REDUCE="reduce", NORMALIZATION="norm", CONVOLUTION="conv"))
+
+
+def test_fp16_is_refused_by_name_on_a_strongly_typed_only_tensorrt(monkeypatch, tmp_path):
+    from engine.backends import BackendError
+    from export import tensorrt_build as tb
+
+    trt10, trt11 = _fake_trt("10.13.3.9"), _fake_trt("11.4.0.106")
+    assert tb.weakly_typed(trt10) and not tb.weakly_typed(trt11)
+    tb.check_precision(trt10, True), tb.check_precision(trt11, False)
+    with pytest.raises(BackendError, match=r"TensorRT 11\.4\.0\.106 .*strongly typed only.*fp32 plan.*TensorRT 10"):
+        tb.check_precision(trt11, True)
+    monkeypatch.setattr(tb, "_tensorrt", lambda: trt11)
+    with pytest.raises(BackendError, match="strongly typed only"):  # before anything is read or built
+        tb.build_engine(tmp_path / "absent.onnx", tmp_path / "x.plan", {}, fp16=True)
+    with pytest.raises(BackendError, match="strongly typed only"):
+        tb.cached_engine(tmp_path / "absent.onnx", tmp_path, fp16=True)
+    assert not list(tmp_path.iterdir())
+
+
+def test_fp16_pins_softmax_reductions_and_normalisation_to_fp32_under_weak_typing():
+    from types import SimpleNamespace as NS
+
+    from engine.backends import BackendError
+    from export.tensorrt_build import enable_fp16, keep_fp32
+
+    class Layer:
+        def __init__(self, kind):
+            self.type, self.num_outputs, self.precision, self.outputs = kind, 2, None, {}
+
+        def set_output_type(self, j, dtype):
+            self.outputs[j] = dtype
+
+    layers = [Layer(k) for k in ("conv", "softmax", "reduce", "norm", "conv")]
+    network = NS(num_layers=len(layers), get_layer=layers.__getitem__)
+    flags = []
+    assert enable_fp16(_fake_trt("10.13.3.9"), NS(set_flag=flags.append), network) == 3
+    assert flags == ["FP16", "OBEY"]
+    assert [l.precision for l in layers] == [None, "fp32", "fp32", "fp32", None]
+    assert layers[1].outputs == {0: "fp32", 1: "fp32"} and layers[0].outputs == {}
+    with pytest.raises(BackendError, match="strongly typed only"):
+        keep_fp32(_fake_trt("11.4.0.106"), network)
+
+
+def test_engine_device_memory_prefers_the_v2_size_and_falls_back():
+    from types import SimpleNamespace as NS
+
+    from export.trt_runtime import engine_device_memory
+
+    assert engine_device_memory(NS(device_memory_size_v2=7 << 20, device_memory_size=5 << 20)) == 7 << 20  # 10.1+
+    assert engine_device_memory(NS(device_memory_size_v2=7 << 20)) == 7 << 20  # 11
+    assert engine_device_memory(NS(device_memory_size=5 << 20)) == 5 << 20  # 10.0
+    assert engine_device_memory(NS()) is None
+
+
+def test_a_plan_with_a_missing_unreadable_or_wrong_sidecar_is_rebuilt_saying_why_on_stderr(monkeypatch, tmp_path, capsys):
+    import contextlib
+    import json
+
+    import torch
+
+    from export import tensorrt_build as tb
+
+    onnx = tmp_path / "g.onnx"
+    onnx.write_bytes(b"graph")
+    onnx.with_suffix(".json").write_text(json.dumps({"inputs": [{"name": "x_t", "shape": [2, 1, 8, 8]}]}))
+    builds = []
+
+    def fake_build(onnx_path, engine_path, profile, fp16, timing_cache=None):
+        builds.append(engine_path)
+        return tb.atomic_write_bytes(engine_path, b"serialised engine %d" % len(builds))
+
+    monkeypatch.setattr(tb, "_tensorrt", lambda: _fake_trt("11.4.0.106"))
+    monkeypatch.setattr(tb, "build_engine", fake_build)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Stand-in GPU")
+
+    def run():
+        path = tb.cached_engine(onnx, tmp_path / "trt")
+        out = capsys.readouterr()
+        assert out.out == ""
+        return path, out.err
+
+    plan, err = run()
+    assert len(builds) == 1 and err == "" and tb.plan_is_intact(plan)
+    assert run() == (plan, "") and len(builds) == 1  # intact: reused
+    sidecar = tb.sidecar_path(plan)
+    for damage, why in [(lambda: sidecar.unlink(), "no sha256 sidecar"),
+                        (lambda: sidecar.write_bytes(b"\xff\xfe\x00"), "is unreadable"),
+                        (lambda: sidecar.write_text("not a digest"), "does not hold a sha256"),
+                        (lambda: plan.write_bytes(plan.read_bytes()[:5]), "bytes differ")]:
+        damage()
+        n = len(builds)
+        assert tb.plan_problem(plan) is not None and why in tb.plan_problem(plan)
+        path, err = run()
+        assert path == plan and len(builds) == n + 1 and tb.plan_is_intact(plan)
+        assert err.count("\n") == 1 and err.startswith(f"tapdiff: rebuilding {plan}: ") and why in err, err
+
+
+def test_each_thread_gets_its_own_execution_context_per_graph(monkeypatch, tmp_path):
+    import threading
+    from types import SimpleNamespace as NS
+
+    import torch
+
+    from export import trt_runtime as tr
+
+    created = []
+
+    class Engine:
+        num_io_tensors = 0
+        device_memory_size_v2 = 1 << 20
+
+        def create_execution_context(self):
+            created.append(threading.get_ident())
+            return NS(engine=self, n=len(created))
+
+    trt = _fake_trt("11.4.0.106")
+    trt.Logger = lambda level=None: "logger"
+    trt.Logger.WARNING = 2
+    trt.Runtime = lambda logger: NS(deserialize_cuda_engine=lambda blob: Engine())
+    monkeypatch.setattr(tr, "_tensorrt", lambda: trt)
+    monkeypatch.setattr(tr, "shared_logger", lambda trt: "logger")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: __import__("contextlib").nullcontext())
+    plan = tmp_path / "g.plan"
+    plan.write_bytes(b"plan")
+    model = tr.TrtScoreModel({(False, 4): plan, (True, 4): plan}, {}, device="cuda")
+    assert model.device == torch.device("cuda", 0)  # pinned to a device index at construction
+    assert model.device_memory() == {(False, 4): 1 << 20, (True, 4): 1 << 20}
+    here = model._context((False, 4))
+    assert model._context((False, 4)) is here and model._context((True, 4)) is not here
+    others, start = [], threading.Barrier(3)
+
+    def call():
+        start.wait()
+        others.append((model._context((False, 4)), model._context((False, 4))))
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(a is b for a, b in others)  # one per thread, reused there
+    assert len({id(a) for a, _ in others} | {id(here)}) == 4 and len(created) == 5
