@@ -1,6 +1,7 @@
 """tapdiff serve as a real server process, asked by a real HTTP client: answers equal the engine's alone,
 bad requests get 422 with the reason, limits give 429."""
 import io
+import json
 import socket
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import zipfile
 import httpx
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.api import Engine
 
@@ -21,12 +24,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint):
+def _start(checkpoint, *args):
+    """A real ``tapdiff serve`` process on a free port: (url, process)."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--checkpoint", str(tiny_checkpoint),
-                             "--port", str(port), "--max-clips", "4", "--max-queued", "6", "--max-delay-ms", "50"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--checkpoint", str(checkpoint),
+                             "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -35,9 +37,19 @@ def server(tiny_checkpoint):
         except httpx.TransportError:
             time.sleep(0.2)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    yield url
+    return url, proc
+
+
+def _stop(proc) -> None:
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    url, proc = _start(tiny_checkpoint, "--max-clips", "4", "--max-queued", "6", "--max-delay-ms", "50")
+    yield url
+    _stop(proc)
 
 
 def _samples(wav: bytes) -> np.ndarray:
@@ -89,3 +101,146 @@ def test_queued_clips_beyond_the_limit_get_429_and_nothing_is_lost(server):
                               range(4)))
     assert set(codes) <= {200, 429} and 200 in codes and 429 in codes  # 4 x 3 clips > 6 queued
     assert httpx.get(f"{server}/health").json()["queued_clips"] == 0
+
+
+# ------------------------------------------------------------------------ hostile but honest clients (issue 20)
+STRICT = ("--max-clips", "4", "--max-nfe", "100", "--max-queued", "8", "--max-batch", "1", "--max-delay-ms", "0",
+          "--max-body-bytes", "2048", "--body-timeout-s", "1", "--request-timeout-s", "30")
+
+
+@pytest.fixture(scope="module")
+def strict(tiny_checkpoint):
+    """One clip per batch, small body and time limits: each behaviour below is visible in a second or two."""
+    url, proc = _start(tiny_checkpoint, *STRICT)
+    yield url
+    _stop(proc)
+
+
+def _raw(url: str, data: bytes, headers: dict | None = None, timeout: float = 30) -> httpx.Response:
+    return httpx.post(f"{url}/generate", content=data, headers={"content-type": "application/json", **(headers or {})},
+                      timeout=timeout)
+
+
+@pytest.mark.parametrize("body,reason", [
+    (b'{"digit": 7, "guidance": NaN}', "guidance"),
+    (b'{"digit": 7, "guidance": Infinity}', "guidance"),
+    (b'{"digit": 7, "guidance": 1e308}', "less than or equal to 100"),
+    (b'{"digit": 7, "nfe": 1000000000000}', "less than or equal to 100"),
+    (b'{"digit": true}', "valid integer"),
+    (b'{"digit": 7, "n": "2"}', "valid integer"),
+    (b'{"digit": 7, "steps": 3}', "Extra inputs are not permitted"),
+    (b'{"digit": 7, "seed": 99999999999999999999999}', "seed"),
+    (b'[7]', "valid dictionary"),
+    (b'{"digit": 7', "json_invalid"),
+])
+def test_bad_values_are_422_with_the_reason_never_500(strict, body, reason):
+    r = _raw(strict, body)
+    assert r.status_code == 422 and reason in r.text, (r.status_code, r.text)
+
+
+def test_a_large_body_is_413_and_a_short_body_408_without_holding_the_connection(strict):
+    big = b'{"digit": 7, "pad": "' + b"x" * 20_000_000 + b'"}'
+    r = _raw(strict, big)
+    assert r.status_code == 413 and "2048 bytes" in r.text
+
+    def chunks():
+        yield b'{"digit": 7, "pad": "'
+        for _ in range(100):
+            yield b"x" * 100
+        yield b'"}'
+
+    r = httpx.post(f"{strict}/generate", content=chunks(), headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 413  # no Content-Length: counted as it arrives
+    with socket.create_connection(("127.0.0.1", int(strict.rsplit(":", 1)[1])), timeout=20) as s:
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                  b'{"digit": 7}')  # 12 of the 100 bytes announced
+        t0 = time.monotonic()
+        answer = s.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and time.monotonic() - t0 < 10
+
+
+def test_info_does_not_expose_local_paths(strict, tiny_checkpoint):
+    info = httpx.get(f"{strict}/info").text
+    assert str(tiny_checkpoint) not in info and str(tiny_checkpoint.parent) not in info
+    assert httpx.get(f"{strict}/info").json()["checkpoint"] == tiny_checkpoint.name
+
+
+def _health(url: str) -> dict:
+    return httpx.get(f"{url}/health", timeout=10).json()
+
+
+def _settled(url: str, seconds: float = 20) -> dict:
+    deadline = time.monotonic() + seconds
+    while (h := _health(url))["queued_clips"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return h
+
+
+def test_a_client_that_disconnects_frees_its_queued_clips(strict):
+    before = _settled(strict)["clips_sampled"]
+    long = {"digit": 7, "n": 4, "nfe": 100, "sampler": "euler_maruyama"}  # 4 batches of one clip, ~0.4 s each here
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{strict}/generate", json=long, timeout=0.6)
+    after = _settled(strict)
+    assert after["queued_clips"] == 0
+    time.sleep(1.5)  # time for the rest of the request, had it kept running
+    assert _health(strict)["clips_sampled"] - before < 4
+
+
+def test_a_short_request_is_not_stuck_behind_a_long_one(strict):
+    import concurrent.futures as cf
+
+    long = {"digit": 7, "n": 4, "nfe": 100, "sampler": "euler_maruyama", "seed": 1}
+    short = {"digit": 1, "n": 1, "nfe": 3, "seed": 2}
+    done = {}
+
+    def post(name, body, delay):
+        time.sleep(delay)
+        r = httpx.post(f"{strict}/generate", json=body, timeout=120)
+        done[name] = time.monotonic()
+        return r.status_code
+
+    with cf.ThreadPoolExecutor(2) as pool:
+        codes = list(pool.map(lambda a: post(*a), [("long", long, 0.0), ("short", short, 0.3)]))
+    assert codes == [200, 200]
+    assert done["short"] < done["long"]  # served in turn: after at most one of the long request's batches
+
+
+def test_a_request_past_its_timeout_is_504_and_its_clips_are_dropped(tiny_checkpoint):
+    url, proc = _start(tiny_checkpoint, *STRICT[:-2], "--request-timeout-s", "1")
+    try:
+        before = _health(url)["clips_sampled"]
+        r = httpx.post(f"{url}/generate", json={"digit": 7, "n": 4, "nfe": 100, "sampler": "euler_maruyama"},
+                       timeout=60)
+        assert r.status_code == 504 and "1 s" in r.text
+        assert _settled(url)["queued_clips"] == 0
+        time.sleep(1.5)
+        assert _health(url)["clips_sampled"] - before < 4
+    finally:
+        _stop(proc)
+
+
+REQUEST_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 12), st.integers(10**6, 10**20),
+                           st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5),
+                           st.lists(st.integers(-2, 11), max_size=3), st.sampled_from(["heun", "dpmpp_2m", "x"]))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.dictionaries(st.sampled_from(["digit", "n", "seed", "guidance", "nfe", "sampler", "extra"]),
+                            REQUEST_VALUES, max_size=6))
+def test_any_request_gets_valid_audio_or_a_4xx_with_a_reason(strict, body):
+    body.setdefault("nfe", 2)  # keep accepted requests cheap; other values of nfe are still drawn
+    if isinstance(body.get("nfe"), int) and not isinstance(body["nfe"], bool) and body["nfe"] > 3:
+        body["nfe"] = 3
+    data = json.dumps(body, allow_nan=True).encode()
+    r = _raw(strict, data, timeout=60)  # never a hang: a timeout raises and fails the test
+    assert r.status_code < 500, (body, r.status_code, r.text)
+    if r.status_code == 200:
+        digits = body.get("digit")
+        clips = body.get("n", 1) * (len(digits) if isinstance(digits, list) else 1)
+        if clips == 1:
+            assert len(_samples(r.content)) == 11520
+        else:
+            assert len(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == clips
+    else:
+        assert 400 <= r.status_code < 500 and r.json()["detail"], (body, r.text)
