@@ -26,11 +26,11 @@ from report import command, emit, header, record
 
 from engine.api import Engine
 from engine.diffusion.solvers import SOLVERS, SamplerSpec
-from engine.evaluation.provenance import code_version
+from engine.provenance import code_version
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import score_network_kind
 from engine.storage.atomic import atomic_write_bytes
-from engine.storage.bundle import load_bundle
+from engine.bundle import load_bundle
 from engine.storage.checkpoint import DEFAULT_CHECKPOINT, update_config
 
 REFERENCE = ("euler_maruyama", 100)
@@ -45,19 +45,18 @@ def sweep(args, cache: dict) -> list[dict]:
     ev = load_bundle(args.checkpoint, model=None, need_evaluator=True)
     for model in args.models:
         engine = Engine(args.checkpoint, model=model, vocoder="griffin-lim", batch_size=args.batch,
-                        backend="torch")  # fade and rho change per point: the eager module takes them at once
+                        backend="torch")  # each fade is a denoiser of its own: the eager module builds at once
         judge = QualityJudge(ev, args.data, engine.labels)
         weights = engine.bundle.weights_sha256(score_network_kind(model).weights)
         for fade, rho in ((f, r) for f in args.fades for r in args.rhos):
-            engine.score_model.fade_sigma = fade
             for solver in args.solvers:
                 for nfe in args.nfe:
-                    spec = SamplerSpec.from_nfe(solver, nfe, rho)
-                    key = json.dumps([str(Path(args.checkpoint).resolve()), model, weights, code_version(), spec.label(),
-                                      fade, args.guidance, args.n, args.seed, args.data, args.batch])
+                    spec = SamplerSpec.from_nfe(solver, nfe, rho, fade_sigma=fade)
+                    key = json.dumps([str(Path(args.checkpoint).resolve()), model, weights, code_version(),
+                                      SamplerSpec.from_nfe(solver, nfe, rho).label(), fade, args.guidance, args.n,
+                                      args.seed, args.data, args.batch])
                     if key not in cache:
-                        engine.default_sampler = spec  # its rho applies to the run
-                        r = evaluate_quality(engine, judge, args.n, args.guidance, args.seed, solver, spec.steps)
+                        r = evaluate_quality(engine, judge, args.n, args.guidance, args.seed, spec)
                         cache[key] = {"model": model, "solver": solver, "nfe_budget": nfe, "nfe": spec.nfe,
                                       "steps": spec.steps, "fade": fade, "rho": rho, "recognised": r.recognised,
                                       "fd": r.fd, "fd_floor": r.fd_real_halves}
@@ -77,10 +76,10 @@ def time_points(rows: list[dict], args) -> None:
         engine.generate(labels, n=1, guidance=args.guidance, sampler="euler_maruyama", nfe=5)  # warm-up
         for r in rows:
             if r["model"] == model:
-                engine.score_model.fade_sigma = r["fade"]
-                engine.default_sampler = SamplerSpec(r["solver"], r["steps"], r.get("rho"))
+                spec = SamplerSpec(r["solver"], r["steps"], r.get("rho"), fade_sigma=r["fade"])
+                engine.generate(labels, n=1, guidance=args.guidance, spec=spec)  # builds this fade's denoiser
                 t0 = time.perf_counter()
-                engine.generate(labels, n=1, guidance=args.guidance, seed=args.seed, sampler=r["solver"], steps=r["steps"])
+                engine.generate(labels, n=1, guidance=args.guidance, seed=args.seed, spec=spec)
                 r["seconds_per_clip"] = (time.perf_counter() - t0) / len(labels)
 
 

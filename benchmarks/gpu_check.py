@@ -581,7 +581,7 @@ CUDA_PROVIDER_NAMES = ("CUDAExecutionProvider", "onnxruntime-gpu", "CUDA provide
 
 def judge_ort_refusal(e: BaseException) -> tuple[str, str]:
     """A refusal passes when it is a BackendError / ImportError whose message names the missing CUDA provider."""
-    from engine.backends import BackendError
+    from engine.errors import BackendError
 
     text = f"{type(e).__name__}: {e}"
     if isinstance(e, (BackendError, ImportError)) and any(s in str(e) for s in CUDA_PROVIDER_NAMES):
@@ -964,7 +964,7 @@ def environment() -> dict:
 
 
 def render_markdown(report: dict) -> str:
-    from engine.evaluation.provenance import markdown_header
+    from engine.provenance import markdown_header
 
     lines = ["# GPU verification kit", "", markdown_header(report["record"]), "",
              f"**{report['summary']}** in {report['wall_s']:.1f} s (budget {report['budget_s']:g} s); "
@@ -1024,7 +1024,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kit.on_result()
         return 0
 
-    from engine.evaluation.provenance import run_record
+    from engine.provenance import run_record
 
     record = run_record("python benchmarks/gpu_check.py " + shlex.join(argv))
     isolate = args.isolate == "yes" or (args.isolate == "auto" and torch.cuda.is_available())

@@ -29,11 +29,11 @@ from pathlib import Path
 from report import emit, header, load_cache, record, save_cache
 
 from engine.api import Engine
-from engine.evaluation.provenance import code_version
+from engine.provenance import code_version
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import score_network_kind
 from engine.storage.atomic import atomic_write_bytes
-from engine.storage.bundle import load_bundle
+from engine.bundle import load_bundle
 from engine.storage.checkpoint import load_weights, read_config
 from engine.storage.state_file import load_state, state_path
 

@@ -1,5 +1,5 @@
 """CLI: onnxruntime session settings (graph optimisation level, intra-op threads) for the score graph,
-interleaved in one process, each against eager torch; what export/ort_runtime.py's defaults rest on.
+interleaved in one process, each against eager torch; what engine/runtimes/ort.py's defaults rest on.
 
     python benchmarks/ort_settings.py --out benchmarks/results/ort_settings.md
 """
@@ -16,7 +16,7 @@ from engine.evaluation.bench import interleaved, paired_ratio
 from engine.evaluation.cost import score_eval
 from engine.storage.checkpoint import DEFAULT_CHECKPOINT
 from export.artifacts import GraphSpec, default_cache_dir, ensure_score_graphs
-from export.ort_runtime import LEVELS, OrtScoreModel
+from engine.runtimes.ort import LEVELS, OrtScoreModel
 
 
 @torch.no_grad()

@@ -24,10 +24,10 @@ from report import emit, header, load_cache, record, save_cache
 
 from engine.api import Engine
 from engine.evaluation.cost import peak_step_memory, step_cost, time_score_eval
-from engine.evaluation.provenance import code_version
+from engine.provenance import code_version
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import SCORE_NETWORKS
-from engine.storage.bundle import has_model, load_bundle
+from engine.bundle import has_model, load_bundle
 from export.onnx_macs import traced_step_macs
 
 GAMMAS = (3.0, 0.0)
@@ -41,7 +41,7 @@ def quality(engine: Engine, ev, data: str, clips: int, seed: int, sampler: str |
     row = {"labels": judge.digits, "clips": per_digit * len(judge.digits), "real_clips": judge.real_clips,
            "fd_floor": judge.floor}
     for gamma in GAMMAS:
-        r = evaluate_quality(engine, judge, per_digit, gamma, seed, sampler, nfe=nfe)
+        r = evaluate_quality(engine, judge, per_digit, gamma, seed, engine.sampler_spec(sampler, nfe=nfe))
         row[str(gamma)] = {"recognised": r.recognised, "fd": r.fd, "sampler": r.sampler, "nfe": r.nfe}
     return row
 

@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from engine.evaluation.provenance import markdown_header, run_record
+from engine.provenance import markdown_header, run_record
 
 
 def command(script: str) -> str:

@@ -13,7 +13,7 @@ import sys
 from report import emit, header
 
 from engine.evaluation.cost import step_cost, time_score_eval
-from engine.storage.bundle import load_bundle
+from engine.bundle import load_bundle
 from engine.storage.checkpoint import DEFAULT_CHECKPOINT
 
 

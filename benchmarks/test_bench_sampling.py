@@ -7,7 +7,7 @@ import torch
 
 from engine.audio.vocoders import GriffinLim
 from engine.evaluation.cost import score_eval
-from engine.storage.bundle import load_bundle
+from engine.bundle import load_bundle
 from engine.storage.checkpoint import DEFAULT_CHECKPOINT
 from engine.storage.config import FeatureConfig
 

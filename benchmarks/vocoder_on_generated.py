@@ -14,7 +14,7 @@ from report import emit, header
 from engine.api import Engine
 from engine.audio.vocoders import VOCODERS, make_vocoder
 from engine.evaluation.quality import QualityJudge
-from engine.storage.bundle import load_bundle
+from engine.bundle import load_bundle
 from engine.storage.checkpoint import DEFAULT_CHECKPOINT
 
 

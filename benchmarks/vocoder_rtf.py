@@ -23,7 +23,7 @@ from engine.storage.config import FeatureConfig
 
 def hifigan_model(directory):
     from engine.audio.hifigan_import import import_vocoder
-    from engine.storage.vocoder_store import default_vocoder_dir, load_vocoder
+    from engine.audio.vocoder_store import default_vocoder_dir, load_vocoder
 
     d = Path(directory) if directory else default_vocoder_dir()
     if not (d / "hifigan.json").exists():

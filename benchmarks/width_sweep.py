@@ -26,11 +26,11 @@ from report import emit, header, load_cache, record, save_cache
 
 from engine.api import Engine
 from engine.cli import main as tapdiff
-from engine.evaluation.provenance import code_version
+from engine.provenance import code_version
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import SCORE_NETWORKS
 from engine.storage.atomic import atomic_write_bytes
-from engine.storage.bundle import load_bundle
+from engine.bundle import load_bundle
 from engine.storage.checkpoint import read_config, write_config
 
 SHARED_FILES = ("classifier.safetensors", "evaluator.safetensors")

@@ -1,8 +1,10 @@
 """The public API: ``Engine`` loads a checkpoint bundle and generates log-Mels and waveforms."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -17,17 +19,16 @@ from .audio.wav import wav_bytes
 from .storage.atomic import write_files_or_none
 from .backends import DEFAULT_BACKEND, BackendError, backend_can_be_captured, resolve_backend, score_backend
 from .diffusion.captured import CapturedSampler, can_capture
-from .diffusion.guidance import conditioned
+from .diffusion.guidance import DEFAULT_GUIDANCE, conditioned
 from .diffusion.noise import clip_seed, draw_noise
 from .diffusion.score_model import score_model
 from .diffusion.solvers import SamplerSpec, get_solver, sample
 from .diffusion.taps import onehot
 from .limits import Limits
 from .stages import stage
-from .storage.bundle import Bundle, load_bundle
+from .bundle import Bundle, load_bundle
 from .storage.checkpoint import DEFAULT_CHECKPOINT, CheckpointError
 
-DEFAULT_GUIDANCE = 3.0
 
 
 def clip_names(labels: Sequence[int | None]) -> list[str]:
@@ -114,11 +115,15 @@ class Engine:
         # what the solvers call: the score model itself, or an exported copy of it run by another runtime
         self.scorer = score_backend(self.backend, self.score_model, self.bundle, self.device, artifacts,
                                     max_batch=batch_size)
+        self._artifacts = artifacts
+        self._denoisers = {self.score_model.fade_sigma: self.scorer}  # per guidance fade (denoiser_for)
+        self._denoisers_lock = threading.Lock()
         # the checkpoint's measured choice (benchmarks/choose_sampling.py --write), checked on load
         sampling = self.bundle.sampling
         try:
             self.default_sampler = SamplerSpec(sampling["sampler"], sampling["steps"], sampling["rho"],
-                                               tuple(sorted(sampling["options"].items())))
+                                               tuple(sorted(sampling["options"].items())),
+                                               float(sampling["guidance_fade_sigma"]))
         except ValueError as e:
             raise CheckpointError(f"{self.bundle.directory / 'config.json'}: its sampling section is invalid: {e}") from e
         self.vocoder_name = vocoder or sampling["vocoder"]
@@ -128,31 +133,55 @@ class Engine:
     def labels(self) -> tuple[int, ...]:
         return self.bundle.labels
 
-    def sampler_spec(self, sampler: str | None = None, steps: int | None = None, nfe: int | None = None
+    def sampler_spec(self, sampler: str | None = None, steps: int | None = None, nfe: int | None = None,
+                     rho: float | None = None, options: dict | None = None, fade_sigma: float | None = None
                      ) -> SamplerSpec:
-        """The run a request asks for: the checkpoint's default solver and schedule unless overridden;
-        ``nfe`` (score evaluations per clip) or ``steps``, not both. The default's options and rho carry
-        over only when its solver is kept."""
+        """The run a request asks for, in full: the checkpoint's default solver, schedule and guidance fade
+        unless overridden; ``nfe`` (score evaluations per clip) or ``steps``, not both. The default's options
+        and rho carry over only when its solver is kept; its fade always does unless ``fade_sigma`` is given."""
         if steps is not None and nfe is not None:
             raise ValueError("give steps or nfe, not both")
         d = self.default_sampler
         name = sampler or d.solver
         get_solver(name)
-        rho, options = (d.rho, d.options) if name == d.solver else (None, ())
+        kept = name == d.solver
+        rho = rho if rho is not None else (d.rho if kept else None)
+        options = tuple(sorted(options.items())) if options is not None else (d.options if kept else ())
+        fade_sigma = d.fade_sigma if fade_sigma is None else fade_sigma
         for what, value in (("nfe", nfe), ("steps", steps)):  # bounded before anything is sized by them
             if _is_int(value) and value > self.limits.max_nfe:
                 raise ValueError(f"{what} {value} is above this engine's limit of {self.limits.max_nfe} score "
                                  "evaluations per clip (Limits.max_nfe)")
         if nfe is not None:
-            spec = SamplerSpec.from_nfe(name, nfe, rho, options)
+            spec = SamplerSpec.from_nfe(name, nfe, rho, options, fade_sigma)
         else:
             if steps is None:
-                steps = d.steps if name == d.solver else get_solver(name).steps_for_nfe(d.nfe)
-            spec = SamplerSpec(name, steps, rho, options)
+                steps = d.steps if kept else get_solver(name).steps_for_nfe(d.nfe)
+            spec = SamplerSpec(name, steps, rho, options, fade_sigma)
+        return self.check_spec(spec)
+
+    def check_spec(self, spec: SamplerSpec) -> SamplerSpec:
+        """``spec`` with its fade filled in (the checkpoint's when None), if it is within this engine's limits."""
+        if not isinstance(spec, SamplerSpec):
+            raise ValueError(f"spec must be a SamplerSpec, got {type(spec).__name__}")
         if spec.nfe > self.limits.max_nfe:
             raise ValueError(f"{spec.label()} needs {spec.nfe} score evaluations per clip; this engine's limit is "
                              f"{self.limits.max_nfe} (Limits.max_nfe)")
+        if spec.fade_sigma is None:
+            spec = dataclasses.replace(spec, fade_sigma=self.default_sampler.fade_sigma)
         return spec
+
+    def denoiser_for(self, spec: SamplerSpec):
+        """What the solvers call for ``spec``: the engine's denoiser as its backend runs it, for the spec's guidance
+        fade. A fade other than the loaded one gets its own denoiser, built once (for an exported backend, graphs
+        exported with that fade baked in, from the artifact cache)."""
+        fade = float(self.default_sampler.fade_sigma if spec.fade_sigma is None else spec.fade_sigma)
+        with self._denoisers_lock:
+            if fade not in self._denoisers:
+                model = score_model(self.bundle, fade).to(self.device)
+                self._denoisers[fade] = score_backend(self.backend, model, self.bundle, self.device, self._artifacts,
+                                                      max_batch=self.batch_size)
+            return self._denoisers[fade]
 
     def _check(self, labels, n, guidance, seed) -> None:
         for y in labels:
@@ -195,7 +224,7 @@ class Engine:
             chunk = list(clips[start:start + self.batch_size])
             noise = draw_noise([clip_seed(c.seed, c.index) for c in chunk], (1, feats.n_mels, feats.frames),
                                spec.steps, solver.noise_per_step, self.device)
-            fn = conditioned(self.scorer, *self.conditioning(chunk))
+            fn = conditioned(self.denoiser_for(spec), *self.conditioning(chunk))
             if can_capture(self.device) and backend_can_be_captured(self.backend):
                 # CUDA: one captured graph per step kind, replayed every step
                 runner = CapturedSampler(fn, solver, noise.prior.shape, self.device)
@@ -222,14 +251,16 @@ class Engine:
 
     def generate(self, labels: int | Sequence[int] | None = None, n: int = 1, steps: int | None = None,
                  guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sampler: str | None = None,
-                 nfe: int | None = None, shard: tuple[int, int] | None = None) -> Generation:
+                 nfe: int | None = None, shard: tuple[int, int] | None = None,
+                 spec: SamplerSpec | None = None) -> Generation:
         """``n`` clips per requested digit (``labels=None``: n unconditional clips, guidance ignored).
-        ``sampler``/``steps``/``nfe`` override the checkpoint's measured default solver and budget.
+        ``sampler``/``steps``/``nfe`` override the checkpoint's measured default solver and budget; ``spec`` (a
+        ``SamplerSpec``: solver, steps, rho, options, guidance fade) gives the whole run instead.
         ``shard=(rank, world)``: only the clips whose index is ``rank`` modulo ``world``, named as in the
         whole request, so shards generated anywhere add up to the request's files.
         Safe to call from several threads at once: the engine holds no state that a call changes.
         Holds every clip of the request until it returns; ``generate_chunks`` hands them over a batch at a time."""
-        parts = list(self.generate_chunks(labels, n, steps, guidance, seed, sampler, nfe, shard))
+        parts = list(self.generate_chunks(labels, n, steps, guidance, seed, sampler, nfe, shard, spec))
         if not parts:
             return Generation([], torch.empty(0), torch.empty(0), self.bundle.features.sample_rate, [])
         return Generation([y for g in parts for y in g.labels], torch.cat([g.mels for g in parts]),
@@ -237,7 +268,8 @@ class Engine:
 
     def generate_chunks(self, labels: int | Sequence[int] | None = None, n: int = 1, steps: int | None = None,
                         guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sampler: str | None = None,
-                        nfe: int | None = None, shard: tuple[int, int] | None = None) -> Iterator[Generation]:
+                        nfe: int | None = None, shard: tuple[int, int] | None = None,
+                        spec: SamplerSpec | None = None) -> Iterator[Generation]:
         """``generate``'s clips, vocoded and handed over one sampler batch (``batch_size`` clips) at a time,
         so a request of any size holds at most one batch in memory. The request is validated in full before
         the first clip is sampled."""
@@ -248,7 +280,12 @@ class Engine:
             if not (_is_int(rank) and _is_int(world) and 0 <= rank < world):
                 raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
             clips, names = clips[rank::world], names[rank::world]
-        spec = self.sampler_spec(sampler, steps, nfe)
+        if spec is not None:
+            if (sampler, steps, nfe) != (None, None, None):
+                raise ValueError("give spec or sampler/steps/nfe, not both")
+            spec = self.check_spec(spec)
+        else:
+            spec = self.sampler_spec(sampler, steps, nfe)
         return self._chunks(clips, names, spec)
 
     def _chunks(self, clips: list[Clip], names: list[str], spec: SamplerSpec) -> Iterator[Generation]:

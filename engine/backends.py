@@ -17,7 +17,8 @@ from typing import Callable
 import torch
 
 from .diffusion.score_model import GuidedDenoiser
-from .storage.bundle import Bundle
+from .errors import BackendError
+from .bundle import Bundle
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 # The default, "auto": on a CPU, onnxruntime where it is installed, else torch. Chosen by measurement on this CPU
@@ -49,41 +50,86 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-class BackendError(RuntimeError):
-    """A backend that cannot run here as asked: no GPU, a provider that onnxruntime lacks or fell back from."""
-
-
 def score_backend(name: str, model: GuidedDenoiser, bundle: Bundle, device: torch.device,
                   cache_dir: str | Path | None = None, batches: tuple[int, ...] | None = None,
                   max_batch: int = 64, fp16: bool = False, log: Callable[[str], None] = _warn):
-    """The score model of ``bundle`` as run by backend ``name``. Graphs are always exported from a CPU copy
-    of the model (with CPU example inputs), whatever device ``model`` is on."""
+    """The denoiser of ``bundle`` as run by backend ``name``: ``model`` itself for torch, else the runtime
+    over the artifacts ``build_artifacts`` makes (the same ones ``tapdiff export`` makes)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    if fp16 and name != "tensorrt":
+        raise ValueError(f"fp16 is a TensorRT plan precision; the {name} backend runs fp32")
     if name == "torch":
         return model
+    graphs, plans = build_artifacts(name, model, bundle, device, cache_dir, batches, max_batch, fp16, log)
+    if name == "onnxruntime":
+        from .runtimes.ort import OrtScoreModel
+
+        return OrtScoreModel(graphs, device=str(device))
+    from .runtimes.trt import TrtScoreModel, read_manifest
+
+    return TrtScoreModel(plans, {k: read_manifest(p) for k, p in graphs.items()}, str(device), max_batch)
+
+
+def plan_profile(batch: int | None, max_batch: int) -> tuple[int, int, int] | None:
+    """The TensorRT optimisation profile of a graph: none for a static batch, (1, max_batch, max_batch) for a
+    dynamic one. The one place export and runtime derive it, so the plan ``tapdiff export`` builds is the
+    plan the Engine loads."""
+    return None if batch is not None else (1, max_batch, max_batch)
+
+
+def build_artifacts(name: str, model: GuidedDenoiser, bundle: Bundle, device: torch.device,
+                    cache_dir: str | Path | None = None, batches: tuple[int, ...] | None = None,
+                    max_batch: int = 64, fp16: bool = False, log: Callable[[str], None] = _warn):
+    """(graphs, plans) that backend ``name`` runs, from the cache or built there: ONNX graphs exported from a
+    CPU copy of ``model`` (with CPU example inputs, whatever device ``model`` is on), and for tensorrt the
+    plans built from them on ``device``."""
     if name == "tensorrt" and (device.type != "cuda" or not torch.cuda.is_available()):
         raise BackendError("the tensorrt backend needs an NVIDIA GPU: run with device='cuda' on a machine with one "
                            "(this machine has none visible to torch)")
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:  # export's parity check and the onnxruntime backend both need them
-        raise ImportError(f"the {name} backend needs {' and '.join(missing)}: pip install 'tapdiff[export]'")
+        raise ImportError(f"the {name} backend needs {' and '.join(missing)} (pip install onnx onnxruntime)")
     from export.artifacts import GraphSpec, default_cache_dir, ensure_score_graphs
 
     on_cpu = model if _on_cpu(model) else copy.deepcopy(model).cpu()
     spec = GraphSpec.of(bundle, on_cpu, batches)
     graphs = ensure_score_graphs(on_cpu, bundle, spec, cache_dir or default_cache_dir(), log)
-    if name == "onnxruntime":
-        from export.ort_runtime import OrtScoreModel
-
-        return OrtScoreModel(graphs, device=str(device))
+    if name != "tensorrt":
+        return graphs, {}
     from export.tensorrt_build import cached_engine
-    from export.trt_runtime import TrtScoreModel, read_manifest
 
-    plans = {key: cached_engine(path, path.parent / "trt", None if key[1] is not None else (1, max_batch, max_batch),
-                                fp16, device=str(device)) for key, path in graphs.items()}
-    return TrtScoreModel(plans, {k: read_manifest(p) for k, p in graphs.items()}, str(device), max_batch)
+    plans = {key: cached_engine(path, path.parent / "trt", plan_profile(key[1], max_batch), fp16, device=str(device))
+             for key, path in graphs.items()}
+    return graphs, plans
 
 
 def _on_cpu(module: torch.nn.Module) -> bool:
     return all(t.device.type == "cpu" for t in (*module.parameters(), *module.buffers()))
+
+
+def export_artifacts(checkpoint, model_name: str, cache_dir=None, max_batch: int = 16, fp16: bool = False,
+                     device: str = "cuda", log: Callable[[str], None] = _warn) -> list[Path]:
+    """What ``tapdiff export`` builds: the artifacts an ``Engine(checkpoint, model=model_name,
+    batch_size=max_batch)`` loads, graphs always, TensorRT plans where TensorRT and a GPU are (else one line
+    says why not). Returns their paths."""
+    from .bundle import load_bundle
+    from .diffusion.score_model import score_model
+
+    bundle = load_bundle(checkpoint, model=model_name)
+    model = score_model(bundle)
+    reason = None
+    if importlib.util.find_spec("tensorrt") is None:
+        reason = "TensorRT is not installed (see pyproject's notes)"
+    elif not torch.cuda.is_available():
+        reason = "no NVIDIA GPU is visible to torch"
+    if reason is not None:
+        if fp16:
+            raise BackendError(f"--fp16 asks for TensorRT plans, which cannot be built here: {reason}")
+        log(f"tapdiff: no TensorRT plans built: {reason}")
+        graphs, plans = build_artifacts("onnxruntime", model, bundle, torch.device("cpu"), cache_dir, None,
+                                        max_batch, False, log)
+    else:
+        graphs, plans = build_artifacts("tensorrt", model, bundle, torch.device(device), cache_dir, None, max_batch,
+                                        fp16, log)
+    return [*graphs.values(), *plans.values()]

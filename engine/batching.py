@@ -61,12 +61,15 @@ class Batcher:
         self._worker.start()
 
     def submit(self, labels=None, n: int = 1, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
-               sampler: str | None = None, steps: int | None = None, nfe: int | None = None) -> Future:
+               sampler: str | None = None, steps: int | None = None, nfe: int | None = None,
+               spec: SamplerSpec | None = None) -> Future:
         """Like ``Engine.generate``, asynchronously. Bad input fails the returned future, not the caller."""
         future: Future = Future()
         try:
             clips = self.engine.request_clips(labels, n, guidance, seed)
-            spec = self.engine.sampler_spec(sampler, steps, nfe)
+            if spec is not None and (sampler, steps, nfe) != (None, None, None):
+                raise ValueError("give spec or sampler/steps/nfe, not both")
+            spec = self.engine.check_spec(spec) if spec is not None else self.engine.sampler_spec(sampler, steps, nfe)
         except ValueError as e:
             future.set_exception(e)
             return future

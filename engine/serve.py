@@ -1,7 +1,7 @@
 """``tapdiff serve``: the engine behind HTTP, with request batching (optional extra ``tapdiff[serve]``:
 FastAPI + uvicorn).
 
-- ``POST /generate`` {digit (or a list, or null), n, seed, guidance, nfe, sampler}: one clip as
+- ``POST /generate`` {digit (or a list, or null), n, seed, guidance, nfe, sampler, rho, guidance_fade}: one clip as
   ``audio/wav``, several as a zip of WAVs (``{digit}_{index}.wav``). Requests are batched by a
   ``engine.batching.Batcher``, in turns of one batch, so a short request is not stuck behind a long one.
 - ``GET /health``, ``GET /info`` (checkpoint name and weights hash, model, labels, backend, defaults, limits).
@@ -107,6 +107,9 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
         guidance: float = Field(DEFAULT_GUIDANCE, ge=0, le=bounds.max_guidance, allow_inf_nan=False)
         nfe: Optional[int] = Field(None, ge=1, le=bounds.max_nfe, description="score evaluations per clip")
         sampler: Optional[Literal[tuple(sorted(SOLVERS))]] = None
+        rho: Optional[float] = Field(None, gt=0, le=100, allow_inf_nan=False, description="Karras schedule rho")
+        guidance_fade: Optional[float] = Field(None, ge=0, le=1000, allow_inf_nan=False,
+                                               description="guidance fade sigma (default: the checkpoint's)")
 
     app = FastAPI(title="tapdiff", version="0.1.0",
                   description=f"Limits: {bounds.max_clips} clips per request, {bounds.max_nfe} score evaluations per "
@@ -154,7 +157,11 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
                 raise HTTPException(429, f"{queued[0]} clips are queued; at most {limits.max_queued}: retry later")
             queued[0] += clips
         try:
-            future = batcher.submit(req.digit, req.n, req.guidance, req.seed, req.sampler, nfe=req.nfe)
+            spec = engine.sampler_spec(req.sampler, nfe=req.nfe, rho=req.rho, fade_sigma=req.guidance_fade)
+            future = batcher.submit(req.digit, req.n, req.guidance, req.seed, spec=spec)
+        except ValueError as e:
+            release(clips)(None)
+            raise HTTPException(422, str(e)) from None
         except BaseException:
             release(clips)(None)
             raise

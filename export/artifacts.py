@@ -25,9 +25,9 @@ from typing import Callable
 import torch
 
 from engine.diffusion.score_model import GuidedDenoiser
-from engine.evaluation.provenance import code_version
+from engine.provenance import code_version
 from engine.models.registry import score_network_kind
-from engine.storage.bundle import Bundle
+from engine.bundle import Bundle
 
 from engine.storage.hashing import file_sha256
 from engine.storage.paths import cache_root

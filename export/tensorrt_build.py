@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.backends import BackendError
+from engine.errors import BackendError
 from engine.storage.atomic import atomic_write_bytes
 from engine.storage.hashing import file_sha256
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import backend_for, needs_grad
+from .inputs import check_attention_inputs
 
 
 def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -35,19 +36,6 @@ def tap_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
                             heads: int) -> torch.Tensor:
     """q, k, v (B, C, H, W), pos (1, C, H, W) -> attention output (B, C, H, W) in q's dtype."""
     return multi_head_attention(q + pos, k + pos, v, heads)
-
-
-def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, heads: int) -> None:
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return  # shapes are symbolic while exporting, and the exported graph cannot carry these checks
-    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v must share one (B, C, H, W) shape: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if pos.shape != (1, *q.shape[1:]):
-        raise ValueError(f"pos must be (1, C, H, W) = {(1, *q.shape[1:])}, got {tuple(pos.shape)}")
-    if heads < 1 or q.shape[1] % heads:
-        raise ValueError(f"channels {q.shape[1]} do not split into {heads} heads")
-    if len({t.dtype for t in (q, k, v, pos)}) != 1 or len({t.device for t in (q, k, v, pos)}) != 1:
-        raise ValueError("q, k, v and pos must share dtype and device")
 
 
 def tap_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, heads: int) -> torch.Tensor:

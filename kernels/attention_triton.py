@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import check_attention_inputs
+from .inputs import check_attention_inputs
 
 LOG2E = 1.4426950408889634
 

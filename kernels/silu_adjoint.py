@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .dispatch import backend_for, needs_grad
+from .inputs import check_adjoint_inputs
 
 
 def silu_derivative(t: torch.Tensor) -> torch.Tensor:
@@ -35,24 +36,6 @@ def silu_affine_adjoint_reference(x: torch.Tensor, t: torch.Tensor, weight: torc
     if weight is not None:
         y = y * weight[:, None, None]
     return y if residual is None else residual + y
-
-
-def check_adjoint_inputs(x, t, weight, scale, residual) -> None:
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return  # shapes are symbolic while exporting, and the exported graph cannot carry these checks
-    if t.dim() != 4 or x.dim() not in (4, 5) or x.shape[-4:] != t.shape:
-        raise ValueError(f"x must be (S, B, C, H, W) or (B, C, H, W) over t (B, C, H, W): {tuple(x.shape)} vs {tuple(t.shape)}")
-    B, C = t.shape[:2]
-    if weight is not None and weight.shape != (C,):
-        raise ValueError(f"weight must be ({C},), got {tuple(weight.shape)}")
-    if scale is not None and (scale.dim() != 4 or scale.shape[2:] != (1, 1) or scale.shape[0] not in (1, B)
-                              or scale.shape[1] not in (1, C)):
-        raise ValueError(f"scale must broadcast to ({B}, {C}, 1, 1), got {tuple(scale.shape)}")
-    if residual is not None and residual.shape != x.shape:
-        raise ValueError(f"residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
-    tensors = [a for a in (x, t, weight, scale, residual) if a is not None]
-    if len({a.dtype for a in tensors}) != 1 or len({a.device for a in tensors}) != 1:
-        raise ValueError("all inputs must share dtype and device")
 
 
 def silu_affine_adjoint(x: torch.Tensor, t: torch.Tensor, weight: torch.Tensor | None,

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .silu_adjoint import check_adjoint_inputs
+from .inputs import check_adjoint_inputs
 
 LAUNCH = {"block": 1024, "num_warps": 4}  # 8 elements per thread: two 128-bit fp32 accesses per tensor
 

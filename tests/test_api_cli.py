@@ -28,8 +28,17 @@ def test_cli_trains_generates_and_evaluates(tiny_checkpoint, tmp_path, fsdd_root
                  "--guidance", "0", "3", "--json", str(report)]) == 0
     reports = json.loads(report.read_text())["reports"]
     assert [r["guidance"] for r in reports] == [0.0, 3.0]
+    # the CLI's numbers are the API's for the same request (a flag dropped on the way would change them)
+    from engine.bundle import load_bundle
+    from engine.evaluation.quality import QualityJudge, evaluate_quality
+
+    engine = Engine(tiny_checkpoint)
+    judge = QualityJudge(load_bundle(tiny_checkpoint, model=None, need_evaluator=True), str(fsdd_root), engine.labels)
     for r in reports:
-        assert 0.0 <= r["recognised"] <= 1.0 and r["fd"] > 0 and r["fd_real_halves"] > 0
+        want = evaluate_quality(engine, judge, 2, r["guidance"], 0, engine.sampler_spec(steps=2)).to_dict()
+        assert (r["recognised"], r["recognised_per_digit"], r["steps"]) == \
+            (want["recognised"], want["recognised_per_digit"], want["steps"])
+        assert abs(r["fd"] - want["fd"]) < 1e-3 * want["fd"] and r["fd_real_halves"] == want["fd_real_halves"]
 
 
 def test_same_seed_same_output_and_different_seed_differs(tiny_checkpoint):

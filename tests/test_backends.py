@@ -4,15 +4,17 @@ without TensorRT)."""
 import json
 import shutil
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import export.artifacts as artifacts
 from engine.api import Engine
-from engine.backends import BackendError
+from engine.errors import BackendError
 from engine.cli import main
 from export.tensorrt_build import plan_is_intact
-from export.trt_runtime import binding_plan, select_graph
+from engine.runtimes.trt import binding_plan, select_graph
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def test_onnxruntime_samples_what_torch_samples(tiny_with_baselines, cache, mode
 
 def _graphs(bundle_dir, cache, log):
     from engine.diffusion.score_model import score_model
-    from engine.storage.bundle import load_bundle
+    from engine.bundle import load_bundle
 
     b = load_bundle(bundle_dir)
     m = score_model(b)
@@ -80,17 +82,43 @@ def test_other_weights_get_another_artifact(tiny_checkpoint, tmp_path, fsdd_root
     assert a[(True, None)].parent != b[(True, None)].parent  # keyed by the weights' sha256
 
 
-def test_export_command_writes_graphs_and_says_why_no_plans(tiny_checkpoint, tmp_path, capsys):
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--static", "--batch", "1,3"]) == 0
+def test_export_command_builds_what_the_engine_loads_and_says_why_no_plans(tiny_checkpoint, tmp_path, capsys):
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--max-batch", "4"]) == 0
     out = capsys.readouterr()
     paths = out.out.split()
-    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["guided_b1.onnx", "guided_b3.onnx", "unguided_b1.onnx",
-                                                          "unguided_b3.onnx"]
+    assert sorted(p.rsplit("/", 1)[1] for p in paths) == ["guided_dyn.onnx", "unguided_dyn.onnx"]
     assert "no TensorRT plans built" in out.err
-    from export.ort_runtime import OrtScoreModel
+    before = {p: Path(p).stat().st_mtime_ns for p in paths}
+    engine = Engine(tiny_checkpoint, backend="onnxruntime", artifacts=tmp_path, batch_size=4)
+    assert {p: Path(p).stat().st_mtime_ns for p in paths} == before  # loaded as exported, not exported again
+    assert "rebuilding" not in capsys.readouterr().err
+    assert engine.generate(7, n=1, nfe=1).mels.shape == (1, 80, 72)
+    with pytest.raises(BackendError, match="fp16 asks for TensorRT plans"):
+        main_raises(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--fp16"])
 
-    graphs = {(p.rsplit("/", 1)[1].startswith("guided"), int(p.rsplit("_b", 1)[1][:-5])): p for p in paths}
-    ort = OrtScoreModel({k: __import__("pathlib").Path(v) for k, v in graphs.items()})
+
+def main_raises(argv):
+    """Run a command's function directly (main() would turn its error into exit status 2)."""
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    return args.func(args)
+
+
+def test_static_graphs_serve_their_batch_sizes_only(tiny_checkpoint, tmp_path):
+    from export.artifacts import GraphSpec, ensure_score_graphs
+
+    from engine.bundle import load_bundle
+    from engine.diffusion.score_model import score_model
+    from engine.runtimes.ort import OrtScoreModel
+
+    bundle = load_bundle(tiny_checkpoint)
+    model = score_model(bundle)
+    graphs = ensure_score_graphs(model, bundle, GraphSpec.of(bundle, model, (1, 3)), tmp_path)
+    assert sorted(p.name for p in graphs.values()) == ["guided_b1.onnx", "guided_b3.onnx", "unguided_b1.onnx",
+                                                       "unguided_b3.onnx"]
+    ort = OrtScoreModel(graphs)
     x, s = torch.randn(3, 1, 80, 72), torch.ones(3)
     assert ort(x, s).shape == (3, 1, 80, 72)
     with pytest.raises(ValueError, match="static batch sizes \\[1, 3\\]"):
@@ -98,7 +126,19 @@ def test_export_command_writes_graphs_and_says_why_no_plans(tiny_checkpoint, tmp
 
 
 def test_backends_that_cannot_run_here_say_why(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    if not torch.cuda.is_available():
+    import importlib.util
+
+    if torch.cuda.is_available():  # the GPU machine: what it lacks is named instead
+        if importlib.util.find_spec("tensorrt") is None:
+            with pytest.raises(ImportError, match="TensorRT is not installed"):
+                Engine(tiny_checkpoint, backend="tensorrt", device="cuda", artifacts=tmp_path)
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            with pytest.raises(BackendError, match="has no CUDAExecutionProvider"):
+                Engine(tiny_checkpoint, backend="onnxruntime", device="cuda", artifacts=tmp_path)
+        assert Engine(tiny_checkpoint, device="cuda").backend == "torch"  # auto on CUDA: the capturable backend
+    else:
         with pytest.raises(BackendError, match="needs an NVIDIA GPU"):
             Engine(tiny_checkpoint, backend="tensorrt", artifacts=tmp_path)
         with pytest.raises(BackendError, match="CUDA is not available"):
@@ -112,7 +152,7 @@ def test_backends_that_cannot_run_here_say_why(tiny_checkpoint, tmp_path, monkey
         assert not (tmp_path / "wav").exists() and not (tmp_path / "b").exists()
     import onnxruntime
 
-    from export.ort_runtime import checked_session, session_options
+    from engine.runtimes.ort import checked_session, session_options
 
     graphs, _ = _graphs(tiny_checkpoint, tmp_path, print)
     path, so = graphs[(True, None)], session_options(1, "all")
@@ -142,7 +182,7 @@ def test_missing_onnxruntime_is_named(tiny_checkpoint, tmp_path, monkeypatch):
 
     graphs, _ = _graphs(tiny_checkpoint, tmp_path, print)
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
-    from export.ort_runtime import OrtScoreModel
+    from engine.runtimes.ort import OrtScoreModel
 
     with pytest.raises(ImportError, match="needs onnxruntime"):
         OrtScoreModel(graphs)
@@ -150,7 +190,7 @@ def test_missing_onnxruntime_is_named(tiny_checkpoint, tmp_path, monkeypatch):
 
     real_find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "onnxruntime" else real_find(m, *a))
-    with pytest.raises(ImportError, match="needs onnxruntime: pip install 'tapdiff\\[export\\]'"):
+    with pytest.raises(ImportError, match="needs onnxruntime \\(pip install onnx onnxruntime\\)"):
         Engine(tiny_checkpoint, backend="onnxruntime", artifacts=tmp_path)
 
 

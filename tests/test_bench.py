@@ -40,12 +40,17 @@ def test_bench_command_writes_json_markdown_and_plot_and_reports_skips(tiny_with
         assert set(row["ratios"]) == {"tapdiff/torch / two-model/torch", "tapdiff/onnxruntime / two-model/onnxruntime",
                                       "tapdiff/onnxruntime / tapdiff/torch", "two-model/onnxruntime / two-model/torch"}
         assert all(v > 0 for v in row["peak_mb"].values()) or row["batch"] == 1
+        # both memory figures per system: live activations (planned) and the process peak (measured)
+        assert set(row["planned_mib"]) == set(row["measured_mib"]) == set(row["latency_s"])
+        assert all(v > 0 for v in row["planned_mib"].values()) and all(v > 0 for v in row["measured_mib"].values())
+        assert row["memory"]["tapdiff/onnxruntime"]["planned_source"] == "exported ONNX graph, liveness"
     gen = r["generate"]
     assert [g["batch"] for g in gen] == [1, 2] and all(v > 0 for v in gen[1]["rtf"].values())
     assert set(r["parity"]) == {"tapdiff/onnxruntime", "two-model/onnxruntime"}
     assert all(p["max_rel_diff"] < 1e-3 for p in r["parity"].values())
     md = (out / "bench.md").read_text()
     assert md.startswith("Command: `tapdiff bench") and "| tapdiff/onnxruntime / tapdiff/torch |" in md
+    assert "live activations (planned) MiB | process peak over pre-evaluation state (measured) MiB" in md
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -38,5 +38,9 @@ def test_sweep_writes_table_json_plot_and_the_choice(tiny_checkpoint, fsdd_root,
     points = json.loads(js.read_text())["points"]
     assert len(points) == 4 and all(p["seconds_per_clip"] > 0 for p in points)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    chosen = json.loads((ck / "config.json").read_text())["sampling"]
-    assert chosen["sampler"] in ("euler_maruyama", "dpmpp_2m") and chosen["chosen_by"].startswith("python benchmarks/")
+    written = json.loads((ck / "config.json").read_text())["sampling"]
+    _, chosen = choose(points, "tapdiff", tolerance=0.02, fd_ratio=1.1)  # the script's defaults, on its own points
+    assert (written["sampler"], written["steps"], written["guidance_fade_sigma"]) == \
+        (chosen["solver"], chosen["steps"], chosen["fade"])
+    assert (written["recognised"], written["fd"]) == (chosen["recognised"], chosen["fd"])
+    assert written["chosen_by"].startswith("python benchmarks/choose_sampling.py")

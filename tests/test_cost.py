@@ -1,7 +1,7 @@
 import pytest
 
 from engine.evaluation.cost import n_params, step_cost
-from engine.storage.bundle import load_bundle
+from engine.bundle import load_bundle
 
 
 def test_tapdiff_step_macs_add_up_and_guidance_costs_one_more_adjoint(tiny_checkpoint):

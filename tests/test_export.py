@@ -126,7 +126,7 @@ def test_macs_counted_on_the_traced_graph_equal_the_eager_count(tiny_with_baseli
     eager code (explicit adjoint included) and the operators of the exported ONNX graph, guided and not."""
     from engine.diffusion.score_model import score_model
     from engine.evaluation.cost import step_cost
-    from engine.storage.bundle import load_bundle
+    from engine.bundle import load_bundle
     from export.onnx_macs import traced_step_macs
 
     b = load_bundle(tiny_with_baselines, model=model)
@@ -140,7 +140,7 @@ def test_macs_counted_on_the_traced_graph_equal_the_eager_count(tiny_with_baseli
 
 def test_two_model_score_exports_with_tensorrt_supported_operators(tiny_with_baselines, tmp_path):
     from engine.diffusion.score_model import score_model
-    from engine.storage.bundle import load_bundle
+    from engine.bundle import load_bundle
 
     b = load_bundle(tiny_with_baselines, model="two-model")
     with torch.no_grad():

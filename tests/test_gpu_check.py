@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.backends import BackendError
+from engine.errors import BackendError
 from engine.diffusion.captured import CapturedSampler
 from engine.diffusion.sde import karras_schedule
 from engine.diffusion.solvers import SOLVERS

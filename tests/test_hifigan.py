@@ -12,7 +12,7 @@ from torch import nn
 
 from engine.audio.hifigan_import import load_original_checkpoint, load_torchscript_package, ts_package_installed
 from engine.models.hifigan import HiFiGANConfig, HiFiGANGenerator, fold_weight_norm
-from engine.storage.vocoder_store import CONFIG_FILE, WEIGHTS_FILE, load_vocoder, save_vocoder
+from engine.audio.vocoder_store import CONFIG_FILE, WEIGHTS_FILE, load_vocoder, save_vocoder
 
 TINY = HiFiGANConfig(n_mels=80, upsample_rates=(4, 2), upsample_kernel_sizes=(8, 4), upsample_initial_channel=16,
                      resblock="1", resblock_kernel_sizes=(3, 5), resblock_dilation_sizes=((1, 3), (1, 3)),

@@ -5,7 +5,7 @@ import torch
 
 from engine.api import Engine
 from engine.evaluation.quality import QualityJudge, evaluate_quality
-from engine.storage.bundle import load_bundle
+from engine.bundle import load_bundle
 from engine.storage.checkpoint import DEFAULT_CHECKPOINT
 
 
@@ -30,7 +30,7 @@ def test_guided_samples_are_recognised_more_often_than_unguided(engine, fsdd_roo
     judge = QualityJudge(load_bundle(DEFAULT_CHECKPOINT, model=None, need_evaluator=True), fsdd_root, range(10))
     rates = {}
     for gamma in (0.0, 3.0):
-        r = evaluate_quality(engine, judge, 2, gamma, seed=0, sampler="dpmpp_2m_sde", nfe=20)
+        r = evaluate_quality(engine, judge, 2, gamma, seed=0, spec=engine.sampler_spec("dpmpp_2m_sde", nfe=20))
         assert r.nfe == 20 and r.fd > judge.floor
         rates[gamma] = r.recognised
     assert rates[3.0] > rates[0.0] + 0.2, rates

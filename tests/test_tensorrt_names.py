@@ -385,7 +385,7 @@ def project_reports():
 
 def test_the_tensorrt_modules_are_all_found():
     files = {str(p.relative_to(ROOT)) for p in project_sources()}
-    assert {"export/tensorrt_build.py", "export/trt_runtime.py"} <= files, files
+    assert {"export/tensorrt_build.py", "engine/runtimes/trt.py"} <= files, files
 
 
 def test_every_tensorrt_name_the_project_uses_exists_in_10_and_11_or_is_guarded(project_reports, indexes):
@@ -524,7 +524,7 @@ def _fake_trt(version: str):
 
 
 def test_fp16_is_refused_by_name_on_a_strongly_typed_only_tensorrt(monkeypatch, tmp_path):
-    from engine.backends import BackendError
+    from engine.errors import BackendError
     from export import tensorrt_build as tb
 
     trt10, trt11 = _fake_trt("10.13.3.9"), _fake_trt("11.4.0.106")
@@ -543,7 +543,7 @@ def test_fp16_is_refused_by_name_on_a_strongly_typed_only_tensorrt(monkeypatch, 
 def test_fp16_pins_softmax_reductions_and_normalisation_to_fp32_under_weak_typing():
     from types import SimpleNamespace as NS
 
-    from engine.backends import BackendError
+    from engine.errors import BackendError
     from export.tensorrt_build import enable_fp16, keep_fp32
 
     class Layer:
@@ -567,7 +567,7 @@ def test_fp16_pins_softmax_reductions_and_normalisation_to_fp32_under_weak_typin
 def test_engine_device_memory_prefers_the_v2_size_and_falls_back():
     from types import SimpleNamespace as NS
 
-    from export.trt_runtime import engine_device_memory
+    from engine.runtimes.trt import engine_device_memory
 
     assert engine_device_memory(NS(device_memory_size_v2=7 << 20, device_memory_size=5 << 20)) == 7 << 20  # 10.1+
     assert engine_device_memory(NS(device_memory_size_v2=7 << 20)) == 7 << 20  # 11
@@ -626,7 +626,7 @@ def test_each_thread_gets_its_own_execution_context_per_graph(monkeypatch, tmp_p
 
     import torch
 
-    from export import trt_runtime as tr
+    from engine.runtimes import trt as tr
 
     created = []
 

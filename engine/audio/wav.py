@@ -8,11 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import AudioFileError
 from ..storage.atomic import atomic_write
-
-
-class AudioFileError(ValueError):
-    """An audio file that cannot be read as mono/stereo PCM WAV."""
 
 
 def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:

@@ -13,6 +13,7 @@ import torch
 from .denoiser import per_sample
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DEFAULT_GUIDANCE = 3.0  # gamma: the paper's guidance strength, every entry point's default
 
 
 def guidance_weight(sigma: torch.Tensor, fade_sigma: float) -> torch.Tensor:

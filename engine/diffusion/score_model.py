@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..storage.bundle import Bundle
+from ..bundle import Bundle
 from .denoiser import EDMDenoiser
 from .guidance import apply_guidance
 from .taps import TapExtractor

@@ -260,6 +260,7 @@ class SamplerSpec:
     steps: int
     rho: float | None = None
     options: tuple[tuple[str, float], ...] = ()
+    fade_sigma: float | None = None  # the guidance fade (engine.diffusion.guidance); None: the checkpoint's
 
     def __post_init__(self):
         solver = get_solver(self.solver)
@@ -267,13 +268,18 @@ class SamplerSpec:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
         if self.rho is not None and not (isinstance(self.rho, (int, float)) and math.isfinite(self.rho) and self.rho > 0):
             raise ValueError(f"rho must be a finite number > 0, got {self.rho!r}")
+        if self.fade_sigma is not None and not (isinstance(self.fade_sigma, (int, float))
+                                                and not isinstance(self.fade_sigma, bool)
+                                                and math.isfinite(self.fade_sigma) and self.fade_sigma >= 0):
+            raise ValueError(f"fade_sigma must be a finite number >= 0, got {self.fade_sigma!r}")
         solver.options(dict(self.options))
 
     @classmethod
-    def from_nfe(cls, solver: str, nfe: int, rho: float | None = None, options=()) -> "SamplerSpec":
+    def from_nfe(cls, solver: str, nfe: int, rho: float | None = None, options=(),
+                 fade_sigma: float | None = None) -> "SamplerSpec":
         if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
             raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
-        return cls(solver, get_solver(solver).steps_for_nfe(int(nfe)), rho, tuple(options))
+        return cls(solver, get_solver(solver).steps_for_nfe(int(nfe)), rho, tuple(options), fade_sigma)
 
     @property
     def nfe(self) -> int:
@@ -285,7 +291,8 @@ class SamplerSpec:
         return karras_schedule(self.steps, sde, rho=self.rho)
 
     def label(self) -> str:
-        extra = "".join(f", {k}={v:g}" for k, v in self.options) + (f", rho={self.rho:g}" if self.rho else "")
+        extra = "".join(f", {k}={v:g}" for k, v in self.options) + (f", rho={self.rho:g}" if self.rho else "") \
+            + (f", fade={self.fade_sigma:g}" if self.fade_sigma else "")
         return f"{self.solver} ({self.steps} steps, {self.nfe} NFE{extra})"
 
 

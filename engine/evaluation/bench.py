@@ -3,8 +3,11 @@
 Every timing comparison is interleaved: within each round, each configuration (model x backend) runs once
 in turn, so machine noise hits all of them alike; ratios (a model against the reference model, a backend
 against eager torch) are taken per round and reported as median [p10, p90]. Per configuration: parameters,
-MACs per score evaluation (counted on the executed graph), peak memory of score evaluations (process RSS
-on CPU, in a fresh process; the CUDA allocator's peak on GPU), latency per score evaluation and per clip
+MACs per score evaluation (counted on the executed graph), memory of a score evaluation as two figures that
+mean the same thing on every backend (``engine.evaluation.memory``): live activations (planned: liveness over
+the exported graph for onnxruntime and TensorRT, torch's allocator peak for eager torch) and the process
+peak over its pre-evaluation state (measured in a fresh process, the first evaluations included; on GPU the
+device memory taken), beside the older peak over the warmed process; latency per score evaluation and per clip
 end to end (vocoder included), throughput and real-time factor, from batch 1 up. A model or backend this
 machine cannot run is reported as skipped, with the reason.
 """
@@ -18,8 +21,8 @@ from typing import Callable
 import torch
 
 from ..api import Engine
-from ..storage.bundle import has_model, load_bundle
-from .cost import peak_step_memory, score_eval, step_cost
+from ..bundle import has_model, load_bundle
+from .cost import score_eval, step_cost
 
 Log = Callable[[str], None]
 
@@ -115,6 +118,7 @@ def run_bench(checkpoint, cfg: BenchConfig, log: Log = print) -> dict:
                 k: v for k, v in e.bundle.config.get("files", {}).items()},
             "sampler": e.sampler_spec(cfg.sampler, nfe=cfg.nfe).label()}
     pairs = _ratio_pairs(names, cfg)
+    planned_cache: dict = {}  # (model, guided, batch) -> the exported graph's plan, shared by its runtimes
     for batch in cfg.batches:
         for gamma in cfg.guidances:
             fns = {}
@@ -126,7 +130,11 @@ def run_bench(checkpoint, cfg: BenchConfig, log: Log = print) -> dict:
                    "latency_s": {k: quantiles(v) for k, v in times.items()},
                    "ratios": {f"{a} / {b}": paired_ratio(times[a], times[b]) for a, b in pairs}}
             if cfg.memory:
-                row["peak_mb"] = {n: _memory(checkpoint, engines[n], batch, gamma, cfg) for n in names}
+                memory = {n: _memory(checkpoint, engines[n], batch, gamma, cfg, planned_cache) for n in names}
+                row["peak_mb"] = {n: m["peak_mb"] for n, m in memory.items()}
+                row["planned_mib"] = {n: m["planned_mib"] for n, m in memory.items()}
+                row["measured_mib"] = {n: m["measured_mib"] for n, m in memory.items()}
+                row["memory"] = memory
             result["score_eval"].append(row)
             log(f"bench: score evaluation, batch {batch}, guidance {gamma:g}: " + ", ".join(
                 f"{k} {1e3 * v['median']:.1f} ms" for k, v in row["latency_s"].items()))
@@ -170,17 +178,55 @@ def parity(engines: dict, cfg: BenchConfig) -> dict:
     return out
 
 
-def _memory(checkpoint, engine: Engine, batch: int, gamma: float, cfg: BenchConfig) -> float:
-    if engine.device.type == "cuda":
+def _memory(checkpoint, engine: Engine, batch: int, gamma: float, cfg: BenchConfig, planned_cache: dict) -> dict:
+    """One system's memory figures for one score evaluation (``engine.evaluation.memory``):
+
+    - ``planned_mib``, live activations (planned): onnxruntime and TensorRT, liveness over the exported graph
+      at this batch (machine-independent); eager torch, the allocator's live-bytes peak of an evaluation;
+    - ``measured_mib``, process peak over pre-evaluation state (measured): in a fresh process, the resident
+      set's peak (on GPU: device memory in use) over its state once the model and runtime are built, the
+      first evaluations included, with the engine's runtime settings; None with ``measured_reason`` where
+      this machine cannot take it;
+    - ``peak_mb``, the earlier figure, kept: on CPU the resident set's peak of three evaluations over the
+      process warmed by one (the same probe's), on GPU torch's allocator peak in this process."""
+    from .memory import MIB, Runtime, measured_memory, planned_onnx, planned_torch
+
+    out: dict = {}
+    if engine.backend == "torch":
+        plan = planned_torch(engine.bundle, batch, gamma, engine.score_model, engine.device)
+        out["planned_mib"], out["planned_source"] = plan["peak_mib"], plan["source"]
+    else:
+        key = (engine.model, gamma > 0, batch)
+        if key not in planned_cache:
+            on_cpu = engine.score_model if engine.device.type == "cpu" else None  # export needs a CPU model
+            planned_cache[key] = planned_onnx(engine.bundle, batch, gamma, cfg.artifacts, on_cpu).peak_mib
+        out["planned_mib"], out["planned_source"] = planned_cache[key], "exported ONNX graph, liveness"
+    cuda = engine.device.type == "cuda"
+    try:
+        m = measured_memory(checkpoint, engine.model, Runtime(engine.backend), batch, gamma,
+                            threads=torch.get_num_threads(), evals=4, device=str(engine.device),
+                            artifacts=cfg.artifacts)
+    except RuntimeError as e:  # the probe failed: say why rather than report a number
+        m = {"measured_bytes": None, "reason": str(e)[-300:]}
+    out["measured_mib"] = None if m.get("measured_bytes") is None else m["measured_bytes"] / MIB
+    out["measured_source"] = m.get("source")
+    if m.get("reason"):
+        out["measured_reason"] = m["reason"]
+    for k in ("torch_allocator_peak_bytes", "nvml_delta_bytes", "tensorrt_context_bytes"):
+        if k in m:
+            out[k] = m[k]
+    if cuda:
         fn, x, s = score_eval(engine.bundle, batch, gamma, engine.scorer, engine.device)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         fn(x, s)
         torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
-    return peak_step_memory(checkpoint, engine.model, batch, gamma, engine.backend,
-                            cfg.artifacts)["step_peak_increase_mb"]
+        out["peak_mb"] = (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    else:
+        steady = m.get("steady_peak_increase_bytes")
+        out["peak_mb"] = None if steady is None else steady / 2 ** 20
+    return out
 
 
 def scaling(generate_rows: list[dict], names: list[str]) -> dict:
@@ -202,7 +248,7 @@ def _quality(checkpoint, engines: dict, cfg: BenchConfig) -> dict:
     for name, e in engines.items():
         judge = QualityJudge(ev, cfg.data, e.labels)
         for gamma in cfg.guidances:
-            r = evaluate_quality(e, judge, cfg.quality, gamma, 0, cfg.sampler, nfe=cfg.nfe)
+            r = evaluate_quality(e, judge, cfg.quality, gamma, 0, e.sampler_spec(cfg.sampler, nfe=cfg.nfe))
             out[f"{name} @ {gamma:g}"] = {"recognised": r.recognised, "fd": r.fd, "fd_floor": r.fd_real_halves,
                                           "nfe": r.nfe, "sampler": r.sampler}
     return out
@@ -223,27 +269,43 @@ def targets(result: dict) -> list[tuple[str, float, float, bool]]:
         if r["batch"] == 16 and r["guidance"] > 0 and key in r["ratios"]:
             v = r["ratios"][key]["median"]
             rows.append(("guided score evaluation latency at batch 16, tapdiff / two-model", v, 0.7, v <= 0.7))
-            if "peak_mb" in r:
-                m = r["peak_mb"]["tapdiff/torch"] / r["peak_mb"]["two-model/torch"]
-                rows.append(("guided score evaluation peak memory at batch 16, tapdiff / two-model", m, 0.7, m <= 0.7))
+            for field, what in (("peak_mb", "peak over the warmed process"), ("planned_mib", "live activations, planned"),
+                                ("measured_mib", "process peak over pre-evaluation state, measured")):
+                mem = r.get(field, {})
+                a, b = mem.get("tapdiff/torch"), mem.get("two-model/torch")
+                if a is not None and b:
+                    rows.append((f"guided score evaluation memory ({what}) at batch 16, tapdiff / two-model", a / b,
+                                 0.7, a / b <= 0.7))
     return rows
 
 
 def render(result: dict, header: str) -> str:
     sy = result["systems"]
-    lines = [header, "Latency: median [p10, p90] over interleaved rounds; ratios per round. Peak MB: resident-memory "
-             "increase during score evaluations over the loaded process (CPU), in a fresh process per configuration.", ""]
+    lines = [header, "Latency: median [p10, p90] over interleaved rounds; ratios per round. Memory of one score "
+             "evaluation, two figures (engine.evaluation.memory): live activations (planned), MiB: the peak of live "
+             "activation bytes, by liveness over the exported ONNX graph (onnxruntime, TensorRT) or torch's allocator "
+             "(eager torch); process peak over pre-evaluation state (measured), MiB: the resident set's peak (GPU: "
+             "device memory in use) over the process once built, first evaluations included, a fresh process per "
+             "configuration; and, as before, the peak over the warmed process, MB (the resident set's increase "
+             "during three evaluations over the process warmed by one, same probe, CPU; torch's allocator peak, "
+             "GPU: what a warm-up made a runtime keep is not in it).", ""]
     if result["skipped"]:
         lines += ["Skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()), ""]
     lines += ["| system | params total / trainable | GMAC per clip guided / unguided | solver |", "|---|---|---|---|"]
     for n, s in sy.items():
         lines.append(f"| {n} | {s['params_total'] / 1e6:.2f}M / {s['params_trainable'] / 1e6:.2f}M | "
                      f"{s['macs_guided'] / 1e9:.3f} / {s['macs_unguided'] / 1e9:.3f} | {s['sampler']} |")
-    lines += ["", "#### One score evaluation", "", "| batch | guidance | system | ms | ms per clip | peak MB |",
-              "|---:|---:|---|---|---:|---:|"]
+    lines += ["", "#### One score evaluation", "", "| batch | guidance | system | ms | ms per clip | live activations "
+              "(planned) MiB | process peak over pre-evaluation state (measured) MiB | peak over warmed process MB |",
+              "|---:|---:|---|---|---:|---:|---:|---:|"]
+
+    def fig(r, key, n, spec):
+        v = r.get(key, {}).get(n)
+        return ("" if key not in r else "n/a") if v is None else format(v, spec)
+
     for r in result["score_eval"]:
         for n, q in r["latency_s"].items():
-            mem = f"{r['peak_mb'][n]:.0f}" if "peak_mb" in r else ""
+            mem = f"{fig(r, 'planned_mib', n, '.1f')} | {fig(r, 'measured_mib', n, '.1f')} | {fig(r, 'peak_mb', n, '.0f')}"
             lines.append(f"| {r['batch']} | {r['guidance']:g} | {n} | {1e3 * q['median']:.1f} [{1e3 * q['p10']:.1f}, "
                          f"{1e3 * q['p90']:.1f}] | {1e3 * q['median'] / r['batch']:.1f} | {mem} |")
     lines += ["", "| batch | guidance | ratio | median [p10, p90] |", "|---:|---:|---|---|"]
@@ -289,10 +351,15 @@ def plot(result: dict, path) -> None:
     for n in names:
         gen = result["generate"]
         a.plot([r["batch"] for r in gen], [r["seconds_per_clip"][n]["median"] for r in gen], marker="o", label=n)
-        ev = [r for r in result["score_eval"] if r["guidance"] == max(result["config"]["guidances"]) and "peak_mb" in r]
+        ev = [r for r in result["score_eval"] if r["guidance"] == max(result["config"]["guidances"]) and "measured_mib" in r]
         if ev:
-            b.plot([r["batch"] for r in ev], [r["peak_mb"][n] for r in ev], marker="o", label=n)
-    for ax, what in ((a, "seconds per clip, end to end"), (b, "peak MB per guided score evaluation")):
+            def values(key):
+                return [float("nan") if r[key].get(n) is None else r[key][n] for r in ev]
+
+            line, = b.plot([r["batch"] for r in ev], values("measured_mib"), marker="o", label=f"{n} measured")
+            b.plot([r["batch"] for r in ev], values("planned_mib"), marker="x", linestyle="--",
+                   color=line.get_color(), label=f"{n} planned")
+    for ax, what in ((a, "seconds per clip, end to end"), (b, "MiB per guided score evaluation")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")
         ax.set_title(what)

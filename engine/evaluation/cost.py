@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from ..diffusion.guidance import conditioned
 from ..diffusion.score_model import GuidedDenoiser, score_model
 from ..diffusion.taps import onehot
-from ..storage.bundle import Bundle
+from ..bundle import Bundle
 
 
 def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -144,10 +144,13 @@ print(json.dumps({"rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024, "s
 
 def peak_step_memory(checkpoint, model: str, batch: int, guidance: float, backend: str = "torch",
                      artifacts=None) -> dict:
-    """Peak resident memory of score evaluations, measured in a fresh Linux process (CPU has no allocator
-    statistics): after loading and one warm-up evaluation the peak-RSS mark is reset (/proc/self/clear_refs),
-    then three evaluations run; the increase of the peak over the resident size before them is the step's.
-    ``backend``: which runtime evaluates (onnxruntime's arena is part of what it measures)."""
+    """Peak over the warmed process: the resident-set increase of score evaluations after a warm-up one, in
+    a fresh Linux process: after loading and one warm-up evaluation the peak-RSS mark is reset
+    (/proc/self/clear_refs), then three evaluations run; the increase of the peak over the resident size
+    before them is the figure. What the warm-up made a runtime keep (onnxruntime's arena, torch's pools) is
+    NOT in it, so it is not comparable across backends: ``engine.evaluation.memory`` has the figures that
+    are (live activations, planned; the process peak over its pre-evaluation state, measured).
+    ``backend``: which runtime evaluates."""
     import json
     import os
     import subprocess

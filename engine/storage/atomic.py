@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from ..errors import OutputFolderError
+
 
 def _default_mode() -> int:
     umask = os.umask(0)
@@ -37,10 +39,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
-class OutputFolderError(ValueError):
-    """An output folder that cannot be written: it names a file, lies under a file, or is not writable."""
 
 
 def check_output_folder(folder: str | os.PathLike) -> Path:

@@ -16,15 +16,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..errors import CheckpointError
 from .atomic import atomic_write
 from .hashing import file_sha256
 
 FORMAT = "tapdiff/1"
 DEFAULT_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "fsdd"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt, or does not fit the model it is loaded into."""
 
 
 def read_config(directory: str | Path) -> dict:

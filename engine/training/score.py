@@ -16,7 +16,7 @@ from ..diffusion.score_model import GuidedDenoiser, build_score_model
 from ..diffusion.sde import loss_weight, perturb, sample_training_sigma
 from ..diffusion.taps import TapExtractor
 from ..models.registry import ScoreNetworkKind
-from ..storage.bundle import Bundle
+from ..bundle import Bundle
 from ..storage.checkpoint import load_weights
 from ..storage.config import TrainConfig, from_dict
 from .loop import EMA, train_loop

@@ -10,7 +10,7 @@ from engine.diffusion.noise import clip_seed, draw_noise
 from engine.diffusion.score_model import score_model
 from engine.diffusion.solvers import SOLVERS, SamplerSpec, get_solver, sample
 from engine.diffusion.taps import onehot
-from engine.storage.bundle import load_bundle
+from engine.bundle import load_bundle
 from engine.storage.checkpoint import DEFAULT_CHECKPOINT
 
 # Same device, same kernels: at most an algorithm choice differs under capture (<= 1e-5 relative per evaluation,

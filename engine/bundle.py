@@ -7,12 +7,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..audio.datasets import Normaliser
-from ..models.classifier import NoiseConditionedClassifier
-from ..models.evaluator import EvalClassifier
-from ..models.registry import ScoreNetworkKind, score_network_kind
-from .checkpoint import SAMPLING_DEFAULTS, CheckpointError, load_weights, read_config
-from .config import ClassifierConfig, FeatureConfig, SDEConfig, from_dict
+from .audio.datasets import Normaliser
+from .errors import CheckpointError
+from .models.classifier import NoiseConditionedClassifier
+from .models.evaluator import EvalClassifier
+from .models.registry import ScoreNetworkKind, score_network_kind
+from .storage.checkpoint import SAMPLING_DEFAULTS, load_weights, read_config
+from .storage.config import ClassifierConfig, FeatureConfig, SDEConfig, from_dict
 
 
 @dataclass

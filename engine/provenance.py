@@ -12,7 +12,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository (or site-packages) holding engine/
+ROOT = Path(__file__).resolve().parents[1]  # the repository (or site-packages) holding engine/
 
 
 @functools.lru_cache(maxsize=1)

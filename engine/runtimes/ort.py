@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.backends import BackendError
-from engine.evaluation.provenance import cpu_model
+from engine.errors import BackendError
+from engine.provenance import cpu_model
 from engine.storage.atomic import atomic_write_bytes
 from engine.storage.hashing import file_sha256
 
-from .artifacts import Log, warn
+from export.artifacts import Log, warn
 
 # Chosen by measurement (benchmarks/ort_settings.py, benchmarks/results/ort_settings.md).
 DEFAULT_LEVEL = "all"
@@ -43,7 +43,7 @@ def _onnxruntime():
         import onnxruntime as ort
     except ImportError as e:
         raise ImportError("the onnxruntime backend needs onnxruntime (CPU) or onnxruntime-gpu: "
-                          "pip install 'tapdiff[export]' (or 'tapdiff[gpu]')") from e
+                          "pip install onnxruntime (a dependency of tapdiff), or onnxruntime-gpu in its place on a GPU machine") from e
     return ort
 
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engine.backends import BackendError
+from engine.errors import BackendError
 
-from .tensorrt_build import _tensorrt, shared_logger
+from export.tensorrt_build import _tensorrt, shared_logger
 
 if TYPE_CHECKING:  # annotations only: the module is imported lazily, by _tensorrt()
     import tensorrt as trt

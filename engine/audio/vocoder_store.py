@@ -8,17 +8,10 @@ import json
 import os
 from pathlib import Path
 
+from ..errors import VocoderCacheError, VocoderMissing
 from ..models.hifigan import HiFiGANConfig, HiFiGANGenerator, load_state_dict_checked
-from .atomic import atomic_write_bytes
-from .paths import cache_root
-
-class VocoderCacheError(ValueError):
-    """A vocoder cache folder whose config or weights are corrupt, replaced or unreadable."""
-
-
-class VocoderMissing(VocoderCacheError, FileNotFoundError):
-    """A vocoder cache folder without its config or weights."""
-
+from ..storage.atomic import atomic_write_bytes
+from ..storage.paths import cache_root
 
 WEIGHTS_FILE = "hifigan.safetensors"
 CONFIG_FILE = "hifigan.json"

@@ -1,0 +1,28 @@
+"""Every error the engine raises on purpose, in one leaf module that any layer may import. Each names what
+went wrong in its message; ``tapdiff`` turns all of them into one line and exit status 2."""
+from __future__ import annotations
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot run here as asked: no GPU, a provider that onnxruntime lacks or fell back from,
+    a precision the installed TensorRT cannot build."""
+
+
+class OutputFolderError(ValueError):
+    """An output folder that cannot be written: it names a file, lies under a file, or is not writable."""
+
+
+class AudioFileError(ValueError):
+    """An audio file that cannot be read as PCM WAV (named in the message)."""
+
+
+class VocoderCacheError(ValueError):
+    """A vocoder cache folder whose config or weights are corrupt, replaced or unreadable."""
+
+
+class VocoderMissing(VocoderCacheError, FileNotFoundError):
+    """A vocoder cache folder without its config or weights."""

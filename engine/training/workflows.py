@@ -1,0 +1,187 @@
+"""The training commands as functions: what ``tapdiff train-classifier``, ``train-score`` and ``train-evaluator``
+run, callable from benchmarks and other code with the same records written (EDM keeps its ``train.py``
+apart from ``training/training_loop.py`` the same way). Each run is described by a frozen dataclass whose
+``command`` is recorded beside the weights it produces."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..audio.datasets import DEFAULT_DATA, Normaliser, data_hash, list_items, load_features, silence_frame
+from ..bundle import load_bundle, normaliser_to_config
+from ..diffusion.score_model import build_score_model
+from ..diffusion.taps import TapExtractor
+from ..distributed import distributed_shard, finish_group
+from ..models.registry import score_network_kind
+from ..storage.checkpoint import save_weights, update_config, write_config
+from ..storage.config import ClassifierConfig, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max, to_dict
+from ..storage.state_file import legacy_state_error, state_path
+from .classifier import accuracy_by_sigma, train_classifier
+from .evaluator import train_eval_classifier
+from .heldout import HeldOutDSM
+from .score import continuation, train_score
+
+
+@dataclass(frozen=True)
+class ClassifierRun:
+    out: str | Path
+    data: str = DEFAULT_DATA
+    labels: tuple[int, ...] = tuple(range(10))
+    seconds: float = 1500.0
+    norm: str = "affine"
+    frames: int = 72
+    widths: tuple[int, ...] = ClassifierConfig().widths
+    sigma_min: float = 0.005
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    command: str = ""
+
+
+def train_classifier_bundle(run: ClassifierRun) -> dict:
+    """Train the noise-conditioned classifier into a new checkpoint folder (resuming from its state/); returns
+    the summary printed by the CLI."""
+    feats = FeatureConfig(frames=run.frames)
+    items = list_items(run.data, "train", run.labels)
+    train = load_features(items, feats, progress=True)
+    test = load_features(list_items(run.data, "test", run.labels), feats, progress=True)
+    norm = Normaliser.fit(train.mels)
+    x = norm.normalise(train.mels).flatten(1)
+    # sigma_max from the largest pairwise distance (all clips up to 4000, a fixed random subset beyond)
+    sub = x if len(x) <= 4000 else x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:4000]]
+    sde = SDEConfig(sigma_min=run.sigma_min, sigma_max=edm_sigma_max(float(torch.cdist(sub, sub).max())),
+                    sigma_data=round(float(x.std()), 4))
+    model_cfg = ClassifierConfig(frames=feats.frames, norm=run.norm, n_mels=feats.n_mels, widths=run.widths,
+                                 blocks=(0,) + (1,) * (len(run.widths) - 1))
+    tcfg = TrainConfig(batch_size=run.batch_size, lr=run.lr, seconds=run.seconds, seed=run.seed, labels=run.labels)
+    out = Path(run.out)
+    model, log = train_classifier(train, norm, feats.log_floor, model_cfg, sde, tcfg,
+                                  state_path(out / "state", "classifier"), test)
+    acc = accuracy_by_sigma(model, norm.normalise(test.mels)[:, None], test.labels, sde)
+    cfg = {"features": to_dict(feats), "sde": to_dict(sde), "classifier": to_dict(model_cfg),
+           "normaliser": normaliser_to_config(norm), "labels": list(run.labels),
+           "data": {"hash": data_hash(items), "train_clips": len(train), "test_clips": len(test)},
+           "training": {"classifier": {"command": run.command, "config": to_dict(tcfg), "steps": log["steps"],
+                                       "seconds": round(log["seconds"], 1), "curve": log["curve"],
+                                       "test_accuracy_by_sigma": {str(k): v for k, v in acc.items()}}}}
+    cfg = save_weights(out, "classifier", model, cfg)
+    write_config(out, cfg)
+    return {"test_accuracy_by_sigma": acc, "steps": log["steps"], "seconds": round(log["seconds"], 1)}
+
+
+@dataclass(frozen=True)
+class ScoreRun:
+    checkpoint: str | Path
+    data: str = DEFAULT_DATA
+    model: str = "tapdiff"
+    seconds: float = 3600.0
+    widths: tuple[int, ...] | None = None  # None: the model's default (or, continuing, the trained network's)
+    labels: tuple[int, ...] | None = None  # None: every label of the classifier
+    batch_size: int = 16  # the global batch under torchrun
+    lr: float = 1e-3
+    ema: float = 0.999
+    snapshot_every: float = 600.0
+    heldout_clips: int = 250
+    continue_training: bool = False
+    seed: int = 0
+    command: str = ""
+
+
+def train_score_network(run: ScoreRun) -> dict | None:
+    """Train a score network (classifier frozen) into an existing checkpoint folder, resuming from its state/;
+    EMA snapshots with the held-out DSM loss along the way. Under torchrun with DistributedDataParallel.
+    Returns the summary (None on ranks other than 0)."""
+    kind = score_network_kind(run.model)
+    bundle = load_bundle(run.checkpoint, model=None)
+    out = Path(run.checkpoint)
+    name = kind.weights
+    if (legacy := legacy_state_error(state_path(out / "state", name))) is not None:
+        raise legacy  # before any data is loaded
+    init = start = None
+    if run.continue_training:
+        net_cfg, init, start = continuation(bundle, kind, run.widths)
+    else:
+        net_cfg = kind.default_config(run.widths)
+    labels = run.labels or bundle.labels
+    if not set(labels) <= set(bundle.labels):
+        raise ValueError(f"--labels {list(labels)} must be a subset of the classifier's labels {list(bundle.labels)}")
+    rank, world = distributed_shard() or (0, 1)
+    if run.batch_size % world:
+        raise ValueError(f"--batch-size {run.batch_size} (the global batch) does not split over {world} processes")
+    feats = bundle.features
+    train = load_features(list_items(run.data, "train", labels), feats, progress=rank == 0)
+    tcfg = TrainConfig(batch_size=run.batch_size // world, lr=run.lr, seconds=run.seconds, seed=run.seed,
+                       labels=labels, ema_decay=run.ema)
+    snapshots = out / "state" / f"{name}_snapshots"
+    extractor = TapExtractor(bundle.classifier, bundle.sde)
+    heldout = None
+    if run.heldout_clips > 0 and rank == 0:
+        items = list_items(run.data, "test", labels)
+        items = items[::max(1, len(items) // run.heldout_clips)][:run.heldout_clips]
+        held = load_features(items, feats, progress=False)
+        heldout = HeldOutDSM(bundle.normaliser.normalise(held.mels)[:, None], bundle.sde)
+    wall0 = time.monotonic()
+
+    def snapshot(ema, step, elapsed):
+        # EMA weights along the way, for learning curves (quality vs training time), with the held-out
+        # DSM loss and the conditions the seconds were spent under.
+        save_weights(snapshots, f"{int(elapsed):06d}s", ema.model, {})
+        point = {"snapshot": f"{int(elapsed):06d}s", "wall": round(time.monotonic() - wall0, 1)}
+        # threads of the stretch that ends here (a continued run's opening point ends the earlier run's)
+        threads = start["log"]["continues"][-1].get("threads") if start and step == start["step"] \
+            else torch.get_num_threads()
+        if threads:
+            point["threads"] = threads
+        if heldout is not None:
+            point["heldout"] = {k: round(v, 5) for k, v in heldout(build_score_model(extractor, ema.model)).items()}
+        return point
+
+    ema, log = train_score(train, bundle.normaliser, extractor, kind, net_cfg, tcfg, bundle.input_hw,
+                           state_path(out / "state", name), on_checkpoint=snapshot,
+                           checkpoint_every_s=run.snapshot_every, init=init, start=start,
+                           stretch={"command": run.command})
+    summary = None
+    if rank == 0:
+        files = save_weights(out, name, ema.model, {})["files"]
+        record = {"command": run.command, "config": to_dict(tcfg), "processes": world,
+                  "threads": torch.get_num_threads(), "global_batch": tcfg.batch_size * world,
+                  "steps": log["steps"], "seconds": round(log["seconds"], 1),
+                  "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"]}
+        for key in ("continues", "stretches"):  # earlier trained runs; each invocation of this one
+            if key in log:
+                record[key] = log[key]
+        update_config(out, {kind.config_key: to_dict(net_cfg)}, files=files, training={name: record})
+        summary = {"steps": log["steps"], "seconds": round(log["seconds"], 1), "processes": world}
+    if world > 1:
+        finish_group()
+    return summary
+
+
+@dataclass(frozen=True)
+class EvaluatorRun:
+    checkpoint: str | Path
+    data: str = DEFAULT_DATA
+    epochs: int = 30
+    seed: int = 0
+    command: str = ""
+
+
+def train_evaluator(run: EvaluatorRun) -> dict:
+    """Train the independent evaluation classifier on clean speech into the checkpoint folder."""
+    bundle = load_bundle(run.checkpoint, model=None)
+    feats, norm = bundle.features, bundle.normaliser
+    train = load_features(list_items(run.data, "train"), feats, progress=True)
+    test = load_features(list_items(run.data, "test"), feats, progress=True)
+    t0 = time.monotonic()
+    model = train_eval_classifier(norm.normalise(train.mels), train.labels, train.spans,
+                                  silence_frame(norm, feats.log_floor), epochs=run.epochs, seed=run.seed, progress=True)
+    with torch.no_grad():
+        acc = float((model(norm.normalise(test.mels)).argmax(-1) == test.labels).float().mean())
+    files = save_weights(run.checkpoint, "evaluator", model, {})["files"]
+    update_config(run.checkpoint, {"evaluator": {
+        "arch": {"n_mels": feats.n_mels}, "command": run.command, "epochs": run.epochs,
+        "seconds": round(time.monotonic() - t0, 1), "clean_test_accuracy": acc}}, files=files)
+    return {"clean_test_accuracy": acc}
