@@ -24,6 +24,7 @@ from pathlib import Path
 
 from report import command, emit, header, record
 
+from engine.audio.datasets import DEFAULT_DATA
 from engine.api import Engine
 from engine.diffusion.solvers import SOLVERS, SamplerSpec
 from engine.provenance import code_version
@@ -158,7 +159,7 @@ def plot(rows: list[dict], args, path: str) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    p.add_argument("--data", default="../shared/data/fsdd")
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--models", type=_csv(str), default=["tapdiff", "two-model"])
     p.add_argument("--solvers", type=_csv(str), default=sorted(SOLVERS))
     p.add_argument("--nfe", type=_csv(int), default=[10, 15, 20, 30, 50, 100])

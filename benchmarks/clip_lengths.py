@@ -10,14 +10,14 @@ import sys
 import numpy as np
 from report import emit, header
 
-from engine.audio.datasets import list_items
+from engine.audio.datasets import DEFAULT_DATA, list_items
 from engine.audio.wav import read_wav
 from engine.storage.config import FeatureConfig
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="../shared/data/fsdd")
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--out", default=None)
     args = p.parse_args()
     cfg = FeatureConfig()

@@ -21,13 +21,13 @@ given by ``--bench`` (they depend on the architecture, not on the training point
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 
 from report import emit, header, load_cache, record, save_cache
 
+from engine.audio.datasets import DEFAULT_DATA
 from engine.api import Engine
 from engine.provenance import code_version
 from engine.evaluation.quality import QualityJudge, evaluate_quality
@@ -35,13 +35,14 @@ from engine.models.registry import score_network_kind
 from engine.storage.atomic import atomic_write_bytes
 from engine.bundle import load_bundle
 from engine.storage.checkpoint import load_weights, read_config
+from engine.storage.hashing import file_sha256
 from engine.storage.state_file import load_state, state_path
 
 FD_LEVELS = (200.0, 150.0, 125.0, 100.0, 90.0, 80.0, 70.0, 65.0, 60.0)
 
 
 def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def earlier_points(paths: list[str], settings: dict) -> dict:
@@ -237,7 +238,7 @@ def main() -> int:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--models", default="tapdiff,two-model")
     p.add_argument("--reference", default="two-model", help="the model ratios are taken against")
-    p.add_argument("--data", default="../shared/data/fsdd")
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("-n", type=int, default=10, help="clips per digit")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from report import emit, header, load_cache, record, save_cache
 
+from engine.audio.datasets import DEFAULT_DATA
 from engine.api import Engine
 from engine.evaluation.cost import peak_step_memory, step_cost, time_score_eval
 from engine.provenance import code_version
@@ -62,7 +63,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", action="append", required=True)
     p.add_argument("--evaluator", default=None, help="bundle with the evaluation classifier (default: first checkpoint)")
-    p.add_argument("--data", default="../shared/data/fsdd")
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--clips", type=int, default=100, help="generated clips per regime and guidance setting")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default=None, help="solver (default: each checkpoint's chosen one)")

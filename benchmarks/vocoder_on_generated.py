@@ -11,6 +11,7 @@ import sys
 import torch
 from report import emit, header
 
+from engine.audio.datasets import DEFAULT_DATA
 from engine.api import Engine
 from engine.audio.vocoders import VOCODERS, make_vocoder
 from engine.evaluation.quality import QualityJudge
@@ -21,7 +22,7 @@ from engine.storage.checkpoint import DEFAULT_CHECKPOINT
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    p.add_argument("--data", default="../shared/data/fsdd")
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("-n", type=int, default=10, help="clips per digit")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)

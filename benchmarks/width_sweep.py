@@ -18,32 +18,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
 
 from report import emit, header, load_cache, record, save_cache
 
+from engine.audio.datasets import DEFAULT_DATA
+from engine import cli_types
 from engine.api import Engine
-from engine.cli import main as tapdiff
 from engine.provenance import code_version
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import SCORE_NETWORKS
+from engine.training.workflows import ScoreRun, train_score_network
 from engine.storage.atomic import atomic_write_bytes
 from engine.bundle import load_bundle
 from engine.storage.checkpoint import read_config, write_config
 
 SHARED_FILES = ("classifier.safetensors", "evaluator.safetensors")
-
-
-def widths_arg(text: str) -> tuple[int, ...]:
-    try:
-        w = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"widths must be comma-separated integers, got {text!r}") from None
-    if not w or min(w) < 1:
-        raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
-    return w
 
 
 def classifier_only(base: Path, out: Path) -> None:
@@ -71,8 +64,9 @@ def train(bundle: Path, widths: tuple[int, ...], args) -> None:
         return
     cmd = ["train-score", "--checkpoint", str(bundle), "--data", args.data, "--widths", ",".join(map(str, widths)),
            "--seconds", str(args.seconds), "--snapshot-every", str(args.snapshot_every), "--seed", str(args.seed)]
-    if tapdiff(cmd) != 0:
-        raise RuntimeError(f"training {bundle} failed: tapdiff {' '.join(cmd)}")
+    # the command recorded beside the weights is the one that reproduces this run on its own
+    train_score_network(ScoreRun(bundle, args.data, "tapdiff", args.seconds, widths, snapshot_every=args.snapshot_every,
+                                 seed=args.seed, command="tapdiff " + " ".join(shlex.quote(a) for a in cmd)))
 
 
 def judge(bundle: Path, args, cache: dict) -> dict:
@@ -127,11 +121,11 @@ def render_curves(rows: list[dict]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="engine/checkpoints/fsdd", help="bundle whose classifier is shared")
-    p.add_argument("--widths", type=widths_arg, nargs="+", required=True, help="one comma-separated list per run")
+    p.add_argument("--widths", type=cli_types.widths, nargs="+", required=True, help="one comma-separated list per run")
     p.add_argument("--seconds", type=float, default=3000.0, help="training seconds per width")
     p.add_argument("--snapshot-every", type=float, default=600.0)
     p.add_argument("--work", default="runs/widths", help="folder of the sweep's bundles")
-    p.add_argument("--data", default="../shared/data/fsdd")
+    p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("-n", type=int, default=10, help="clips per digit")
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)

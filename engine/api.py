@@ -16,18 +16,19 @@ from tqdm import tqdm
 from .audio.features import log_mel_range
 from .audio.vocoders import make_vocoder
 from .audio.wav import wav_bytes
-from .storage.atomic import write_files_or_none
-from .backends import DEFAULT_BACKEND, BackendError, backend_can_be_captured, resolve_backend, score_backend
+from .backends import DEFAULT_BACKEND, backend_can_be_captured, resolve_backend, score_backend
+from .bundle import Bundle, load_bundle
 from .diffusion.captured import CapturedSampler, can_capture
 from .diffusion.guidance import DEFAULT_GUIDANCE, conditioned
 from .diffusion.noise import clip_seed, draw_noise
 from .diffusion.score_model import score_model
 from .diffusion.solvers import SamplerSpec, get_solver, sample
 from .diffusion.taps import onehot
+from .errors import BackendError, CheckpointError
 from .limits import Limits
 from .stages import stage
-from .bundle import Bundle, load_bundle
-from .storage.checkpoint import DEFAULT_CHECKPOINT, CheckpointError
+from .storage.atomic import write_files_or_none
+from .storage.checkpoint import DEFAULT_CHECKPOINT
 
 
 
@@ -80,6 +81,9 @@ class Clip:
         return self.label is not None and self.guidance > 0
 
 
+MAX_RUNNERS = 8  # static-buffer runners an Engine keeps (each holds its batch's buffers and, on CUDA, graphs)
+
+
 class Engine:
     """Class-conditional speech generation with one frozen classifier as the backbone.
 
@@ -118,6 +122,11 @@ class Engine:
         self._artifacts = artifacts
         self._denoisers = {self.score_model.fade_sigma: self.scorer}  # per guidance fade (denoiser_for)
         self._denoisers_lock = threading.Lock()
+        # static-buffer runners (CapturedSampler) per (spec, batch, guided): on CUDA for backends that run on the
+        # capturing stream; elsewhere the eager loop (tests switch them on on CPU, where they step eagerly)
+        self.static_runners = can_capture(self.device) and backend_can_be_captured(self.backend)
+        self._runners: dict = {}
+        self._runners_lock = threading.Lock()
         # the checkpoint's measured choice (benchmarks/choose_sampling.py --write), checked on load
         sampling = self.bundle.sampling
         try:
@@ -224,16 +233,41 @@ class Engine:
             chunk = list(clips[start:start + self.batch_size])
             noise = draw_noise([clip_seed(c.seed, c.index) for c in chunk], (1, feats.n_mels, feats.frames),
                                spec.steps, solver.noise_per_step, self.device)
-            fn = conditioned(self.denoiser_for(spec), *self.conditioning(chunk))
-            if can_capture(self.device) and backend_can_be_captured(self.backend):
-                # CUDA: one captured graph per step kind, replayed every step
-                runner = CapturedSampler(fn, solver, noise.prior.shape, self.device)
-                x = runner.run(sigmas, noise, options, callback=lambda *_: bar.update(1))
+            if self.static_runners:
+                # CUDA: one captured graph per step kind, replayed every step, by a runner kept per spec and batch
+                x = self._run_static(chunk, spec, sigmas, noise, options, callback=lambda *_: bar.update(1))
             else:
+                fn = conditioned(self.denoiser_for(spec), *self.conditioning(chunk))
                 x = sample(fn, sigmas, noise, solver, options, callback=lambda *_: bar.update(1))
             out.append(x.cpu())
         bar.close()
         return torch.cat(out)
+
+    def _run_static(self, chunk: list[Clip], spec: SamplerSpec, sigmas, noise, options, callback) -> torch.Tensor:
+        """Sample ``chunk`` with the runner kept for (spec, batch, guided): built (and on CUDA captured) once, its
+        conditioning in static buffers refilled for each chunk. One chunk at a time per runner (its buffers are
+        its state); the capture itself is per thread (``CapturedSampler``), so other threads may allocate."""
+        guided = any(c.guided for c in chunk)
+        key = (spec, len(chunk), guided)
+        with self._runners_lock:
+            entry = self._runners.pop(key, None)
+            if entry is None:
+                n = len(chunk)
+                onehot_buf = torch.zeros(n, self.score_model.n_classes, device=self.device) if guided else None
+                gamma_buf = torch.zeros(n, device=self.device) if guided else None
+                runner = CapturedSampler(conditioned(self.denoiser_for(spec), onehot_buf, gamma_buf), spec.solver,
+                                         noise.prior.shape, self.device, capture=can_capture(self.device))
+                entry = (runner, onehot_buf, gamma_buf, threading.Lock())
+            self._runners[key] = entry  # most recently used last
+            while len(self._runners) > MAX_RUNNERS:
+                self._runners.pop(next(iter(self._runners)))
+        runner, onehot_buf, gamma_buf, lock = entry
+        with lock:
+            if guided:
+                onehot_now, gamma_now = self.conditioning(chunk)
+                onehot_buf.copy_(onehot_now)
+                gamma_buf.copy_(gamma_now)
+            return runner.run(sigmas, noise, options, callback=callback)
 
     def request_clips(self, labels, n: int, guidance: float, seed: int, first_clip: int = 0) -> list[Clip]:
         """The clips of a request (``n`` per digit of ``labels``; None: unconditional), validated."""

@@ -98,7 +98,15 @@ def build_artifacts(name: str, model: GuidedDenoiser, bundle: Bundle, device: to
     if name != "tensorrt":
         return graphs, {}
     from export.tensorrt_build import cached_engine
+    from export.trt_ops import check_onnx_for_tensorrt, load_support_matrix
 
+    matrix = load_support_matrix()
+    for path in graphs.values():
+        report = check_onnx_for_tensorrt(path, matrix)
+        if not report.ok:
+            raise BackendError(f"{path.name} cannot be built by TensorRT's ONNX parser: operators "
+                               f"{report.unsupported} unsupported, opset {report.opset} (supported "
+                               f"{matrix.opset_range[0]}-{matrix.opset_range[1]})")
     plans = {key: cached_engine(path, path.parent / "trt", plan_profile(key[1], max_batch), fp16, device=str(device))
              for key, path in graphs.items()}
     return graphs, plans

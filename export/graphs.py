@@ -3,14 +3,13 @@
 - The score model (``engine.diffusion.score_model``), exported as it is: guided, inputs
   (x_t, sigma, onehot, gamma) -> denoised; unguided, (x_t, sigma) -> denoised. The guidance fade is the
   model's constant and is baked in. Labels enter as one-hot float rows: no OneHot operator.
-- ``TapsGraph``: the tap extractor alone (forward + explicit adjoint), its ``Taps`` flattened.
 """
 from __future__ import annotations
 
 import torch
 
 from engine.diffusion.score_model import GuidedDenoiser
-from engine.diffusion.taps import TapExtractor
+from engine.diffusion.taps import onehot
 
 SCORE_INPUTS = {True: ["x_t", "sigma", "onehot", "gamma"], False: ["x_t", "sigma"]}
 SCORE_OUTPUTS = ["denoised"]
@@ -25,21 +24,5 @@ def score_inputs(model: GuidedDenoiser, batch: int, hw: tuple[int, int], guided:
     sigma = torch.exp(torch.rand(batch, generator=g) * 6 - 3)  # 0.05 .. 20
     if not guided:
         return x, sigma
-    oh = torch.nn.functional.one_hot(torch.arange(batch) % model.n_classes, model.n_classes).float()
+    oh = onehot(torch.arange(batch) % model.n_classes, model.n_classes)
     return x, sigma, oh, torch.rand(batch, generator=g) * 4
-
-
-class TapsGraph(torch.nn.Module):
-    """The tap extractor as a graph: (x_t, sigma[, onehot]) -> features, grads, input_grad[, guidance], logits."""
-
-    def __init__(self, extractor: TapExtractor):
-        super().__init__()
-        self.extractor = extractor
-
-    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor | None = None):
-        return self.extractor(x_t, sigma, onehot).flat()
-
-    def output_names(self, guided: bool = True) -> list[str]:
-        n = len(self.extractor.tap_channels)
-        return ([f"feature_{d}" for d in range(n)] + [f"grad_{d}" for d in range(n)] + ["input_grad"]
-                + (["guidance"] if guided else []) + ["logits"])

@@ -1,7 +1,7 @@
 """Check an ONNX graph against TensorRT's ONNX-parser operator support matrix, without TensorRT.
 
-The matrix is the onnx-tensorrt ``docs/operators.md`` table (TensorRT 10.0, opsets 9-20). Pass its path,
-or set ``TAPDIFF_TRT_OPERATORS``; the repository's CI reads ``../shared/data/tensorrt/onnx-operators-trt10.md``.
+The matrix is the onnx-tensorrt ``docs/operators.md`` table (TensorRT 10.0, opsets 9-20; Apache-2.0), shipped
+as ``export/data/onnx-operators-trt10.md``; ``TAPDIFF_TRT_OPERATORS`` or a path picks another.
 What this cannot check: per-operator restrictions that depend on values (the table's last column is
 returned for the operators used, to read), plugin availability, and the build itself.
 """
@@ -23,8 +23,11 @@ class SupportMatrix:
     opset_range: tuple[int, int]
 
 
+DEFAULT_MATRIX = Path(__file__).parent / "data" / "onnx-operators-trt10.md"
+
+
 def load_support_matrix(path: str | os.PathLike | None = None) -> SupportMatrix:
-    path = Path(path or os.environ.get("TAPDIFF_TRT_OPERATORS", ""))
+    path = Path(path or os.environ.get("TAPDIFF_TRT_OPERATORS") or DEFAULT_MATRIX)
     if not path.is_file():
         raise FileNotFoundError(f"TensorRT operator matrix not found at {path!s}; pass its path or set TAPDIFF_TRT_OPERATORS")
     text = path.read_text()

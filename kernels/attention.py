@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .dispatch import backend_for, needs_grad
+from .dispatch import backend_for, needs_grad, on_device_of
 from .inputs import check_attention_inputs
 
 
@@ -44,5 +44,6 @@ def tap_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.
     if backend_for(q, "tap_attention", needs_grad=needs_grad(q, k, v, pos)) == "triton":
         from .attention_triton import tap_attention_triton
 
-        return tap_attention_triton(q, k, v, pos, heads)
+        with on_device_of(q):
+            return tap_attention_triton(q, k, v, pos, heads)
     return tap_attention_reference(q, k, v, pos, heads)

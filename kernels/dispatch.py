@@ -48,3 +48,11 @@ def backend_for(x: torch.Tensor, kernel: str = "tap_pair_norm", *, needs_grad: b
     if x.is_cuda and x.dtype in SUPPORTED_DTYPES[kernel] and not needs_grad and triton_available():
         return "triton"
     return "torch"
+
+
+def on_device_of(t: torch.Tensor):
+    """The device guard for a launch on ``t``'s GPU: Triton launches on the current CUDA device, which need not
+    be ``t``'s (``cuda:1``); a no-op for CPU tensors (the interpreter)."""
+    import contextlib
+
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import backend_for, needs_grad
+from .dispatch import backend_for, needs_grad, on_device_of
 from .inputs import check_adjoint_inputs
 
 
@@ -45,5 +45,6 @@ def silu_affine_adjoint(x: torch.Tensor, t: torch.Tensor, weight: torch.Tensor |
     if backend_for(x, "silu_affine_adjoint", needs_grad=needs_grad(x, t, weight, scale, residual)) == "triton":
         from .silu_adjoint_triton import silu_affine_adjoint_triton
 
-        return silu_affine_adjoint_triton(x, t, weight, scale, residual)
+        with on_device_of(x):
+            return silu_affine_adjoint_triton(x, t, weight, scale, residual)
     return silu_affine_adjoint_reference(x, t, weight, scale, residual)

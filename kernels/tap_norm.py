@@ -34,7 +34,8 @@ def tap_rms_norm(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch
     if backend_for(x, "tap_rms_norm", needs_grad=needs_grad(x)) == "triton":
         from .tap_norm_triton import tap_rms_norm_triton
 
-        return tap_rms_norm_triton(x, eps)
+        with on_device_of(x):
+            return tap_rms_norm_triton(x, eps)
     return tap_rms_norm_reference(x, eps)
 
 
@@ -43,5 +44,6 @@ def tap_pair_norm(f: torch.Tensor, g: torch.Tensor, eps: float = EPS) -> tuple[t
     if backend_for(f, "tap_pair_norm", needs_grad=needs_grad(f, g)) == "triton":
         from .tap_norm_triton import tap_pair_norm_triton
 
-        return tap_pair_norm_triton(f, g, eps)
+        with on_device_of(f):
+            return tap_pair_norm_triton(f, g, eps)
     return tap_pair_norm_reference(f, g, eps)

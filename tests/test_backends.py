@@ -207,7 +207,7 @@ def test_tensorrt_graph_choice_and_bindings_are_checked_against_the_manifest(tin
         binding_plan(manifest, {**feeds, "sigma": torch.ones(4)})
     have = [(True, 1), (True, 16), (False, None)]
     assert select_graph(have, True, 16) == (True, 16) and select_graph(have, False, 7, max_batch=16) == (False, None)
-    with pytest.raises(ValueError, match="static sizes \\[1, 16\\]"):
+    with pytest.raises(ValueError, match="static batch sizes \\[1, 16\\]"):
         select_graph(have, True, 4)
     with pytest.raises(ValueError, match="maximum 16"):
         select_graph(have, False, 32, max_batch=16)

@@ -11,11 +11,28 @@ from engine.diffusion.guidance import conditioned
 from engine.diffusion.taps import TapExtractor, onehot
 from engine.models.classifier import NoiseConditionedClassifier
 from engine.storage.config import ClassifierConfig, SDEConfig
-from export.graphs import SCORE_INPUTS, SCORE_OUTPUTS, TapsGraph, score_inputs
+from export.graphs import SCORE_INPUTS, SCORE_OUTPUTS, score_inputs
 from export.onnx_export import export_onnx, ort_session
 from export.trt_ops import check_onnx_for_tensorrt, load_support_matrix
 
 MATRIX = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tensorrt" / "onnx-operators-trt10.md"
+
+
+class TapsGraph(torch.nn.Module):
+    """The tap extractor alone as a graph (x_t, sigma[, onehot]) -> features, grads, input_grad[, class gradient],
+    logits: exported here to check its taps and operators apart from the decoder."""
+
+    def __init__(self, extractor: TapExtractor):
+        super().__init__()
+        self.extractor = extractor
+
+    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor | None = None):
+        return self.extractor(x_t, sigma, onehot).flat()
+
+    def output_names(self, guided: bool = True) -> list[str]:
+        n = len(self.extractor.tap_channels)
+        return ([f"feature_{d}" for d in range(n)] + [f"grad_{d}" for d in range(n)] + ["input_grad"]
+                + (["guidance"] if guided else []) + ["logits"])
 
 
 def taps_inputs(b):

@@ -43,14 +43,21 @@ def mel_filterbank(cfg: FeatureConfig) -> torch.Tensor:
     return torch.from_numpy(_mel_filterbank_np(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)).float()
 
 
-def stft_magnitude(wave: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
-    """(..., samples) -> (..., n_fft // 2 + 1, frames): reflect pad (n_fft - hop) / 2, centre=False."""
+def stft(wave: torch.Tensor, cfg: FeatureConfig, window: torch.Tensor | None = None) -> torch.Tensor:
+    """The engine's one analysis: (..., samples) -> complex (..., n_fft // 2 + 1, frames); reflect pad
+    (n_fft - hop) / 2 on both sides, centre=False, Hann window (or ``window``)."""
     pad = (cfg.n_fft - cfg.hop_length) // 2
     shape = wave.shape
     x = torch.nn.functional.pad(wave.reshape(-1, 1, shape[-1]), (pad, pad), mode="reflect").squeeze(1)
-    window = torch.hann_window(cfg.win_length, dtype=wave.dtype, device=wave.device)
+    if window is None:
+        window = torch.hann_window(cfg.win_length, dtype=wave.dtype, device=wave.device)
     spec = torch.stft(x, cfg.n_fft, cfg.hop_length, cfg.win_length, window, center=False, return_complex=True)
-    return spec.abs().reshape(*shape[:-1], spec.shape[-2], spec.shape[-1])
+    return spec.reshape(*shape[:-1], spec.shape[-2], spec.shape[-1])
+
+
+def stft_magnitude(wave: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
+    """(..., samples) -> (..., n_fft // 2 + 1, frames) magnitudes of ``stft``."""
+    return stft(wave, cfg).abs()
 
 
 def log_mel(wave: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:

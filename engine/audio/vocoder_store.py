@@ -3,7 +3,6 @@ weights' sha256) in a folder of the user cache. At run time only this module and
 no TorchScript, no pickle."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from ..errors import VocoderCacheError, VocoderMissing
 from ..models.hifigan import HiFiGANConfig, HiFiGANGenerator, load_state_dict_checked
 from ..storage.atomic import atomic_write_bytes
+from ..storage.hashing import bytes_sha256
 from ..storage.paths import cache_root
 
 WEIGHTS_FILE = "hifigan.safetensors"
@@ -32,7 +32,7 @@ def save_vocoder(model: HiFiGANGenerator, config: HiFiGANConfig, directory: str 
     blob = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                 metadata={"format": FORMAT, "source": source})
     meta = {"format": FORMAT, "source": source, "provenance": provenance or {}, "config": config.to_dict(),
-            "weights_file": WEIGHTS_FILE, "weights_sha256": hashlib.sha256(blob).hexdigest()}
+            "weights_file": WEIGHTS_FILE, "weights_sha256": bytes_sha256(blob)}
     atomic_write_bytes(directory / WEIGHTS_FILE, blob)
     atomic_write_bytes(directory / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
     return directory
@@ -62,7 +62,7 @@ def load_vocoder(directory: str | os.PathLike | None = None) -> HiFiGANGenerator
     if not wpath.is_file():
         raise VocoderMissing(f"{wpath}: vocoder weights missing; re-run `tapdiff vocoder import`")
     blob = wpath.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
+    if bytes_sha256(blob) != meta.get("weights_sha256"):
         raise VocoderCacheError(f"{wpath}: sha256 does not match {CONFIG_FILE} (corrupt or replaced weights)")
     try:
         sd = load(blob)

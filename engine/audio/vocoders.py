@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..storage.config import FeatureConfig
-from .features import mel_filterbank
+from .features import mel_filterbank, stft
 
 
 def check_mel(log_mel: torch.Tensor, cfg: FeatureConfig) -> None:
@@ -21,14 +21,8 @@ def check_mel(log_mel: torch.Tensor, cfg: FeatureConfig) -> None:
         raise ValueError("log-Mel contains NaN or inf")
 
 
-def _stft(wave: torch.Tensor, cfg: FeatureConfig, window: torch.Tensor) -> torch.Tensor:
-    pad = (cfg.n_fft - cfg.hop_length) // 2
-    x = F.pad(wave[:, None], (pad, pad), mode="reflect")[:, 0]
-    return torch.stft(x, cfg.n_fft, cfg.hop_length, cfg.win_length, window, center=False, return_complex=True)
-
-
 def _istft(spec: torch.Tensor, cfg: FeatureConfig, window: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``_stft``: windowed overlap-add normalised by the summed squared window, then unpadded."""
+    """Inverse of ``features.stft``: windowed overlap-add normalised by the summed squared window, then unpadded."""
     frames = spec.shape[-1]
     seg = torch.fft.irfft(spec, n=cfg.n_fft, dim=1) * window[None, :, None]
     length = (frames - 1) * cfg.hop_length + cfg.n_fft
@@ -59,7 +53,7 @@ class GriffinLim:
         angles = torch.ones_like(mag, dtype=torch.complex64)
         prev = torch.zeros_like(angles)
         for _ in range(self.n_iter):
-            rebuilt = _stft(_istft(mag * angles, self.cfg, self.window), self.cfg, self.window)
+            rebuilt = stft(_istft(mag * angles, self.cfg, self.window), self.cfg, self.window)
             angles = rebuilt - prev * (self.momentum / (1 + self.momentum))
             angles = angles / (angles.abs() + 1e-16)
             prev = rebuilt

@@ -57,7 +57,8 @@ class CapturedSampler:
         for b, s in zip(self.buffers(), saved):
             b.copy_(s)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: another thread's allocations during this capture do not invalidate it
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._step(final)
         self.graphs[final] = graph
 
@@ -78,9 +79,10 @@ class CapturedSampler:
             self.coef.copy_(table[i])
             self.noise.copy_(noise.steps[i])
             if self.capture:
-                if final not in self.graphs:
-                    self._capture(final)
-                self.graphs[final].replay()
+                with torch.cuda.device(self.device):  # cuda:N: capture and replay on the buffers' GPU
+                    if final not in self.graphs:
+                        self._capture(final)
+                    self.graphs[final].replay()
             else:
                 self._step(final)
             if callback is not None:

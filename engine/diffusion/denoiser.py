@@ -9,12 +9,7 @@ import torch
 from torch import nn
 
 from ..storage.config import SDEConfig
-from .sde import precondition
-
-
-def per_sample(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-sample sigma (B,) broadcast against x (B, ...)."""
-    return sigma.reshape(-1, *([1] * (x.ndim - 1)))
+from .sde import per_sample, precondition
 
 
 def to_score(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:

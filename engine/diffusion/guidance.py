@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from .denoiser import per_sample
+from .sde import per_sample
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEFAULT_GUIDANCE = 3.0  # gamma: the paper's guidance strength, every entry point's default

@@ -13,11 +13,16 @@ import torch
 from ..storage.config import SDEConfig
 
 
+def per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample values (B,) broadcast against x (B, ...): the one way sigma and friends meet a batch."""
+    return values.reshape(-1, *([1] * (x.ndim - 1)))
+
+
 def precondition(sigma: torch.Tensor, cfg: SDEConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(c_skip, c_out, c_in, c_noise) for per-sample sigma of shape (B,), each broadcast to (B, 1, 1, 1)
     except c_noise which stays (B,)."""
     sd2 = cfg.sigma_data ** 2
-    s = sigma.reshape(-1, 1, 1, 1)
+    s = sigma.reshape(-1, 1, 1, 1)  # per_sample without an x to copy: every image here is (B, 1, n_mels, frames)
     c_skip = sd2 / (s ** 2 + sd2)
     c_out = s * cfg.sigma_data / torch.sqrt(s ** 2 + sd2)
     c_in = 1.0 / torch.sqrt(s ** 2 + sd2)
@@ -45,7 +50,7 @@ def sample_classifier_sigma(n: int, cfg: SDEConfig, generator: torch.Generator |
 
 
 def perturb(x0: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    return x0 + sigma.reshape(-1, 1, 1, 1) * noise
+    return x0 + per_sample(sigma, x0) * noise
 
 
 def karras_schedule(steps: int, cfg: SDEConfig, sigma_max: float | None = None, rho: float | None = None
@@ -63,8 +68,3 @@ def karras_schedule(steps: int, cfg: SDEConfig, sigma_max: float | None = None, 
     denom = max(steps - 1, 1)
     sig = (smax ** inv + i / denom * (cfg.sigma_min ** inv - smax ** inv)) ** rho
     return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
-
-
-def marginal_std(sigma: torch.Tensor, cfg: SDEConfig) -> torch.Tensor:
-    """Std of x_t per element when x_0 has std sigma_data: sqrt(sigma_data^2 + sigma^2)."""
-    return torch.sqrt(cfg.sigma_data ** 2 + sigma ** 2)

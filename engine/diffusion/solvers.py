@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .denoiser import to_d, to_score
+from .sde import per_sample
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # callback(step index, sigma of the step (host float), denoised estimate D of the step's first evaluation)
@@ -80,8 +81,8 @@ def predictor_corrector_step(model: Denoiser, x, coef, noise, state, final):
         d = model(x, s)
         first = d if first is None else first
         g, z = to_score(x, s, d), noise[j]
-        g_norm = g.flatten(1).norm(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
-        z_norm = z.flatten(1).norm(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
+        g_norm = per_sample(g.flatten(1).norm(dim=1), x)
+        z_norm = per_sample(z.flatten(1).norm(dim=1), x)
         eps = 2 * (snr * z_norm / g_norm.clamp_min(1e-12)) ** 2
         x = x + eps * g + torch.sqrt(2 * eps) * z
     d = model(x, s)

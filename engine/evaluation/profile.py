@@ -17,10 +17,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..diffusion.guidance import conditioned
+from ..diffusion import solvers
+from ..diffusion.guidance import DEFAULT_GUIDANCE, conditioned
 from ..diffusion.noise import clip_seed, draw_noise
 from ..diffusion.solvers import get_solver
 from ..stages import STAGES, current_stage, stage
+from ..storage.atomic import atomic_write, atomic_write_bytes
 from .cost import _EXTRA_FORMULAS
 
 STEP = "preconditioning, guidance and solver update"
@@ -85,7 +87,7 @@ def _stage_times(events) -> tuple[dict[str, float], dict[str, dict[str, float]]]
 
 
 @torch.no_grad()
-def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 3.0, sampler: str | None = None,
+def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = DEFAULT_GUIDANCE, sampler: str | None = None,
                      out_dir: str | Path | None = None, repeats: int = 3) -> dict:
     """Profile ``steps`` solver steps (from the start of the schedule) of a batch, then the vocoder."""
     spec = engine.sampler_spec(sampler)
@@ -93,21 +95,17 @@ def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 
     steps = min(steps, spec.steps)
     sigmas = spec.schedule(engine.bundle.sde)
     table = solver.table(sigmas, dict(spec.options), engine.device)
-    host = sigmas.tolist()
+    host = sigmas.tolist()[:steps + 1]  # the first ``steps`` steps of the schedule
     clips = engine.request_clips([engine.labels[i % len(engine.labels)] for i in range(batch)], 1, guidance, 0)
     labels = [c.label for c in clips]
-    fn = conditioned(engine.scorer, *engine.conditioning(clips))
+    fn = conditioned(engine.denoiser_for(spec), *engine.conditioning(clips))
     f = engine.bundle.features
     noise = draw_noise([clip_seed(0, k) for k in range(batch)], (1, f.n_mels, f.frames), spec.steps,
                        solver.noise_per_step, engine.device)
 
-    def run_steps():
-        x = noise.prior * table[0, 0]
-        state = solver.init_state(x)
-        for i in range(steps):
-            with stage(STEP):
-                x, _ = solver.step(fn, x, table[i], noise.steps[i], state, host[i + 1] == 0)
-        return x
+    def run_steps():  # the engine's own loop (engine.diffusion.solvers.run_steps), inside one stage
+        with stage(STEP):
+            return solvers.run_steps(fn, solver, table, host, noise)
 
     def run_vocoder(x):
         return engine.finish(labels, x.clamp(-20, 20))
@@ -157,8 +155,8 @@ def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        prof.export_chrome_trace(str(out / f"trace_{engine.model}.json"))
-        (out / f"profile_{engine.model}.json").write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write(out / f"trace_{engine.model}.json", lambda tmp: prof.export_chrome_trace(tmp))
+        atomic_write_bytes(out / f"profile_{engine.model}.json", (json.dumps(result, indent=1) + "\n").encode())
     return result
 
 

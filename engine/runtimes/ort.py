@@ -31,6 +31,8 @@ from engine.storage.hashing import file_sha256
 
 from export.artifacts import Log, warn
 
+from .selection import select_graph
+
 # Chosen by measurement (benchmarks/ort_settings.py, benchmarks/results/ort_settings.md).
 DEFAULT_LEVEL = "all"
 LEVELS = ("disable", "basic", "extended", "all")
@@ -169,12 +171,7 @@ class OrtScoreModel:
         return sorted({p for s in self.sessions.values() for p in s.get_providers()})
 
     def session_for(self, guided: bool, batch: int):
-        sess = self.sessions.get((guided, batch)) or self.sessions.get((guided, None))
-        if sess is None:
-            have = sorted(b for g, b in self.sessions if g == guided and b is not None)
-            raise ValueError(f"no {'guided' if guided else 'unguided'} graph for batch {batch}: the exported "
-                             f"graphs have static batch sizes {have}; export with a dynamic batch or this size")
-        return sess
+        return self.sessions[select_graph(list(self.sessions), guided, batch)]
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor | None = None,
                  gamma: torch.Tensor | None = None) -> torch.Tensor:

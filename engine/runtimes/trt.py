@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.errors import BackendError
-
 from export.tensorrt_build import _tensorrt, shared_logger
+
+from .selection import select_graph
 
 if TYPE_CHECKING:  # annotations only: the module is imported lazily, by _tensorrt()
     import tensorrt as trt
@@ -33,21 +34,6 @@ if TYPE_CHECKING:  # annotations only: the module is imported lazily, by _tensor
 VERSION_SPECIFIC = {
     "device_memory_size": "getattr",  # ICudaEngine.device_memory_size: 10 only (11 has device_memory_size_v2)
 }
-
-
-def select_graph(available: list[tuple[bool, int | None]], guided: bool, batch: int,
-                 max_batch: int | None = None) -> tuple[bool, int | None]:
-    """The graph for ``batch``: a static one of exactly that size, else the dynamic one (whose profile
-    must cover ``batch``)."""
-    if (guided, batch) in available:
-        return guided, batch
-    if (guided, None) in available:
-        if max_batch is not None and batch > max_batch:
-            raise ValueError(f"batch {batch} is above the dynamic profile's maximum {max_batch}; rebuild the plan "
-                             "with a larger --batch")
-        return guided, None
-    have = sorted(b for g, b in available if g == guided and b is not None)
-    raise ValueError(f"no {'guided' if guided else 'unguided'} plan for batch {batch} (static sizes {have})")
 
 
 def binding_plan(manifest: dict, feeds: dict[str, torch.Tensor]) -> list[tuple[str, tuple[int, ...]]]:
