@@ -361,7 +361,7 @@ def _captured_check(kit: Kit, solver: str, device: str, steps: int, runs):
     spec = SamplerSpec(solver, steps)
     feats = eng.bundle.features
     with tf32(False):
-        return captured_vs_eager(eng.score_model, eng.score_model.n_classes, solver, spec.schedule(eng.bundle.sde),
+        return captured_vs_eager(eng.torch_denoiser, eng.torch_denoiser.n_classes, solver, spec.schedule(eng.bundle.sde),
                                  runs, device, shape=(1, feats.n_mels, feats.frames), options=dict(spec.options))
 
 
@@ -610,7 +610,7 @@ def _ort_cuda(kit: Kit):
         a = eng.generate(list(DIGITS), n=1, seed=0)
         b = kit.engine("cuda").generate(list(DIGITS), n=1, seed=0)
     c = compare(a.mels, b.mels, ORT_TOL, scale=1.0)
-    providers = eng.scorer.providers() if hasattr(eng.scorer, "providers") else None
+    providers = eng.denoiser.providers() if hasattr(eng.denoiser, "providers") else None
     return (PASS if c["ok"] else FAIL,
             f"works (providers {providers}): {len(DIGITS)} clips vs Engine(cuda, torch): {_fmt(c)} [{ORT_WHY}]",
             {"outcome": "works", "providers": providers, "compare": c})
@@ -781,13 +781,13 @@ def time_reused_runner(eng, n_clips: int, batch: int, repeats: int, steps: int |
 
     spec = eng.sampler_spec(steps=steps)
     solver, sigmas, options = get_solver(spec.solver), spec.schedule(eng.bundle.sde), dict(spec.options)
-    feats, dev, n_cls = eng.bundle.features, eng.device, eng.score_model.n_classes
+    feats, dev, n_cls = eng.bundle.features, eng.device, eng.torch_denoiser.n_classes
     shape, b = (1, feats.n_mels, feats.frames), min(batch, n_clips)
     chunks = [list(range(c, min(c + b, n_clips))) for c in range(0, n_clips, b)]
     if len(chunks[-1]) != b:
         raise Skip(f"{n_clips} clips do not split into batches of {b}")
     onehot_buf, gamma_buf = torch.zeros(b, n_cls, device=dev), torch.full((b,), 3.0, device=dev)
-    runner = CapturedSampler(conditioned(eng.scorer, onehot_buf, gamma_buf), solver, (b, *shape), dev)
+    runner = CapturedSampler(conditioned(eng.denoiser, onehot_buf, gamma_buf), solver, (b, *shape), dev)
     noises = [draw_noise([clip_seed(0, k) for k in ch], shape, spec.steps, solver.noise_per_step, dev) for ch in chunks]
     hots = [onehot(torch.tensor([eng.labels[k % len(eng.labels)] for k in ch], device=dev), n_cls) for ch in chunks]
     runner.run(sigmas, noises[0], options)  # captures
@@ -830,7 +830,7 @@ def _skip(reason: str):
 
 def _cpu_smoke(kit: Kit, model: str):
     eng = kit.engine("cpu", "torch", model)
-    r = time_score_eval(eng.score_model, 1, "cpu", captured=False, kern=True, repeats=3, warmup=1)
+    r = time_score_eval(eng.torch_denoiser, 1, "cpu", captured=False, kern=True, repeats=3, warmup=1)
     return PASS, (f"eager (the references: no Triton on CPU) median {r['median_ms']:.1f} ms over {r['repeats']}; "
                   f"{torch.get_num_threads()} threads; reported, not judged"), {"eager+reference": r}
 
@@ -844,7 +844,7 @@ def _score_line(kit: Kit, model: str, batch: int, repeats: int = 20):
             cut.append(name)
             continue
         try:
-            res[name] = time_score_eval(eng.score_model, batch, kit.device, how == "captured", kern, repeats=repeats)
+            res[name] = time_score_eval(eng.torch_denoiser, batch, kit.device, how == "captured", kern, repeats=repeats)
         except Skip as s:
             res[name] = {"skipped": str(s)}
         except Exception as e:  # noqa: BLE001  (one mode's failure is reported with the others' numbers)

@@ -95,7 +95,7 @@ def judge_points(args, model: str, judge: QualityJudge, cache: dict, earlier: di
             if key not in cache:
                 if engine is None:  # snapshots load into the eager module
                     engine = Engine(args.checkpoint, model=model, backend="torch", progress=False)
-                load_weights(f.parent, f.stem, engine.score_model.denoiser.net, {})
+                load_weights(f.parent, f.stem, engine.torch_denoiser.denoiser.net, {})
                 r = evaluate_quality(engine, judge, args.n, args.guidance, args.seed)
                 cache[key] = {"recognised": r.recognised, "fd": r.fd, "per_digit": r.recognised_per_digit,
                               "sampler": engine.default_sampler.label()}

@@ -31,13 +31,13 @@ def main() -> int:
     args = p.parse_args()
     record(__file__)
     engine = Engine(args.checkpoint, model=args.model, backend="torch")
-    graphs = ensure_score_graphs(engine.score_model, engine.bundle, GraphSpec.of(engine.bundle, engine.score_model),
+    graphs = ensure_score_graphs(engine.torch_denoiser, engine.bundle, GraphSpec.of(engine.bundle, engine.torch_denoiser),
                                  default_cache_dir())
     lines = [header(__file__), f"{args.model}, guided score evaluation; median of {args.repeats} interleaved rounds; "
              "ratio to eager torch per round, median [p10, p90].", "",
              "| batch | onnxruntime level | threads | ms | ratio to torch |", "|---:|---|---:|---:|---|"]
     for batch in args.batch:
-        fns = {"torch": score_eval(engine.bundle, batch, 3.0, engine.score_model)}
+        fns = {"torch": score_eval(engine.bundle, batch, 3.0, engine.torch_denoiser)}
         for level in LEVELS[1:]:
             for th in args.threads:
                 fns[(level, th)] = score_eval(engine.bundle, batch, 3.0, OrtScoreModel(graphs, threads=th, level=level))

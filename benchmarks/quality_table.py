@@ -50,7 +50,7 @@ def quality(engine: Engine, ev, data: str, clips: int, seed: int, sampler: str |
 def performance(engine: Engine, checkpoint: str) -> dict:
     """Median wall time and peak-RSS increase of one score evaluation, guided and unguided, batch 1 and 16."""
     return {f"{b}/{g}": {"median_s": time_score_eval(engine.bundle, b, g)["median_s"],
-                         "peak_mb": peak_step_memory(checkpoint, engine.model, b, g)["step_peak_increase_mb"]}
+                         "peak_mb": peak_step_memory(checkpoint, engine.model_name, b, g)["step_peak_increase_mb"]}
             for b in BATCHES for g in GAMMAS}
 
 
@@ -87,8 +87,8 @@ def main() -> int:
             if key not in cache:
                 cache[key] = quality(engine, ev, args.data, args.clips, args.seed, args.sampler, args.nfe)
                 save_cache(args.cache, cache)
-            cost = step_cost(engine.bundle, engine.score_model)
-            traced = traced_step_macs(engine.score_model, engine.bundle.input_hw)
+            cost = step_cost(engine.bundle, engine.torch_denoiser)
+            traced = traced_step_macs(engine.torch_denoiser, engine.bundle.input_hw)
             if (traced["guided"]["total"], traced["unguided"]["total"]) != (cost.guided_macs, cost.unguided_macs):
                 raise RuntimeError(f"{model}: MACs of the traced graph {traced} differ from the eager count {cost}")
             rows.append({"regime": Path(ckpt).name, "model": model, "quality": cache[key], "cost": cost,

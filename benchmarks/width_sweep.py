@@ -26,7 +26,7 @@ from pathlib import Path
 from report import emit, header, load_cache, record, save_cache
 
 from engine.audio.datasets import DEFAULT_DATA
-from engine import cli_types
+from engine import cli_parser
 from engine.api import Engine
 from engine.provenance import code_version
 from engine.evaluation.quality import QualityJudge, evaluate_quality
@@ -88,7 +88,7 @@ def judged(bundle: Path, cfg: dict, args) -> dict:
     r = evaluate_quality(engine, QualityJudge(ev, args.data, engine.labels), args.n, args.guidance, args.seed)
     last = next((p for p in reversed(t.get("curve", [])) if p.get("heldout")), {})
     return {"widths": list(cfg["score_subnet_config"]["widths"]),
-            "params": sum(p.numel() for p in engine.score_model.denoiser.net.parameters()),
+            "params": sum(p.numel() for p in engine.torch_denoiser.denoiser.net.parameters()),
             "seconds": t["seconds"], "steps": t["steps"], "threads": t.get("threads"),
             "recognised": r.recognised, "fd": r.fd, "heldout": last.get("heldout"), "sampler": r.sampler,
             "curve": [{"seconds": p["seconds"], "steps": p["step"], "heldout": p["heldout"]["all"]}
@@ -121,7 +121,7 @@ def render_curves(rows: list[dict]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="engine/checkpoints/fsdd", help="bundle whose classifier is shared")
-    p.add_argument("--widths", type=cli_types.widths, nargs="+", required=True, help="one comma-separated list per run")
+    p.add_argument("--widths", type=cli_parser.widths, nargs="+", required=True, help="one comma-separated list per run")
     p.add_argument("--seconds", type=float, default=3000.0, help="training seconds per width")
     p.add_argument("--snapshot-every", type=float, default=600.0)
     p.add_argument("--work", default="runs/widths", help="folder of the sweep's bundles")

@@ -113,14 +113,14 @@ class Engine:
             raise ValueError(f"limits must be an engine.limits.Limits, got {type(limits).__name__}")
         self.limits = limits or Limits()
         self.bundle: Bundle = load_bundle(checkpoint or DEFAULT_CHECKPOINT, model=model)
-        self.model = model
-        self.score_model = score_model(self.bundle).to(self.device)
+        self.model_name = model  # the registry name of the score network (engine.models.registry)
+        self.torch_denoiser = score_model(self.bundle).to(self.device)
         self.batch_size, self.progress, self.backend = batch_size, progress, resolve_backend(backend, self.device)
         # what the solvers call: the score model itself, or an exported copy of it run by another runtime
-        self.scorer = score_backend(self.backend, self.score_model, self.bundle, self.device, artifacts,
-                                    max_batch=batch_size)
+        self.denoiser = score_backend(self.backend, self.torch_denoiser, self.bundle, self.device, artifacts,
+                                      max_batch=batch_size)
         self._artifacts = artifacts
-        self._denoisers = {self.score_model.fade_sigma: self.scorer}  # per guidance fade (denoiser_for)
+        self._denoisers = {self.torch_denoiser.fade_sigma: self.denoiser}  # per guidance fade (denoiser_for)
         self._denoisers_lock = threading.Lock()
         # static-buffer runners (CapturedSampler) per (spec, batch, guided): on CUDA for backends that run on the
         # capturing stream; elsewhere the eager loop (tests switch them on on CPU, where they step eagerly)
@@ -218,7 +218,7 @@ class Engine:
             return None, None
         labels = torch.tensor([c.label if c.label is not None else 0 for c in clips], device=self.device)
         gamma = torch.tensor([float(c.guidance) if c.guided else 0.0 for c in clips], device=self.device)
-        return onehot(labels, self.score_model.n_classes), gamma
+        return onehot(labels, self.torch_denoiser.n_classes), gamma
 
     @torch.no_grad()
     def sample_clips(self, clips: Sequence[Clip], spec: SamplerSpec) -> torch.Tensor:
@@ -253,7 +253,7 @@ class Engine:
             entry = self._runners.pop(key, None)
             if entry is None:
                 n = len(chunk)
-                onehot_buf = torch.zeros(n, self.score_model.n_classes, device=self.device) if guided else None
+                onehot_buf = torch.zeros(n, self.torch_denoiser.n_classes, device=self.device) if guided else None
                 gamma_buf = torch.zeros(n, device=self.device) if guided else None
                 runner = CapturedSampler(conditioned(self.denoiser_for(spec), onehot_buf, gamma_buf), spec.solver,
                                          noise.prior.shape, self.device, capture=can_capture(self.device))

@@ -137,7 +137,7 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
     @app.get("/info")
     def info() -> dict:
         weights = engine.bundle.weights_sha256("classifier") or ""
-        return {"checkpoint": engine.bundle.directory.name, "classifier_sha256": weights[:16], "model": engine.model,
+        return {"checkpoint": engine.bundle.directory.name, "classifier_sha256": weights[:16], "model": engine.model_name,
                 "labels": list(engine.labels), "backend": engine.backend, "sampler": engine.default_sampler.label(),
                 "guidance": DEFAULT_GUIDANCE, "vocoder": engine.vocoder_name,
                 "sample_rate": engine.bundle.features.sample_rate,

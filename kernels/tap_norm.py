@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import backend_for, needs_grad, triton_available  # noqa: F401  (backend_for, triton_available: re-exported)
+from .dispatch import backend_for, needs_grad, on_device_of, triton_available  # noqa: F401  (backend_for, triton_available: re-exported)
 
 EPS = 1e-12
 

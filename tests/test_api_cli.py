@@ -133,7 +133,7 @@ def test_engine_takes_its_sampling_defaults_from_the_checkpoint(tiny_checkpoint,
     ck = copy_checkpoint(tiny_checkpoint, tmp_path / "defaults")
     update_config(ck, {"sampling": {"sampler": "heun", "steps": 2, "guidance_fade_sigma": 0.5, "vocoder": "griffin-lim"}})
     engine = Engine(ck)
-    assert (engine.default_sampler.solver, engine.default_sampler.steps, engine.score_model.fade_sigma) == ("heun", 2, 0.5)
+    assert (engine.default_sampler.solver, engine.default_sampler.steps, engine.torch_denoiser.fade_sigma) == ("heun", 2, 0.5)
     assert torch.equal(engine.generate(7, seed=2).mels, engine.generate(7, steps=2, sampler="heun", seed=2).mels)
     assert engine.sampler_spec(nfe=7).steps == 4 and engine.sampler_spec("dpmpp_2m").nfe == 3  # the default's NFE
 

@@ -27,7 +27,7 @@ def test_onnxruntime_samples_what_torch_samples(tiny_with_baselines, cache, mode
     """Both score models run on both backends, through the same solvers, seeds and guidance code."""
     eager = Engine(tiny_with_baselines, model=model, backend="torch")
     ort = Engine(tiny_with_baselines, model=model, backend="onnxruntime", artifacts=cache)
-    assert ort.scorer.providers() == ["CPUExecutionProvider"]
+    assert ort.denoiser.providers() == ["CPUExecutionProvider"]
     for sampler, guidance in (("dpmpp_2m_sde", 3.0), ("heun", 0.0)):
         a = eager.generate([1, 7], n=2, nfe=6, sampler=sampler, guidance=guidance, seed=4)
         b = ort.generate([1, 7], n=2, nfe=6, sampler=sampler, guidance=guidance, seed=4)
@@ -99,11 +99,11 @@ def test_export_command_builds_what_the_engine_loads_and_says_why_no_plans(tiny_
 
 def main_raises(argv):
     """Run a command's function directly (main() would turn its error into exit status 2)."""
-    from engine.cli import build_parser
+    from engine.cli import COMMANDS, build_parser
 
     args = build_parser().parse_args(argv)
     args.argv = argv
-    return args.func(args)
+    return COMMANDS[args.run](args)
 
 
 def test_static_graphs_serve_their_batch_sizes_only(tiny_checkpoint, tmp_path):

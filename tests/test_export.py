@@ -91,13 +91,13 @@ def test_missing_provider_is_reported(taps_onnx):
 @pytest.mark.parametrize("fade", [0.0, 1.0])
 def test_exported_score_equals_the_engines_score_function(tmp_path, fade):
     """The shipped checkpoint's score model, exported as it is, against the function the engine's solvers
-    call (``conditioned(engine.score_model, onehot, gamma)``), guided with a guidance fade and without, and
+    call (``conditioned(engine.torch_denoiser, onehot, gamma)``), guided with a guidance fade and without, and
     unguided; in onnxruntime, on inputs the export never saw."""
     from engine.api import Engine
 
     engine = Engine()
-    engine.score_model.fade_sigma = fade
-    model, hw = engine.score_model, engine.bundle.input_hw
+    engine.torch_denoiser.fade_sigma = fade
+    model, hw = engine.torch_denoiser, engine.bundle.input_hw
     for guided in (True, False):
         names = SCORE_INPUTS[guided]
         path = export_onnx(model, score_inputs(model, 2, hw, guided), tmp_path, f"score_{guided}", names, SCORE_OUTPUTS,
@@ -105,13 +105,13 @@ def test_exported_score_equals_the_engines_score_function(tmp_path, fade):
         x, sigma, *cond = score_inputs(model, 2, hw, guided, seed=2)
         got = ort_session(path).run(None, {n: t.numpy() for n, t in zip(names, (x, sigma, *cond))})[0]
         with torch.no_grad():
-            ref = conditioned(engine.score_model, *(cond or (None, None)))(x, sigma)
+            ref = conditioned(engine.torch_denoiser, *(cond or (None, None)))(x, sigma)
         assert float((torch.from_numpy(got) - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
         if guided:  # the fade is in the graph: the same inputs without it give another output
-            engine.score_model.fade_sigma = 1.0 - fade
+            engine.torch_denoiser.fade_sigma = 1.0 - fade
             with torch.no_grad():
-                other = conditioned(engine.score_model, *cond)(x, sigma)
-            engine.score_model.fade_sigma = fade
+                other = conditioned(engine.torch_denoiser, *cond)(x, sigma)
+            engine.torch_denoiser.fade_sigma = fade
             assert float((other - ref).abs().max()) > 1e-3
         report = check_onnx_for_tensorrt(path, load_support_matrix(MATRIX))
         assert report.ok and report.dynamic_inputs == [], report.unsupported  # static shapes: a fixed profile

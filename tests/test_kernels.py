@@ -518,3 +518,30 @@ def test_kernel_wrappers_create_no_tensors_from_host_values():
 
 if __name__ == "__main__" and "--interpret" in sys.argv:
     _interpret_main()
+
+
+def test_each_dispatcher_reaches_its_triton_wrapper_under_the_device_guard(monkeypatch):
+    """The Triton branch of every dispatcher (taken only on CUDA) runs here with the wrapper swapped for its
+    reference: a name missing on that branch (the device guard, an import) fails on CPU, not first on a GPU."""
+    import kernels.attention as attention
+    import kernels.attention_triton as attention_triton
+    import kernels.silu_adjoint as silu_adjoint
+    import kernels.silu_adjoint_triton as silu_adjoint_triton
+    import kernels.tap_norm as tap_norm
+    import kernels.tap_norm_triton as tap_norm_triton
+
+    calls = []
+    for dispatcher in (attention, silu_adjoint, tap_norm):
+        monkeypatch.setattr(dispatcher, "backend_for", lambda *a, **k: "triton")
+    for module, name, ref in [(tap_norm_triton, "tap_rms_norm_triton", tap_rms_norm_reference),
+                              (tap_norm_triton, "tap_pair_norm_triton", tap_pair_norm_reference),
+                              (attention_triton, "tap_attention_triton", tap_attention_reference),
+                              (silu_adjoint_triton, "silu_affine_adjoint_triton", silu_affine_adjoint_reference)]:
+        monkeypatch.setattr(module, name, lambda *a, _ref=ref, _name=name, **k: calls.append(_name) or _ref(*a))
+    f = torch.randn(2, 8, 4, 4)
+    tap_rms_norm(f)
+    tap_pair_norm(f, f)
+    q = torch.randn(2, 8, 4, 4)
+    tap_attention(q, q, q, torch.randn(1, 8, 4, 4), 2)
+    silu_affine_adjoint(torch.randn(2, 2, 8, 4, 4), f, torch.randn(8))
+    assert calls == ["tap_rms_norm_triton", "tap_pair_norm_triton", "tap_attention_triton", "silu_affine_adjoint_triton"]

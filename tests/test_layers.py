@@ -23,7 +23,7 @@ LAYERS = [
     {"engine.evaluation"},
     {"engine.batching"},
     {"engine.serve"},
-    {"engine.cli_types"},
+    {"engine.cli_parser"},
     {"engine.cli"},
     {"engine"},  # the package itself (engine/__init__.py re-exports the API)
 ]

@@ -42,8 +42,8 @@ def test_one_backward_tap_extractor_matches_separate_autograd_calls(norm):
     for g, gr in zip(taps.grads, ref[1:]):
         assert g.shape == gr.shape and close(g, gr)
     assert close(taps.input_grad, ref[0])
-    assert close(taps.guidance, ref_guid)
-    assert taps.guidance.abs().max() > 0 and taps.input_grad.abs().max() > 0
+    assert close(taps.class_gradient, ref_guid)
+    assert taps.class_gradient.abs().max() > 0 and taps.input_grad.abs().max() > 0
 
 
 def test_extraction_runs_one_forward_and_one_backward(monkeypatch):
@@ -68,9 +68,9 @@ def test_extraction_runs_one_forward_and_one_backward(monkeypatch):
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
         taps = tx(torch.randn(2, 1, 80, 72), torch.ones(2), onehot(torch.tensor([0, 1]), 10))
         tx(torch.randn(2, 1, 80, 72), torch.ones(2))
-        tx.guidance_gradient(torch.randn(2, 1, 80, 72), torch.ones(2), onehot(torch.tensor([0, 1]), 10))
+        tx.class_gradient(torch.randn(2, 1, 80, 72), torch.ones(2), onehot(torch.tensor([0, 1]), 10))
     assert calls == {"forward": 3, "adjoint": 3, "S": [2, 1, 1]}
-    assert saved == [] and not taps.guidance.requires_grad  # the explicit adjoint replaces autograd
+    assert saved == [] and not taps.class_gradient.requires_grad  # the explicit adjoint replaces autograd
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
         clf(torch.randn(2, 1, 80, 72), torch.zeros(2))  # the same forward outside the extractor does record
     assert saved
@@ -80,6 +80,6 @@ def test_unguided_extraction_has_no_guidance_and_same_taps():
     tx = TapExtractor(random_classifier("affine"), SDE)
     x, s = torch.randn(2, 1, 80, 72), torch.tensor([0.5, 3.0])
     a, b = tx(x, s), tx(x, s, onehot(torch.tensor([2, 3]), 10))
-    assert a.guidance is None
+    assert a.class_gradient is None
     for ga, gb in zip(a.grads, b.grads):
         assert torch.allclose(ga, gb, atol=1e-6)

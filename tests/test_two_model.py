@@ -6,7 +6,7 @@ import torch
 from engine.api import Engine
 from engine.cli import main
 from engine.diffusion.denoiser import EDMDenoiser
-from engine.diffusion.score_model import TwoModelDenoiser, build_score_model
+from engine.diffusion.score_model import PlugInDenoiser, build_score_model
 from engine.diffusion.taps import TapExtractor, onehot
 from engine.models.classifier import NoiseConditionedClassifier
 from engine.models.unet import UNet
@@ -31,11 +31,11 @@ def test_separate_guidance_pass_equals_the_stacked_one():
             p.add_(0.05 * torch.randn_like(p))
     tx = TapExtractor(clf.eval(), SDE)
     x, s, y = torch.randn(3, 1, 80, 72), torch.tensor([0.1, 1.0, 9.0]), onehot(torch.tensor([2, 5, 9]), 10)
-    stacked, alone = tx(x, s, y).guidance, tx.guidance_gradient(x, s, y)
+    stacked, alone = tx(x, s, y).class_gradient, tx.class_gradient(x, s, y)
     assert torch.allclose(stacked, alone, rtol=1e-5, atol=1e-9)
     unet = UNet(UNetConfig(widths=(8, 16, 16, 24), heads=2, emb_dim=16))
     model = build_score_model(tx, unet)
-    assert isinstance(model, TwoModelDenoiser)
+    assert isinstance(model, PlugInDenoiser)
     gamma = torch.tensor([3.0, 3.0, 0.5])
     with torch.no_grad():
         d = model.denoiser(x, s)
@@ -49,7 +49,7 @@ def test_baselines_generate_through_the_engine(tiny_with_baselines, model):
     a = engine.generate(7, n=2, steps=3, seed=1)
     b = engine.generate(7, n=2, steps=3, seed=1)
     assert a.waves.shape == (2, 72 * 160) and torch.equal(a.mels, b.mels)
-    assert isinstance(engine.score_model, TwoModelDenoiser)
+    assert isinstance(engine.torch_denoiser, PlugInDenoiser)
 
 
 def test_model_choice_errors_are_named(tiny_checkpoint, tmp_path, capsys):

@@ -23,10 +23,10 @@ def guidance_weight(sigma: torch.Tensor, fade_sigma: float) -> torch.Tensor:
     return sigma ** 2 / (sigma ** 2 + fade_sigma ** 2)
 
 
-def apply_guidance(denoised: torch.Tensor, guidance: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor,
+def apply_guidance(denoised: torch.Tensor, class_gradient: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor,
                    fade_sigma: float) -> torch.Tensor:
-    """D + gamma * w(sigma) * sigma^2 * guidance, with per-sample sigma and gamma of shape (B,)."""
-    return denoised + per_sample(gamma * guidance_weight(sigma, fade_sigma) * sigma ** 2, denoised) * guidance
+    """D + gamma * w(sigma) * sigma^2 * grad_x log p(y | x_t), with per-sample sigma and gamma of shape (B,)."""
+    return denoised + per_sample(gamma * guidance_weight(sigma, fade_sigma) * sigma ** 2, denoised) * class_gradient
 
 
 def conditioned(model: Callable[..., torch.Tensor], onehot: torch.Tensor | None, gamma: torch.Tensor | None

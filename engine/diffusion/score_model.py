@@ -5,7 +5,7 @@ one module ``model(x, sigma[, onehot, gamma]) -> D`` (guided denoiser, fade incl
 benchmarks time it, training fits it and export traces it, so no path evaluates a different score.
 - tapdiff (``TapdiffDenoiser``): one classifier forward and one stacked adjoint give the taps the
   ScoreSubnet reads and, when guided, the guidance gradient.
-- plug-in networks that see only x_t (the two-model U-Net, the ablation; ``TwoModelDenoiser``): the
+- plug-in networks that see only x_t (the two-model U-Net, the ablation; ``PlugInDenoiser``): the
   network alone, plus a separate classifier forward and one-cotangent adjoint when guided.
 """
 from __future__ import annotations
@@ -43,28 +43,28 @@ class GuidedDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor | None = None,
                 gamma: torch.Tensor | None = None) -> torch.Tensor:
-        denoised, guidance = self.parts(x, sigma, onehot)
+        denoised, class_gradient = self.parts(x, sigma, onehot)
         if onehot is None:
             return denoised
-        return apply_guidance(denoised, guidance, sigma, gamma, self.fade_sigma)
+        return apply_guidance(denoised, class_gradient, sigma, gamma, self.fade_sigma)
 
 
 class TapdiffDenoiser(GuidedDenoiser):
     def parts(self, x, sigma, onehot):
         taps = self.extractor(x, sigma, onehot)
-        return self.denoiser(x, sigma, taps), taps.guidance
+        return self.denoiser(x, sigma, taps), taps.class_gradient
 
 
-class TwoModelDenoiser(GuidedDenoiser):
+class PlugInDenoiser(GuidedDenoiser):
     def parts(self, x, sigma, onehot):
-        guidance = None if onehot is None else self.extractor.guidance_gradient(x, sigma, onehot)
-        return self.denoiser(x, sigma), guidance
+        class_gradient = None if onehot is None else self.extractor.class_gradient(x, sigma, onehot)
+        return self.denoiser(x, sigma), class_gradient
 
 
 def build_score_model(extractor: TapExtractor, net: nn.Module, fade_sigma: float = 0.0) -> GuidedDenoiser:
     """The score model of network ``net`` (trained or not) on ``extractor``'s classifier."""
     denoiser = EDMDenoiser(net, extractor.sde)
-    return (TapdiffDenoiser if denoiser.uses_taps else TwoModelDenoiser)(extractor, denoiser, fade_sigma)
+    return (TapdiffDenoiser if denoiser.uses_taps else PlugInDenoiser)(extractor, denoiser, fade_sigma)
 
 
 def score_model(bundle: Bundle, fade_sigma: float | None = None) -> GuidedDenoiser:

@@ -24,13 +24,13 @@ class Taps:
     features: list[torch.Tensor]  # per depth (B, C_d, H_d, W_d), full resolution first
     grads: list[torch.Tensor]  # d logsumexp(logits) / d features[d], same shapes
     input_grad: torch.Tensor  # d logsumexp(logits) / d x_t, (B, 1, n_mels, frames)
-    guidance: torch.Tensor | None  # d log p(y | x_t) / d x_t, or None when no labels were given
+    class_gradient: torch.Tensor | None  # d log p(y | x_t) / d x_t (what guidance scales), or None without labels
     logits: torch.Tensor  # (B, n_classes)
 
     def flat(self) -> tuple[torch.Tensor, ...]:
-        """Every tensor in a fixed order (features, grads, input_grad, [guidance], logits): the export form."""
-        guidance = () if self.guidance is None else (self.guidance,)
-        return (*self.features, *self.grads, self.input_grad, *guidance, self.logits)
+        """Every tensor in a fixed order (features, grads, input_grad, [class_gradient], logits): the export form."""
+        class_gradient = () if self.class_gradient is None else (self.class_gradient,)
+        return (*self.features, *self.grads, self.input_grad, *class_gradient, self.logits)
 
 
 def onehot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -70,10 +70,10 @@ class TapExtractor(torch.nn.Module):
         # The classifier sees c_in * x_t, so d/dx_t = c_in * d/d(x_in).
         g_x = g_in * c_in[None]
         return Taps(features=fp.taps, grads=grads, input_grad=g_x[0],
-                    guidance=g_x[1] if onehot is not None else None, logits=fp.logits)
+                    class_gradient=g_x[1] if onehot is not None else None, logits=fp.logits)
 
     @torch.no_grad()
-    def guidance_gradient(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    def class_gradient(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         """grad_x log p(y | x_t) alone (one cotangent, no tap gradients kept): what a two-model pipeline
         needs from its classifier."""
         _, _, c_in, c_noise = precondition(sigma, self.sde)

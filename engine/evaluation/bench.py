@@ -110,9 +110,9 @@ def run_bench(checkpoint, cfg: BenchConfig, log: Log = print) -> dict:
     clip_seconds = next(iter(engines.values())).bundle.features.clip_samples / \
         next(iter(engines.values())).bundle.features.sample_rate
     for name, e in engines.items():
-        model_macs = step_cost(e.bundle, e.score_model)
+        model_macs = step_cost(e.bundle, e.torch_denoiser)
         result["systems"][name] = {
-            "model": e.model, "backend": e.backend, "params_total": model_macs.total_params,
+            "model": e.model_name, "backend": e.backend, "params_total": model_macs.total_params,
             "params_trainable": model_macs.trainable_params, "macs_guided": model_macs.guided_macs,
             "macs_unguided": model_macs.unguided_macs, "weights_sha256": {
                 k: v for k, v in e.bundle.config.get("files", {}).items()},
@@ -123,7 +123,7 @@ def run_bench(checkpoint, cfg: BenchConfig, log: Log = print) -> dict:
         for gamma in cfg.guidances:
             fns = {}
             for name, e in engines.items():
-                fn, x, s = score_eval(e.bundle, batch, gamma, e.scorer, e.device)
+                fn, x, s = score_eval(e.bundle, batch, gamma, e.denoiser, e.device)
                 fns[name] = lambda fn=fn, x=x, s=s: fn(x, s)
             times = interleaved(fns, cfg.repeats)
             row = {"batch": batch, "guidance": gamma, "times_s": times,
@@ -193,17 +193,17 @@ def _memory(checkpoint, engine: Engine, batch: int, gamma: float, cfg: BenchConf
 
     out: dict = {}
     if engine.backend == "torch":
-        plan = planned_torch(engine.bundle, batch, gamma, engine.score_model, engine.device)
+        plan = planned_torch(engine.bundle, batch, gamma, engine.torch_denoiser, engine.device)
         out["planned_mib"], out["planned_source"] = plan["peak_mib"], plan["source"]
     else:
-        key = (engine.model, gamma > 0, batch)
+        key = (engine.model_name, gamma > 0, batch)
         if key not in planned_cache:
-            on_cpu = engine.score_model if engine.device.type == "cpu" else None  # export needs a CPU model
+            on_cpu = engine.torch_denoiser if engine.device.type == "cpu" else None  # export needs a CPU model
             planned_cache[key] = planned_onnx(engine.bundle, batch, gamma, cfg.artifacts, on_cpu).peak_mib
         out["planned_mib"], out["planned_source"] = planned_cache[key], "exported ONNX graph, liveness"
     cuda = engine.device.type == "cuda"
     try:
-        m = measured_memory(checkpoint, engine.model, Runtime(engine.backend), batch, gamma,
+        m = measured_memory(checkpoint, engine.model_name, Runtime(engine.backend), batch, gamma,
                             threads=torch.get_num_threads(), evals=4, device=str(engine.device),
                             artifacts=cfg.artifacts)
     except RuntimeError as e:  # the probe failed: say why rather than report a number
@@ -216,7 +216,7 @@ def _memory(checkpoint, engine: Engine, batch: int, gamma: float, cfg: BenchConf
         if k in m:
             out[k] = m[k]
     if cuda:
-        fn, x, s = score_eval(engine.bundle, batch, gamma, engine.scorer, engine.device)
+        fn, x, s = score_eval(engine.bundle, batch, gamma, engine.denoiser, engine.device)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()

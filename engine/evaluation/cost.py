@@ -78,7 +78,7 @@ def step_cost(bundle: Bundle, model: GuidedDenoiser | None = None) -> StepCost:
                  "score network": net}
     else:
         parts = {"score network": net,
-                 "classifier forward + 1-cotangent adjoint (guided only)": count_macs(lambda: tx.guidance_gradient(x, sigma, oh))}
+                 "classifier forward + 1-cotangent adjoint (guided only)": count_macs(lambda: tx.class_gradient(x, sigma, oh))}
     own = n_params(model.denoiser)
     return StepCost(bundle.model, unguided, guided, parts, n_params(clf) + own, own)
 
@@ -129,7 +129,7 @@ def status_kb(key):
 
 ckpt, model, batch, gamma, backend, artifacts = sys.argv[1:7]
 engine = Engine(ckpt, model=model, backend=backend, artifacts=artifacts or None)
-fn, x, s = score_eval(engine.bundle, int(batch), float(gamma), engine.scorer)
+fn, x, s = score_eval(engine.bundle, int(batch), float(gamma), engine.denoiser)
 with torch.no_grad():
     fn(x, s)  # warm-up: allocator pools and lazy initialisation are not the step's
     before = status_kb("VmRSS")

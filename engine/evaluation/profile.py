@@ -147,7 +147,7 @@ def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 
     for r in rows:
         r["share_of_step"] = r["seconds_per_step"] / total if r["stage"] != "vocoder" else None
         r["of_matmul_rate"] = r["gmac_per_s"] / rate
-    result = {"model": engine.model, "backend": engine.backend, "batch": batch, "steps": steps, "guidance": guidance,
+    result = {"model": engine.model_name, "backend": engine.backend, "batch": batch, "steps": steps, "guidance": guidance,
               "sampler": spec.label(), "stages": rows, "profiled_step_s": total,
               "measured_step_s": statistics.median(step_times), "measured_vocoder_s": statistics.median(voc_times),
               "matmul_gmac_per_s": rate, "unattributed_ops": ops.get("outside any stage", {}),
@@ -155,8 +155,8 @@ def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / f"trace_{engine.model}.json", lambda tmp: prof.export_chrome_trace(tmp))
-        atomic_write_bytes(out / f"profile_{engine.model}.json", (json.dumps(result, indent=1) + "\n").encode())
+        atomic_write(out / f"trace_{engine.model_name}.json", lambda tmp: prof.export_chrome_trace(tmp))
+        atomic_write_bytes(out / f"profile_{engine.model_name}.json", (json.dumps(result, indent=1) + "\n").encode())
     return result
 
 

