@@ -25,10 +25,21 @@ def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.reshape(B, heads, C // heads, -1).transpose(-1, -2).contiguous()
 
 
+# Queries per block when attention is exported to ONNX, where SDPA becomes MatMul -> Softmax -> MatMul over the
+# whole (B, heads, tokens, tokens) score matrix: blocks of queries keep one block's scores alive at a time (the
+# softmax is per query row, so the result is the same). Measured: benchmarks/results/memory/memory.md.
+EXPORT_QUERY_BLOCK = 90
+
+
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     """Attention over the H * W positions of (B, C, H, W) maps with ``heads`` heads on the channel axis; the
     output has q's shape (the U-Net's self-attention, and the reference of ``tap_attention``)."""
-    a = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads))
+    qs, ks, vs = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
+    if torch.onnx.is_in_onnx_export() and qs.shape[2] > EXPORT_QUERY_BLOCK:
+        a = torch.cat([F.scaled_dot_product_attention(block, ks, vs)
+                       for block in qs.split(EXPORT_QUERY_BLOCK, dim=2)], dim=2)
+    else:
+        a = F.scaled_dot_product_attention(qs, ks, vs)
     return a.transpose(-1, -2).reshape(q.shape)
 
 
