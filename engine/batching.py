@@ -18,6 +18,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -48,7 +49,9 @@ class _Request:
 
 
 class Batcher:
-    def __init__(self, engine: Engine, max_batch: int = 16, max_delay_ms: float = 10.0):
+    def __init__(self, engine: Engine, max_batch: int = 16, max_delay_ms: float = 10.0,
+                 on_batch: Callable[[int, float, SamplerSpec], None] | None = None):
+        """``on_batch(clips, seconds, spec)`` is told of every sampled batch (for metrics)."""
         if max_batch < 1 or max_delay_ms < 0:
             raise ValueError(f"max_batch must be >= 1 and max_delay_ms >= 0, got {max_batch}, {max_delay_ms}")
         self.engine, self.max_batch, self.max_delay = engine, max_batch, max_delay_ms / 1000
@@ -57,6 +60,7 @@ class Batcher:
         self._lock = threading.RLock()  # close() resolves futures under it, whose callbacks take it again
         self._requests: dict[Future, _Request] = {}
         self.clips_sampled = 0  # clips that went through the sampler (cancelled requests' clips stop counting up)
+        self.on_batch = on_batch
         self._worker = threading.Thread(target=self._run, name="tapdiff-batcher", daemon=True)
         self._worker.start()
 
@@ -169,8 +173,11 @@ class Batcher:
     def _sample(self, batch: list[tuple[_Request, int, int]]) -> None:
         clips = [c for req, start, count in batch for c in req.clips[start:start + count]]
         try:
+            t0 = time.monotonic()
             x = self.engine.sample_clips(clips, batch[0][0].spec)
             self.clips_sampled += len(clips)
+            if self.on_batch is not None:
+                self.on_batch(len(clips), time.monotonic() - t0, batch[0][0].spec)
         except Exception as e:  # noqa: BLE001 - the batch's failure is each of its requests' failure
             for req, _, _ in batch:
                 if not req.future.done():

@@ -4,7 +4,9 @@ FastAPI + uvicorn).
 - ``POST /generate`` {digit (or a list, or null), n, seed, guidance, nfe, sampler, rho, guidance_fade}: one clip as
   ``audio/wav``, several as a zip of WAVs (``{digit}_{index}.wav``). Requests are batched by a
   ``engine.batching.Batcher``, in turns of one batch, so a short request is not stuck behind a long one.
-- ``GET /health``, ``GET /info`` (checkpoint name and weights hash, model, labels, backend, defaults, limits).
+- ``GET /health``, ``GET /info`` (checkpoint name and weights hash, model, labels, backend, defaults, limits),
+  ``GET /metrics`` (Prometheus text: ``engine.metrics``). Every answer carries an ``X-Request-ID`` (the client's,
+  or a new one), and each request is one JSON line on stderr (id, method, path, status, seconds).
 - What a request may ask for is bounded (``engine.limits``): types are strict (``true`` is no digit, a
   string no number) and unknown fields are refused; values are checked by the Engine itself, as for the
   Python API and the CLI. Every bad request gets a 4xx with the reason: 422 for bad values, 413 for a body
@@ -20,6 +22,8 @@ import io
 import json
 import sys
 import threading
+import time
+import uuid
 import zipfile
 from typing import Literal, Optional, Union
 
@@ -28,6 +32,7 @@ from .audio.wav import wav_bytes
 from .batching import Batcher, RequestCancelled
 from .diffusion.solvers import SOLVERS
 from .limits import ServerLimits
+from .metrics import ServiceMetrics
 
 
 def clips_to_response_body(out: Generation) -> tuple[bytes, str]:
@@ -82,6 +87,36 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+class Observed:
+    """ASGI middleware: every HTTP answer gets a request id (the client's X-Request-ID, else a new one), is
+    counted in the metrics by status, and is logged as one JSON line on stderr (id, method, path, status,
+    seconds). Plain ASGI, not Starlette's BaseHTTPMiddleware, so the app still sees a client disconnect."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers", []))
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex[:16]
+        t0, status = time.monotonic(), [500]
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.monotonic() - t0
+            self.metrics.answered(status[0], seconds if scope["path"] == "/generate" else None)
+            print(json.dumps({"request_id": rid, "method": scope.get("method"), "path": scope["path"],
+                              "status": status[0], "seconds": round(seconds, 4)}), file=sys.stderr, flush=True)
+
+
 async def _plain(send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
@@ -90,8 +125,10 @@ async def _plain(send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLimits()):
-    """The FastAPI app over ``engine`` and ``batcher``; the per-request bounds are ``engine.limits``."""
+def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLimits(),
+               metrics: ServiceMetrics | None = None):
+    """The FastAPI app over ``engine`` and ``batcher``; the per-request bounds are ``engine.limits``; ``metrics``
+    (give the one whose ``on_batch`` the batcher reports to) is served at ``/metrics``."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
@@ -116,6 +153,13 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
                               f"clip, {limits.max_queued} clips queued, {limits.max_body_bytes}-byte bodies, "
                               f"{limits.request_timeout_s:g} s per request.")
     lock, queued = threading.Lock(), [0]
+    metrics = metrics or ServiceMetrics(engine.model_name, engine.backend)
+    metrics.queued.set_function(lambda: queued[0])
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        body, media = metrics.render()
+        return Response(body, media_type=media)
 
     @app.exception_handler(RequestValidationError)
     async def refused(_request, exc: RequestValidationError):
@@ -188,7 +232,7 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
         body, media = clips_to_response_body(out)
         return Response(body, media_type=media)
 
-    return BodyLimit(app, limits.max_body_bytes, limits.body_timeout_s), app
+    return BodyLimit(Observed(app, metrics), limits.max_body_bytes, limits.body_timeout_s), app
 
 
 def serve(engine: Engine, host: str, port: int, max_batch: int, max_delay_ms: float,
@@ -197,7 +241,8 @@ def serve(engine: Engine, host: str, port: int, max_batch: int, max_delay_ms: fl
         import uvicorn
     except ImportError as e:
         raise ImportError("tapdiff serve needs FastAPI and uvicorn: pip install 'tapdiff[serve]'") from e
-    with Batcher(engine, max_batch=max_batch, max_delay_ms=max_delay_ms) as batcher:
-        asgi, _ = create_app(engine, batcher, limits)
+    metrics = ServiceMetrics(engine.model_name, engine.backend)
+    with Batcher(engine, max_batch=max_batch, max_delay_ms=max_delay_ms, on_batch=metrics.on_batch) as batcher:
+        asgi, _ = create_app(engine, batcher, limits, metrics)
         print(f"tapdiff: serving on http://{host}:{port}", file=sys.stderr)
         uvicorn.run(asgi, host=host, port=port, log_level="warning")

@@ -21,7 +21,7 @@ LAYERS = [
     {"engine.backends"},
     {"engine.api", "engine.training"},
     {"engine.evaluation"},
-    {"engine.batching"},
+    {"engine.batching", "engine.metrics"},
     {"engine.serve"},
     {"engine.cli_parser"},
     {"engine.cli"},

@@ -5,6 +5,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import wave
 import zipfile
@@ -27,8 +28,10 @@ def _free_port() -> int:
 def _start(checkpoint, *args):
     """A real ``tapdiff serve`` process on a free port: (url, process)."""
     port = _free_port()
+    log = tempfile.NamedTemporaryFile(prefix="tapdiff-serve-", suffix=".log", delete=False)  # a pipe could fill up
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--checkpoint", str(checkpoint),
-                             "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=log)
+    proc.log_path = log.name
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -36,7 +39,7 @@ def _start(checkpoint, *args):
                 break
         except httpx.TransportError:
             time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert proc.poll() is None, open(log.name).read()[-2000:]
     return url, proc
 
 
@@ -112,7 +115,9 @@ STRICT = ("--max-clips", "4", "--max-nfe", "100", "--max-queued", "8", "--max-ba
 def strict(tiny_checkpoint):
     """One clip per batch, small body and time limits: each behaviour below is visible in a second or two."""
     url, proc = _start(tiny_checkpoint, *STRICT)
-    yield url
+    url_with_log = type("Url", (str,), {})(url)
+    url_with_log.log_path = proc.log_path
+    yield url_with_log
     _stop(proc)
 
 
@@ -244,3 +249,33 @@ def test_any_request_gets_valid_audio_or_a_4xx_with_a_reason(strict, body):
             assert len(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == clips
     else:
         assert 400 <= r.status_code < 500 and r.json()["detail"], (body, r.text)
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    """The value of sample ``name`` whose labels include ``labels`` in Prometheus text (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            head, value = line.rsplit(" ", 1)
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                return float(value)
+    return 0.0
+
+
+def test_metrics_count_what_was_served_and_every_answer_has_a_request_id(strict):
+    before = httpx.get(f"{strict}/metrics").text
+    r = httpx.post(f"{strict}/generate", json={"digit": [1, 7], "n": 1, "nfe": 2}, headers={"x-request-id": "abc123"},
+                   timeout=60)
+    assert r.status_code == 200 and r.headers["x-request-id"] == "abc123"
+    bad = httpx.post(f"{strict}/generate", json={"digit": 3}, timeout=60)
+    assert bad.status_code == 422 and len(bad.headers["x-request-id"]) == 16
+    after = httpx.get(f"{strict}/metrics")
+    assert after.headers["content-type"].startswith("text/plain")
+    text = after.text
+    # 200s: the generate request and the first scrape (counted once answered)
+    for name, labels, grew in [("tapdiff_requests_total", {"status": "200"}, 2), ("tapdiff_requests_total", {"status": "422"}, 1),
+                               ("tapdiff_clips_generated_total", {}, 2), ("tapdiff_batch_clips_count", {}, 2),
+                               ("tapdiff_score_evaluation_seconds_count", {}, 2), ("tapdiff_request_seconds_count", {}, 2)]:
+        assert _metric(text, name, **labels) - _metric(before, name, **labels) == grew, name
+    assert _metric(text, "tapdiff_queued_clips") == 0 and 'model="tapdiff"' in text and 'backend="' in text
+    log = [json.loads(line) for line in open(strict.log_path) if line.startswith("{")]
+    assert any(e["request_id"] == "abc123" and e["status"] == 200 and e["path"] == "/generate" for e in log)
