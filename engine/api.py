@@ -98,12 +98,16 @@ class Engine:
     def __init__(self, checkpoint: str | Path | None = None, model: str = "tapdiff", vocoder: str | None = None,
                  batch_size: int = 16, progress: bool = False, hifigan_dir: str | Path | None = None,
                  device: str = "cpu", backend: str = DEFAULT_BACKEND, artifacts: str | Path | None = None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, batch_invariant: bool = False):
         """``backend``: which runtime evaluates the score (``engine.backends``: torch, onnxruntime, tensorrt, or
         auto: onnxruntime on a CPU where it is installed, else torch);
         ``artifacts``: the folder of exported graphs and engines (default ``$TAPDIFF_CACHE`` or
         ``~/.cache/tapdiff``), built there on first use;
-        ``limits``: how much one request may ask for (``engine.limits.Limits``; its defaults unless given)."""
+        ``limits``: how much one request may ask for (``engine.limits.Limits``; its defaults unless given);
+        ``batch_invariant``: every score evaluation runs the guided graph on exactly ``batch_size`` rows (a
+        short chunk is padded with copies of its last clip, unguided clips get gamma 0), so a clip's bytes do
+        not depend on what it was batched with: kernels here give a row the same result at any position of a
+        batch of one size, not across sizes. It costs the padding: a lone clip is evaluated at the full batch."""
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"device {device!r} requested but CUDA is not available to torch")
@@ -112,6 +116,7 @@ class Engine:
         if limits is not None and not isinstance(limits, Limits):
             raise ValueError(f"limits must be an engine.limits.Limits, got {type(limits).__name__}")
         self.limits = limits or Limits()
+        self.batch_invariant = bool(batch_invariant)
         self.bundle: Bundle = load_bundle(checkpoint or DEFAULT_CHECKPOINT, model=model)
         self.model_name = model  # the registry name of the score network (engine.models.registry)
         self.torch_denoiser = score_model(self.bundle).to(self.device)
@@ -213,8 +218,9 @@ class Engine:
                              f"limit is {self.limits.max_clips} per request (Limits.max_clips)")
 
     def conditioning(self, clips: Sequence[Clip]):
-        """(onehot, gamma) of a batch of clips, or (None, None) when none of them is guided."""
-        if not any(c.guided for c in clips):
+        """(onehot, gamma) of a batch of clips, or (None, None) when none of them is guided (and the engine is
+        not batch-invariant, whose every evaluation is the guided one)."""
+        if not any(c.guided for c in clips) and not self.batch_invariant:
             return None, None
         labels = torch.tensor([c.label if c.label is not None else 0 for c in clips], device=self.device)
         gamma = torch.tensor([float(c.guidance) if c.guided else 0.0 for c in clips], device=self.device)
@@ -231,6 +237,9 @@ class Engine:
         bar = tqdm(total=spec.steps * len(chunks), desc="sampling", disable=None if self.progress else True, leave=False)
         for start in chunks:
             chunk = list(clips[start:start + self.batch_size])
+            real = len(chunk)
+            if self.batch_invariant:  # one batch size for every evaluation: pad with copies of the last clip
+                chunk += [chunk[-1]] * (self.batch_size - real)
             noise = draw_noise([clip_seed(c.seed, c.index) for c in chunk], (1, feats.n_mels, feats.frames),
                                spec.steps, solver.noise_per_step, self.device)
             if self.static_runners:
@@ -239,7 +248,7 @@ class Engine:
             else:
                 fn = conditioned(self.denoiser_for(spec), *self.conditioning(chunk))
                 x = sample(fn, sigmas, noise, solver, options, callback=lambda *_: bar.update(1))
-            out.append(x.cpu())
+            out.append(x[:real].cpu())
         bar.close()
         return torch.cat(out)
 
@@ -247,7 +256,7 @@ class Engine:
         """Sample ``chunk`` with the runner kept for (spec, batch, guided): built (and on CUDA captured) once, its
         conditioning in static buffers refilled for each chunk. One chunk at a time per runner (its buffers are
         its state); the capture itself is per thread (``CapturedSampler``), so other threads may allocate."""
-        guided = any(c.guided for c in chunk)
+        guided = any(c.guided for c in chunk) or self.batch_invariant
         key = (spec, len(chunk), guided)
         with self._runners_lock:
             entry = self._runners.pop(key, None)
@@ -335,6 +344,7 @@ class Engine:
         if not torch.isfinite(mels).all():
             raise FloatingPointError("sampling produced NaN or inf; try more steps or lower guidance")
         mels = mels.clamp(*log_mel_range(self.bundle.features))
+        step = 1 if self.batch_invariant else 16  # batch-invariant: each clip vocoded alone, as it would be alone
         with stage("vocoder"):
-            waves = torch.cat([self.vocoder(mels[i:i + 16]) for i in range(0, len(mels), 16)])
+            waves = torch.cat([self.vocoder(mels[i:i + step]) for i in range(0, len(mels), step)])
         return Generation(labels, mels, waves, self.bundle.features.sample_rate)

@@ -42,7 +42,8 @@ def cmd_generate(args) -> int:
 
     check_output_folder(args.out)  # before any work: a bad --out fails now, not after the whole generation
     engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=not args.quiet, model=args.model,
-                    backend=args.backend, artifacts=args.artifacts, device=args.device)
+                    backend=args.backend, artifacts=args.artifacts, device=args.device,
+                    batch_size=args.batch_size, batch_invariant=args.batch_invariant)
     shard = distributed_shard()
     t0 = time.monotonic()
     chunks = engine.generate_chunks(args.digit, n=args.n, seed=args.seed, guidance=0.0 if args.unguided else args.guidance,
@@ -172,7 +173,8 @@ def cmd_serve(args) -> int:
                           body_timeout_s=args.body_timeout_s, request_timeout_s=args.request_timeout_s)
     engine = Engine(args.checkpoint, model=args.model, backend=args.backend, artifacts=args.artifacts,
                     batch_size=args.max_batch, device=args.device,
-                    limits=Limits(max_clips=args.max_clips, max_nfe=args.max_nfe))
+                    limits=Limits(max_clips=args.max_clips, max_nfe=args.max_nfe),
+                    batch_invariant=not args.batch_dependent)
     serve(engine, args.host, args.port, args.max_batch, args.max_delay_ms, limits)
     return 0
 

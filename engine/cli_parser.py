@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--vocoder", choices=VOCODERS, default=None, help="default: the checkpoint's")
     g.add_argument("--save-mels", action="store_true", help="also write mels.npy (de-normalised log-Mel)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--batch-size", type=int, default=16, help="clips per sampler batch")
+    g.add_argument("--batch-invariant", action="store_true",
+                   help="evaluate every batch at exactly --batch-size rows, so the bytes match tapdiff serve's")
     _add_backend(g)
     g.set_defaults(run="generate")
 
@@ -223,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-batch", type=int, default=16, help="clips per sampler batch (1: no batching)")
     sv.add_argument("--max-delay-ms", type=float, default=10.0, help="how long a batch waits for more requests")
+    sv.add_argument("--batch-dependent", action="store_true",
+                    help="let answers depend on the batch in their last bits (default: every evaluation at --max-batch "
+                         "rows, so a request's bytes are the same alone or batched; this option skips the padding)")
     sv.add_argument("--max-clips", type=int, default=64, help="clips per request before 429")
     sv.add_argument("--max-nfe", type=int, default=Limits.max_nfe, help="score evaluations per clip before 422")
     sv.add_argument("--max-queued", type=int, default=ServerLimits.max_queued, help="clips waiting or running before 429")

@@ -41,8 +41,8 @@ def clips_to_response_body(out: Generation) -> tuple[bytes, str]:
         return wav_bytes(out.waves[0].numpy(), out.sample_rate), "audio/wav"
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-        for name, w in zip(out.names, out.waves):
-            z.writestr(f"{name}.wav", wav_bytes(w.numpy(), out.sample_rate))
+        for name, w in zip(out.names, out.waves):  # a fixed entry time: the same clips are the same bytes
+            z.writestr(zipfile.ZipInfo(f"{name}.wav", date_time=(1980, 1, 1, 0, 0, 0)), wav_bytes(w.numpy(), out.sample_rate))
     return buf.getvalue(), "application/zip"
 
 
