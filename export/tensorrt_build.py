@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from engine.errors import BackendError
 from engine.storage.atomic import atomic_write_bytes
-from engine.storage.hashing import file_sha256
+from engine.storage.hashing import file_sha256, sidecar_of, sidecar_problem
 
 if TYPE_CHECKING:  # annotations only: the module is imported lazily, by _tensorrt()
     import tensorrt as trt
@@ -212,32 +212,15 @@ def cached_engine(onnx_path: str | os.PathLike, cache_dir: str | os.PathLike, ba
 
 
 def sidecar_path(plan: Path) -> Path:
-    return Path(plan).with_suffix(".sha256")
+    return sidecar_of(plan)
 
 
 def plan_problem(path: str | os.PathLike) -> str | None:
     """Why the plan at ``path`` must not be deserialised, or None when its bytes match the sha256 written
     beside it after its build (a truncated or half-written plan, or one whose build was interrupted before
     its sidecar was written, is rebuilt)."""
-    path = Path(path)
-    if not path.exists():
-        return "no plan"
-    sidecar = sidecar_path(path)
-    if not sidecar.exists():
-        return f"no sha256 sidecar {sidecar.name} beside it (its build was interrupted, or the sidecar was removed)"
-    try:
-        want = sidecar.read_text().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        return f"its sha256 sidecar {sidecar.name} is unreadable ({type(e).__name__}: {e})"
-    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
-        return f"its sha256 sidecar {sidecar.name} does not hold a sha256"
-    try:
-        have = file_sha256(path)
-    except OSError as e:
-        return f"it is unreadable ({type(e).__name__}: {e})"
-    if have != want:
-        return "its bytes differ from the sha256 recorded when it was built"
-    return None
+    problem = sidecar_problem(path)
+    return "no plan" if problem == "missing" else problem
 
 
 def plan_is_intact(path: Path) -> bool:

@@ -27,7 +27,7 @@ import torch
 from engine.errors import BackendError
 from engine.provenance import cpu_model
 from engine.storage.atomic import atomic_write_bytes
-from engine.storage.hashing import file_sha256
+from engine.storage.hashing import file_sha256, sidecar_of, sidecar_problem
 
 from export.artifacts import Log, warn
 
@@ -75,18 +75,7 @@ def provider_saves_graph(provider: str) -> bool:
 
 def saved_graph_problem(optimized: Path) -> str | None:
     """Why the saved optimised graph at ``optimized`` cannot be used (None: it can; "missing" when absent)."""
-    sidecar = optimized.with_suffix(".sha256")
-    if not optimized.exists():
-        return "missing"
-    if not sidecar.exists():
-        return f"{sidecar.name} is missing (an interrupted save?)"
-    try:
-        recorded = sidecar.read_text().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        return f"{sidecar.name} is unreadable ({e})"
-    if file_sha256(optimized) != recorded:
-        return "it is corrupt (its sha256 differs from the one recorded when it was saved)"
-    return None
+    return sidecar_problem(optimized)
 
 
 def checked_session(path: Path, so, providers: list):
@@ -144,7 +133,7 @@ class OrtScoreModel:
                 raise
             except Exception as e:  # noqa: BLE001 - onnxruntime's own error types (InvalidGraph, Fail, ...)
                 reason = f"onnxruntime cannot load it ({type(e).__name__}: {str(e)[:200]})"
-        if optimized.exists() or optimized.with_suffix(".sha256").exists():
+        if optimized.exists() or sidecar_of(optimized).exists():
             log(f"tapdiff: rebuilding {optimized}: {reason}")
         optimized.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=optimized.parent, prefix=f".{optimized.stem}.", suffix=".onnx")
@@ -154,7 +143,7 @@ class OrtScoreModel:
             if os.path.getsize(tmp) > 0:  # onnxruntime wrote the optimised graph: hash it, then publish both
                 digest = file_sha256(tmp)
                 os.replace(tmp, optimized)
-                atomic_write_bytes(optimized.with_suffix(".sha256"), digest.encode())
+                atomic_write_bytes(sidecar_of(optimized), digest.encode())
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
