@@ -22,12 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-from report import command, emit, header, record
+from report import cache_key, command, emit, header, record
 
 from engine.audio.datasets import DEFAULT_DATA
 from engine.api import Engine
 from engine.diffusion.solvers import SOLVERS, SamplerSpec
-from engine.provenance import code_version
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import score_network_kind
 from engine.storage.atomic import atomic_write_bytes
@@ -53,9 +52,9 @@ def sweep(args, cache: dict) -> list[dict]:
             for solver in args.solvers:
                 for nfe in args.nfe:
                     spec = SamplerSpec.from_nfe(solver, nfe, rho, fade_sigma=fade)
-                    key = json.dumps([str(Path(args.checkpoint).resolve()), model, weights, code_version(),
-                                      SamplerSpec.from_nfe(solver, nfe, rho).label(), fade, args.guidance, args.n,
-                                      args.seed, args.data, args.batch])
+                    key = cache_key(str(Path(args.checkpoint).resolve()), model, weights,
+                                    SamplerSpec.from_nfe(solver, nfe, rho).label(), fade, args.guidance, args.n,
+                                    args.seed, args.data, args.batch)
                     if key not in cache:
                         r = evaluate_quality(engine, judge, args.n, args.guidance, args.seed, spec)
                         cache[key] = {"model": model, "solver": solver, "nfe_budget": nfe, "nfe": spec.nfe,

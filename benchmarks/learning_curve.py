@@ -25,11 +25,10 @@ import json
 import sys
 from pathlib import Path
 
-from report import emit, header, load_cache, record, save_cache
+from report import cache_key, emit, header, load_cache, record, save_cache
 
 from engine.audio.datasets import DEFAULT_DATA
 from engine.api import Engine
-from engine.provenance import code_version
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import score_network_kind
 from engine.storage.atomic import atomic_write_bytes
@@ -91,7 +90,7 @@ def judge_points(args, model: str, judge: QualityJudge, cache: dict, earlier: di
         if kept and args.keep_earlier and kept.get("snapshot") == point.get("snapshot"):
             row.update(kept, judged_earlier=True)  # judged before (its code version recorded), not again
         elif f.exists():
-            key = f"{model}:{_sha(f)}:{code_version()}:{args.n}:{args.guidance}:{args.seed}"
+            key = cache_key(model, _sha(f), args.n, args.guidance, args.seed)
             if key not in cache:
                 if engine is None:  # snapshots load into the eager module
                     engine = Engine(args.checkpoint, model=model, backend="torch", progress=False)

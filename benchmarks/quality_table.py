@@ -20,12 +20,11 @@ import json
 import sys
 from pathlib import Path
 
-from report import emit, header, load_cache, record, save_cache
+from report import cache_key, emit, header, load_cache, record, save_cache
 
 from engine.audio.datasets import DEFAULT_DATA
 from engine.api import Engine
 from engine.evaluation.cost import peak_step_memory, step_cost, time_score_eval
-from engine.provenance import code_version
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import SCORE_NETWORKS
 from engine.bundle import has_model, load_bundle
@@ -82,8 +81,8 @@ def main() -> int:
                 continue
             engine = Engine(ckpt, model=model, backend="torch")  # the timing columns are eager torch's
             spec = engine.sampler_spec(args.sampler, nfe=args.nfe)
-            key = json.dumps([str(Path(ckpt).resolve()), model, config["files"][f"{kind.weights}.safetensors"],
-                              code_version(), spec.label(), args.clips, args.seed, args.data])
+            key = cache_key(str(Path(ckpt).resolve()), model, config["files"][f"{kind.weights}.safetensors"],
+                            spec.label(), args.clips, args.seed, args.data)
             if key not in cache:
                 cache[key] = quality(engine, ev, args.data, args.clips, args.seed, args.sampler, args.nfe)
                 save_cache(args.cache, cache)

@@ -51,3 +51,11 @@ def save_cache(path: str | None, cache: dict) -> None:
         from engine.storage.atomic import atomic_write_bytes
 
         atomic_write_bytes(path, json.dumps(cache, indent=1).encode())
+
+
+def cache_key(*parts) -> str:
+    """The one key recipe of the benchmark caches: the code version (a cached result is reused only by the code
+    that made it) and what the result depends on, as JSON."""
+    from engine.provenance import code_version
+
+    return json.dumps([code_version(), *parts])

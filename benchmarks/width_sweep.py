@@ -23,7 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from report import emit, header, load_cache, record, save_cache
+from report import cache_key, emit, header, load_cache, record, save_cache
 
 from engine.audio.datasets import DEFAULT_DATA
 from engine import cli_parser
@@ -73,8 +73,8 @@ def judge(bundle: Path, args, cache: dict) -> dict:
     """The width's row, from ``cache`` when these weights were judged the same way by the same code."""
     cfg = read_config(bundle)
     version = code_version()
-    key = json.dumps([str(bundle.resolve()), cfg["files"]["score_subnet.safetensors"], version, args.n,
-                      args.guidance, args.seed, args.data])
+    key = cache_key(str(bundle.resolve()), cfg["files"]["score_subnet.safetensors"], args.n, args.guidance,
+                    args.seed, args.data)
     if key not in cache:
         cache[key] = {**judged(bundle, cfg, args), "code_version": version}
         save_cache(args.cache, cache)

@@ -142,7 +142,7 @@ def cmd_profile(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .evaluation.bench import BenchConfig, plot, render, run_bench
+    from .evaluation.bench import BenchConfig, load_targets, plot, render, run_bench
     from .provenance import markdown_header, run_record
     from .storage.atomic import atomic_write_bytes
 
@@ -150,7 +150,8 @@ def cmd_bench(args) -> int:
     cfg = BenchConfig(models=args.models, backends=args.backends, batches=args.batch, guidances=args.guidance,
                       sampler=args.sampler, nfe=args.nfe, repeats=args.repeats, gen_repeats=args.gen_repeats,
                       memory=not args.no_memory, quality=args.quality, data=args.data, artifacts=args.artifacts,
-                      reference=args.reference, device=args.device)
+                      reference=args.reference, device=args.device,
+                      targets=load_targets(args.targets) if args.targets else [])
     result = run_bench(args.checkpoint, cfg, log=lambda m: print(m, file=sys.stderr))
     out = Path(args.out)
     _write_json(out / "bench.json", {**record, **result})

@@ -211,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--reference", default="two-model", help="the model the others' ratios are taken against")
     b.add_argument("--artifacts", default=None)
     b.add_argument("--device", default="cpu", help="torch device of every system, e.g. cuda")
+    b.add_argument("--targets", default=None, help="targets to check the run against (the project's: "
+                                                    "benchmarks/targets.json)")
     b.add_argument("--out", default="bench", help="folder for bench.json, bench.md and bench.png")
     b.set_defaults(run="bench")
 

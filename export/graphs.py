@@ -18,7 +18,9 @@ SCORE_OUTPUTS = ["denoised"]
 def score_inputs(model: GuidedDenoiser, batch: int, hw: tuple[int, int], guided: bool, seed: int = 0
                  ) -> tuple[torch.Tensor, ...]:
     """Random inputs of the score graph: x_t at a spread of noise levels, labels cycling over the classes,
-    gamma spread over [0, 4] (so guided and unguided clips share a batch)."""
+    gamma spread over [0, 4] (so guided and unguided clips share a batch). Apart from
+    ``engine.evaluation.cost.example_inputs`` on purpose: that one is what a cost is measured on (one noise
+    level, the bundle's digits, one gamma); these spread sigma and gamma so export's parity check covers them."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 1, *hw, generator=g) * 2
     sigma = torch.exp(torch.rand(batch, generator=g) * 6 - 3)  # 0.05 .. 20

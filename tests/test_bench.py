@@ -66,3 +66,22 @@ def test_bench_refuses_a_run_with_nothing_to_measure(tiny_checkpoint, tmp_path, 
     err = capsys.readouterr().err
     assert "nothing to benchmark" in err and "no two-model score network" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_targets_come_from_the_benchmarks_file_and_are_judged_on_what_the_run_measured(tmp_path):
+    from pathlib import Path
+
+    from engine.evaluation.bench import load_targets, targets
+
+    spec = load_targets(Path(__file__).resolve().parents[1] / "benchmarks" / "targets.json")
+    result = {"generate": [{"batch": 16, "seconds": {"tapdiff/torch": {"median": 12.0}}}],
+              "score_eval": [{"batch": 16, "guidance": 3.0, "ratios": {"tapdiff/torch / two-model/torch": {"median": 0.6}},
+                              "planned_mib": {"tapdiff/torch": 40.0, "two-model/torch": 100.0}}]}
+    got = {what: (value, met) for what, value, _, met in targets(result, spec)}
+    assert got == {"tapdiff guided generate, 16 clips end to end (s)": (12.0, False),
+                   "guided score evaluation latency at batch 16, tapdiff / two-model (torch)": (0.6, True),
+                   "guided memory at batch 16, live activations (planned), tapdiff / two-model (torch)": (0.4, True)}
+    bad = tmp_path / "targets.json"
+    bad.write_text('{"targets": [{"what": "x", "metric": "speed", "at_most": 1}]}')
+    with pytest.raises(ValueError, match="targets.json"):
+        load_targets(bad)

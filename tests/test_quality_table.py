@@ -26,7 +26,7 @@ def test_quality_table_lists_every_system_and_resumes_from_its_cache(tiny_with_b
     first = json.loads(cache.read_text())
     assert len(first) == 3 and all(v["clips"] == 4 and 0 <= v["3.0"]["recognised"] <= 1 for v in first.values())
     # a second run takes the quality numbers from the cache (same weights, same settings) instead of sampling
-    key = next(k for k in first if json.loads(k)[1] == "two-model")
+    key = next(k for k in first if json.loads(k)[2] == "two-model")  # [code version, checkpoint, model, ...]
     first[key]["3.0"]["recognised"] = 0.123
     cache.write_text(json.dumps(first))
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
