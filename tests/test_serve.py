@@ -308,3 +308,24 @@ def test_sixteen_concurrent_requests_get_the_bytes_each_gets_alone(batching_serv
     out = engine.generate(one["digit"], n=one["n"], seed=one["seed"], guidance=one["guidance"], nfe=3)
     assert alone[2].content == wav_bytes(out.waves[0].numpy(), 16000)
     assert sampled > 0
+
+
+def test_sigterm_finishes_the_requests_in_flight_before_the_server_exits(tiny_checkpoint):
+    import concurrent.futures as cf
+    import signal
+
+    url, proc = _start(tiny_checkpoint, *STRICT)
+    try:
+        body = {"digit": 7, "n": 4, "nfe": 100, "sampler": "euler_maruyama"}  # about 2 s of sampling here
+        with cf.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(httpx.post, f"{url}/generate", json=body, timeout=120)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            r = answer.result(timeout=120)
+        assert r.status_code == 200 and len(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == 4
+        # uvicorn drains, then re-raises the signal it caught: the exit status says SIGTERM, the log no failure
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert "Traceback" not in open(proc.log_path).read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
