@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from .diffusion.score_model import GuidedDenoiser
-from .errors import BackendError
+from .errors import BackendError, warn
 from .bundle import Bundle
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -46,13 +45,10 @@ def backend_can_be_captured(name: str) -> bool:
     return name in ("torch", "tensorrt")
 
 
-def _warn(message: str) -> None:
-    print(message, file=sys.stderr)
-
 
 def score_backend(name: str, model: GuidedDenoiser, bundle: Bundle, device: torch.device,
                   cache_dir: str | Path | None = None, batches: tuple[int, ...] | None = None,
-                  max_batch: int = 64, fp16: bool = False, log: Callable[[str], None] = _warn):
+                  max_batch: int = 64, fp16: bool = False, log: Callable[[str], None] = warn):
     """The denoiser of ``bundle`` as run by backend ``name``: ``model`` itself for torch, else the runtime
     over the artifacts ``build_artifacts`` makes (the same ones ``tapdiff export`` makes)."""
     if name not in BACKENDS:
@@ -80,7 +76,7 @@ def plan_profile(batch: int | None, max_batch: int) -> tuple[int, int, int] | No
 
 def build_artifacts(name: str, model: GuidedDenoiser, bundle: Bundle, device: torch.device,
                     cache_dir: str | Path | None = None, batches: tuple[int, ...] | None = None,
-                    max_batch: int = 64, fp16: bool = False, log: Callable[[str], None] = _warn):
+                    max_batch: int = 64, fp16: bool = False, log: Callable[[str], None] = warn):
     """(graphs, plans) that backend ``name`` runs, from the cache or built there: ONNX graphs exported from a
     CPU copy of ``model`` (with CPU example inputs, whatever device ``model`` is on), and for tensorrt the
     plans built from them on ``device``."""
@@ -117,7 +113,7 @@ def _on_cpu(module: torch.nn.Module) -> bool:
 
 
 def export_artifacts(checkpoint, model_name: str, cache_dir=None, max_batch: int = 16, fp16: bool = False,
-                     device: str = "cuda", log: Callable[[str], None] = _warn) -> list[Path]:
+                     device: str = "cuda", log: Callable[[str], None] = warn) -> list[Path]:
     """What ``tapdiff export`` builds: the artifacts an ``Engine(checkpoint, model=model_name,
     batch_size=max_batch)`` loads, graphs always, TensorRT plans where TensorRT and a GPU are (else one line
     says why not). Returns their paths."""

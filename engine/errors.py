@@ -2,6 +2,8 @@
 went wrong in its message; ``tapdiff`` turns all of them into one line and exit status 2."""
 from __future__ import annotations
 
+import sys
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt, or does not fit the model it is loaded into."""
@@ -26,3 +28,9 @@ class VocoderCacheError(ValueError):
 
 class VocoderMissing(VocoderCacheError, FileNotFoundError):
     """A vocoder cache folder without its config or weights."""
+
+
+def warn(message: str) -> None:
+    """Where the engine says what it does on its own (a cache rebuilt, and why): one line on stderr, never among
+    a command's output on stdout."""
+    print(message, file=sys.stderr)

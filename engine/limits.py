@@ -6,8 +6,8 @@ Memory: sampling holds one chunk of ``Engine.batch_size`` clips at a time, and a
 front: ``nfe x batch x 80 x 72 x 4`` bytes (at most 2 draws per evaluation), 37 MB at the default 100 NFE and
 batch 16; the finished clips of a request are 69 KB each (log-Mel and waveform), 4.4 MB at 64 clips. Time:
 a score evaluation of one clip costs about 20 ms guided on this project's 2-core CPU (benchmarks/results/
-bench_2026-11-29), so a request at the server's limits (64 clips x 100 NFE) runs about 2 minutes there, and
-the server's request timeout (default 120 s) frees its clips if it takes longer.
+bench_2026-11-29), so a request at the server's limits (64 clips x 100 NFE) would run about 2 minutes there
+(arithmetic, not timed), and the server's request timeout (default 120 s) frees its clips if it takes longer.
 """
 from __future__ import annotations
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +27,7 @@ from engine.diffusion.score_model import GuidedDenoiser
 from engine.provenance import code_version
 from engine.models.registry import score_network_kind
 from engine.bundle import Bundle
+from engine.errors import warn
 
 from engine.storage.hashing import file_sha256
 from engine.storage.paths import cache_root
@@ -36,11 +36,6 @@ from .graphs import SCORE_INPUTS, SCORE_OUTPUTS, score_inputs
 from .onnx_export import DEFAULT_OPSET, export_onnx
 
 Log = Callable[[str], None]
-
-
-def warn(message: str) -> None:
-    """Where the cache says what it rebuilds and why: stderr, never among a command's output on stdout."""
-    print(message, file=sys.stderr)
 
 
 def default_cache_dir() -> Path:

@@ -23,12 +23,12 @@ import functools
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import BackendError
 from engine.storage.atomic import atomic_write_bytes
+from engine.errors import warn
 from engine.storage.hashing import file_sha256, sidecar_of, sidecar_problem
 
 if TYPE_CHECKING:  # annotations only: the module is imported lazily, by _tensorrt()
@@ -205,7 +205,7 @@ def cached_engine(onnx_path: str | os.PathLike, cache_dir: str | os.PathLike, ba
         if problem is None:
             return path
         if path.exists():
-            print(f"tapdiff: rebuilding {path}: {problem}", file=sys.stderr)
+            warn(f"tapdiff: rebuilding {path}: {problem}")
         build_engine(onnx_path, path, profile, fp16, timing_cache=timing)
         atomic_write_bytes(sidecar_path(path), file_sha256(path).encode())
     return path

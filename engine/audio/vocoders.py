@@ -5,11 +5,10 @@ FeatureConfig.sample_rate.
 """
 from __future__ import annotations
 
-import sys
-
 import torch
 import torch.nn.functional as F
 
+from ..errors import warn
 from ..storage.config import FeatureConfig
 from .features import mel_filterbank, stft
 
@@ -76,7 +75,7 @@ def _cached_hifigan(hifigan_dir):
 
         if hifigan_dir is not None or not ts_package_installed():
             raise
-        print(f"tapdiff: rebuilding the HiFi-GAN cache: {e}", file=sys.stderr)
+        warn(f"tapdiff: rebuilding the HiFi-GAN cache: {e}")
         import_vocoder("ts-package")
         return load_vocoder(None)
 

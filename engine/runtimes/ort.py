@@ -29,7 +29,8 @@ from engine.provenance import cpu_model
 from engine.storage.atomic import atomic_write_bytes
 from engine.storage.hashing import file_sha256, sidecar_of, sidecar_problem
 
-from export.artifacts import Log, warn
+from engine.errors import warn
+from export.artifacts import Log
 
 from .selection import select_graph
 
