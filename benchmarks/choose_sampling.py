@@ -205,7 +205,8 @@ def main() -> int:
             "sampler": chosen["solver"], "steps": chosen["steps"], "guidance_fade_sigma": chosen["fade"],
             **({"rho": chosen["rho"]} if chosen.get("rho") else {}),
             "vocoder": bundle_cfg.get("sampling", {}).get("vocoder", "griffin-lim"), "chosen_by": command(__file__),
-            "recognised": chosen["recognised"], "fd": chosen["fd"]}})
+            "recognised": chosen["recognised"], "fd": chosen["fd"],
+            **({"models": bundle_cfg["sampling"]["models"]} if "models" in bundle_cfg.get("sampling", {}) else {})}})
     return 0
 
 

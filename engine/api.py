@@ -17,7 +17,7 @@ from .audio.features import log_mel_range
 from .audio.vocoders import make_vocoder
 from .audio.wav import wav_bytes
 from .backends import DEFAULT_BACKEND, backend_can_be_captured, resolve_backend, score_backend
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, default_model, load_bundle
 from .diffusion.captured import CapturedSampler, can_capture
 from .diffusion.guidance import DEFAULT_GUIDANCE, conditioned
 from .diffusion.noise import clip_seed, draw_noise
@@ -28,7 +28,7 @@ from .errors import BackendError, CheckpointError
 from .limits import Limits
 from .stages import stage
 from .storage.atomic import write_files_or_none
-from .storage.checkpoint import DEFAULT_CHECKPOINT
+from .storage.checkpoint import DEFAULT_CHECKPOINT, read_config
 
 
 
@@ -95,11 +95,13 @@ class Engine:
     ``batch_size`` or on the other clips of its request.
     """
 
-    def __init__(self, checkpoint: str | Path | None = None, model: str = "tapdiff", vocoder: str | None = None,
+    def __init__(self, checkpoint: str | Path | None = None, model: str | None = None, vocoder: str | None = None,
                  batch_size: int = 16, progress: bool = False, hifigan_dir: str | Path | None = None,
                  device: str = "cpu", backend: str = DEFAULT_BACKEND, artifacts: str | Path | None = None,
                  limits: Limits | None = None, batch_invariant: bool = False):
-        """``backend``: which runtime evaluates the score (``engine.backends``: torch, onnxruntime, tensorrt, or
+        """``model``: the score network (``engine.models.registry``); None: the checkpoint's default
+        (``engine.bundle.default_model``: tapdiff, or its distilled student once that met the quality rule);
+        ``backend``: which runtime evaluates the score (``engine.backends``: torch, onnxruntime, tensorrt, or
         auto: onnxruntime on a CPU where it is installed, else torch);
         ``artifacts``: the folder of exported graphs and engines (default ``$TAPDIFF_CACHE`` or
         ``~/.cache/tapdiff``), built there on first use;
@@ -117,7 +119,10 @@ class Engine:
             raise ValueError(f"limits must be an engine.limits.Limits, got {type(limits).__name__}")
         self.limits = limits or Limits()
         self.batch_invariant = bool(batch_invariant)
-        self.bundle: Bundle = load_bundle(checkpoint or DEFAULT_CHECKPOINT, model=model)
+        checkpoint = checkpoint or DEFAULT_CHECKPOINT
+        if model is None:
+            model = default_model(read_config(checkpoint))
+        self.bundle: Bundle = load_bundle(checkpoint, model=model)
         self.model_name = model  # the registry name of the score network (engine.models.registry)
         self.torch_denoiser = score_model(self.bundle).to(self.device)
         self.batch_size, self.progress, self.backend = batch_size, progress, resolve_backend(backend, self.device)

@@ -112,15 +112,16 @@ def _on_cpu(module: torch.nn.Module) -> bool:
     return all(t.device.type == "cpu" for t in (*module.parameters(), *module.buffers()))
 
 
-def export_artifacts(checkpoint, model_name: str, cache_dir=None, max_batch: int = 16, fp16: bool = False,
+def export_artifacts(checkpoint, model_name: str | None, cache_dir=None, max_batch: int = 16, fp16: bool = False,
                      device: str = "cuda", log: Callable[[str], None] = warn) -> list[Path]:
     """What ``tapdiff export`` builds: the artifacts an ``Engine(checkpoint, model=model_name,
     batch_size=max_batch)`` loads, graphs always, TensorRT plans where TensorRT and a GPU are (else one line
-    says why not). Returns their paths."""
-    from .bundle import load_bundle
+    says why not); ``model_name`` None: the checkpoint's default model. Returns their paths."""
+    from .bundle import default_model, load_bundle
     from .diffusion.score_model import score_model
+    from .storage.checkpoint import read_config
 
-    bundle = load_bundle(checkpoint, model=model_name)
+    bundle = load_bundle(checkpoint, model=model_name or default_model(read_config(checkpoint)))
     model = score_model(bundle)
     reason = None
     if importlib.util.find_spec("tensorrt") is None:

@@ -12,7 +12,7 @@ from .errors import CheckpointError
 from .models.classifier import NoiseConditionedClassifier
 from .models.evaluator import EvalClassifier
 from .models.registry import ScoreNetworkKind, score_network_kind
-from .storage.checkpoint import SAMPLING_DEFAULTS, load_weights, read_config
+from .storage.checkpoint import SAMPLING_DEFAULTS, STUDENT_SAMPLING_DEFAULTS, load_weights, read_config
 from .storage.config import ClassifierConfig, FeatureConfig, SDEConfig, from_dict
 
 
@@ -42,9 +42,16 @@ class Bundle:
 
     @property
     def sampling(self) -> dict:
-        """The sampling section (solver, steps, rho, options, vocoder, guidance fade) with defaults filled in;
-        its types were checked when config.json was read."""
-        return {**SAMPLING_DEFAULTS, **self.config.get("sampling", {})}
+        """The loaded model's sampling section (solver, steps, rho, options, vocoder, guidance fade) with
+        defaults filled in: ``sampling.models.<model>`` where the bundle has one (a distilled student's own
+        solver and budget), else the bundle's ``sampling``; its types were checked when config.json was read."""
+        section = dict(self.config.get("sampling", {}))
+        per_model = section.pop("models", {})
+        if self.model in per_model:
+            return {**SAMPLING_DEFAULTS, **per_model[self.model]}
+        if self.model and score_network_kind(self.model).teacher:
+            return dict(STUDENT_SAMPLING_DEFAULTS)
+        return {**SAMPLING_DEFAULTS, **section}
 
     def weights_sha256(self, name: str) -> str | None:
         """The recorded sha256 of ``name``.safetensors (what caches and exported artifacts key on)."""
@@ -79,6 +86,19 @@ def has_model(config: dict, name: str) -> bool:
     return score_network_kind(name).config_key in config
 
 
+DEFAULT_MODEL = "tapdiff"
+DISTILLED_DEFAULT = "tapdiff-distilled"  # the default instead, once its sampling entry records that it met the rule
+
+
+def default_model(config: dict) -> str:
+    """The model a bundle generates with unless one is named: tapdiff's distilled student where
+    ``sampling.models.tapdiff-distilled.meets_default_rule`` is true (``benchmarks/distill_quality.py --write``
+    records it: quality no worse than the 15-evaluation default beyond the seed-to-seed spread), else tapdiff."""
+    entry = config.get("sampling", {}).get("models", {}).get(DISTILLED_DEFAULT, {})
+    return DISTILLED_DEFAULT if entry.get("meets_default_rule") is True and has_model(config, DISTILLED_DEFAULT) \
+        else DEFAULT_MODEL
+
+
 def load_score_network(bundle: Bundle, kind: ScoreNetworkKind) -> nn.Module:
     """The bundle's trained network of ``kind``, frozen, in eval mode."""
     if kind.config_key not in bundle.config:
@@ -92,7 +112,7 @@ def load_score_network(bundle: Bundle, kind: ScoreNetworkKind) -> nn.Module:
     return load_weights(bundle.directory, kind.weights, net, bundle.config).eval().requires_grad_(False)
 
 
-def load_bundle(directory: str | Path, model: str | None = "tapdiff", need_evaluator: bool = False) -> Bundle:
+def load_bundle(directory: str | Path, model: str | None = DEFAULT_MODEL, need_evaluator: bool = False) -> Bundle:
     """Features, SDE, normaliser and frozen classifier of a bundle, plus the score network ``model``
     (None: none) and the evaluation classifier when asked."""
     directory = Path(directory)

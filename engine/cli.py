@@ -87,6 +87,17 @@ def cmd_train_score(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    from .training.distill import TrajectorySettings
+    from .training.workflows import DistillRun, distill_student
+
+    trajectories = TrajectorySettings(count=args.trajectories, steps=args.teacher_steps, seed=args.seed)
+    print(json.dumps(distill_student(DistillRun(
+        args.checkpoint, args.model, args.seconds, trajectories, args.held_out, args.steps, args.rho, args.batch_size,
+        args.lr, snapshot_every=args.snapshot_every, seed=args.seed, command=_command(args)))))
+    return 0
+
+
 def cmd_train_evaluator(args) -> int:
     from .training.workflows import EvaluatorRun, train_evaluator
 

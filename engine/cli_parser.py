@@ -74,11 +74,13 @@ def _add_backend(p: argparse.ArgumentParser, default: str = "auto", artifacts: b
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1 (the tensorrt backend needs one)")
 
 
-def _add_model(p: argparse.ArgumentParser) -> None:
+def _add_model(p: argparse.ArgumentParser, default: str | None = None) -> None:
     from .models.registry import SCORE_NETWORKS
 
-    p.add_argument("--model", choices=list(SCORE_NETWORKS), default="tapdiff",
-                   help="; ".join(f"{k}: {v.description}" for k, v in SCORE_NETWORKS.items()))
+    p.add_argument("--model", choices=list(SCORE_NETWORKS), default=default,
+                   help="; ".join(f"{k}: {v.description}" for k, v in SCORE_NETWORKS.items())
+                   + (f" (default: {default})" if default else " (default: the checkpoint's: tapdiff, or its distilled "
+                      "student once that met the quality rule)"))
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
@@ -134,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(s)
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--seconds", type=float, default=3600.0)
-    _add_model(s)
+    _add_model(s, default="tapdiff")
     s.add_argument("--widths", type=widths, default=None, help="channels per depth (default: the model's)")
     s.add_argument("--labels", type=labels, default=None,
                    help="data regime for the score model, e.g. 7 or 0,1,2 (default: all the classifier's labels)")
@@ -149,6 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "--seconds is the new total) when no resumable state exists")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(run="train_score")
+
+    from .models.registry import SCORE_NETWORKS
+    from .training.distill import TrajectorySettings
+
+    d = sub.add_parser("distill", help="distil a guided teacher into a few-step student that takes the label and "
+                                       "gamma as inputs (teacher trajectories, then training; both resume)")
+    d.add_argument("--checkpoint", required=True)
+    d.add_argument("--model", choices=[k for k, v in SCORE_NETWORKS.items() if v.teacher], default="tapdiff-distilled",
+                   help="the student (its teacher is the model it names)")
+    d.add_argument("--seconds", type=float, default=1800.0, help="training-time budget (summed over resumes)")
+    d.add_argument("--trajectories", type=int, default=TrajectorySettings().count,
+                   help="teacher trajectories (DPM-Solver++(2M), guided, every state recorded)")
+    d.add_argument("--teacher-steps", type=int, default=TrajectorySettings().steps)
+    d.add_argument("--held-out", type=int, default=128, help="trajectories held out for the held-out loss")
+    d.add_argument("--steps", type=int, default=4, help="the student's sampling steps (multistep, 1 evaluation each)")
+    d.add_argument("--rho", type=float, default=None, help="its schedule's rho (default: the SDE's)")
+    d.add_argument("--batch-size", type=int, default=16)
+    d.add_argument("--lr", type=float, default=2e-4)
+    d.add_argument("--snapshot-every", type=float, default=300.0)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(run="distill")
 
     e = sub.add_parser("train-evaluator", help="train the independent evaluation classifier on clean speech")
     _add_data(e)

@@ -26,9 +26,16 @@ def noise_for(solver, steps, batch=4, shape=(1, 8, 8), seed=0):
     return draw_noise([clip_seed(seed, k) for k in range(batch)], shape, steps, get_solver(solver).noise_per_step)
 
 
-# Steps per solver for a 5% std check: the stochastic first-order ones need many, the 2nd-order ones few.
+def exact_endpoint(x, sigma):
+    """The probability-flow ODE's endpoint from (x, sigma) for N(0, S0^2) data: what a distilled student
+    learns, and what ``multistep`` expects of its model."""
+    return x * (S0 / torch.sqrt(S0 ** 2 + sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2))
+
+
+# Steps per solver for a 5% std check: the stochastic first-order ones need many, the 2nd-order ones few; the
+# multistep sampler of distilled students, given the exact endpoint map, is exact at any number of steps.
 BUDGET = {"euler_maruyama": 200, "euler_ancestral": 100, "pc": 100, "heun": 40, "heun_churn": 40, "dpmpp_2m": 30,
-          "dpmpp_2m_sde": 60}
+          "dpmpp_2m_sde": 60, "multistep": 4}
 
 
 def test_every_registered_solver_has_a_recovery_budget():
@@ -39,7 +46,8 @@ def test_every_registered_solver_has_a_recovery_budget():
 def test_solver_recovers_a_gaussian_with_the_exact_denoiser(name):
     steps = BUDGET[name]
     # 64 elements per sample: the corrector step size uses per-sample norms, meaningless in 2-4 dims
-    x = sample(exact_denoiser, karras_schedule(steps, SDE), noise_for(name, steps, batch=500), name,
+    model = exact_endpoint if name == "multistep" else exact_denoiser
+    x = sample(model, SamplerSpec(name, steps).schedule(SDE), noise_for(name, steps, batch=500), name,
                {"snr": 0.1} if name == "pc" else None)
     assert abs(float(x.std()) - S0) < 0.05 * S0
     assert abs(float(x.mean())) < 0.05
@@ -53,6 +61,16 @@ def _ode_error(name: str, steps: int, options=None) -> float:
     x = sample(exact_denoiser, sigmas, noise, name, options)
     exact = noise.prior * 10.0 * math.sqrt((S0 ** 2 + 0.25) / (S0 ** 2 + 100.0))
     return float((x.double() - exact.double()).abs().max())
+
+
+def test_multistep_needs_the_endpoint_map_and_stops_above_sigma_min():
+    spec = SamplerSpec("multistep", 4)
+    sig = spec.schedule(SDE)
+    assert len(sig) == 5 and sig[-1] == 0 and float(sig[-2]) > SDE.sigma_min * 10
+    assert torch.allclose(sig[:4], karras_schedule(5, SDE)[:4])
+    # with the posterior mean (a plain denoiser) instead of the endpoint map it returns a too-narrow sample
+    x = sample(exact_denoiser, sig, noise_for("multistep", 4, batch=500), "multistep")
+    assert float(x.std()) < 0.9 * S0
 
 
 @pytest.mark.parametrize("name,options,order", [("heun", None, 2), ("dpmpp_2m", None, 2),

@@ -34,6 +34,12 @@ class EDMDenoiser(nn.Module):
     def uses_taps(self) -> bool:
         return bool(self.net.uses_taps)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, taps=None) -> torch.Tensor:
+    @property
+    def label_classes(self) -> int:
+        """> 0 for a distilled student, which also takes (onehot, gamma) (``cond``)."""
+        return int(getattr(self.net, "label_classes", 0))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, taps=None, cond=None) -> torch.Tensor:
         c_skip, c_out, c_in, c_noise = precondition(sigma, self.sde)
-        return c_skip * x + c_out * self.net(c_in * x, c_noise, taps)
+        f = self.net(c_in * x, c_noise, taps) if cond is None else self.net(c_in * x, c_noise, taps, cond)
+        return c_skip * x + c_out * f

@@ -7,6 +7,9 @@ benchmarks time it, training fits it and export traces it, so no path evaluates 
   ScoreSubnet reads and, when guided, the guidance gradient.
 - plug-in networks that see only x_t (the two-model U-Net, the ablation; ``PlugInDenoiser``): the
   network alone, plus a separate classifier forward and one-cotangent adjoint when guided.
+- distilled students (``DistilledDenoiser``, ``engine.training.distill``): the label and gamma are inputs
+  of the network, so no guidance cotangent is computed: tapdiff's student keeps one classifier forward and a
+  one-cotangent adjoint for its taps, the two-model student runs the U-Net alone.
 """
 from __future__ import annotations
 
@@ -61,9 +64,27 @@ class PlugInDenoiser(GuidedDenoiser):
         return self.denoiser(x, sigma), class_gradient
 
 
+class DistilledDenoiser(GuidedDenoiser):
+    """A student that has learned its guided teacher: D_student(x; sigma, y, gamma). Unguided (``onehot``
+    None) it gets no label and gamma 0. The guidance fade does not apply (guidance is in the weights)."""
+
+    def parts(self, x, sigma, onehot):
+        raise TypeError("a distilled student has no separate guidance gradient; call it as model(x, sigma, onehot, gamma)")
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor | None = None,
+                gamma: torch.Tensor | None = None) -> torch.Tensor:
+        cond = None if onehot is None else (onehot.to(x), gamma.to(x))
+        taps = self.extractor(x, sigma) if self.uses_taps else None  # one cotangent: the JEM taps alone
+        return self.denoiser(x, sigma, taps, cond)
+
+
 def build_score_model(extractor: TapExtractor, net: nn.Module, fade_sigma: float = 0.0) -> GuidedDenoiser:
     """The score model of network ``net`` (trained or not) on ``extractor``'s classifier."""
     denoiser = EDMDenoiser(net, extractor.sde)
+    if denoiser.label_classes:
+        if denoiser.label_classes != extractor.n_classes:
+            raise ValueError(f"the student takes {denoiser.label_classes} labels; the classifier has {extractor.n_classes}")
+        return DistilledDenoiser(extractor, denoiser, 0.0)
     return (TapdiffDenoiser if denoiser.uses_taps else PlugInDenoiser)(extractor, denoiser, fade_sigma)
 
 

@@ -165,6 +165,14 @@ def heun_coefficients(sigmas, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax:
     return np.stack([s, s_hat, s1, s_noise * np.sqrt(s_hat ** 2 - s ** 2)], axis=1)
 
 
+def multistep_coefficients(sigmas, **_):
+    """Multistep sampling of a distilled student that maps x_t to its teacher's ODE endpoint (consistency
+    models' Algorithm 1, Song et al. 2023): x' = D(x; s) + s' z, i.e. jump to the endpoint and re-inject
+    fresh noise at the next level; the final step is D itself."""
+    s, s1 = _pairs(sigmas)
+    return np.stack([s, np.zeros_like(s), np.ones_like(s), np.zeros_like(s), s1], axis=1)
+
+
 def pc_coefficients(sigmas, snr: float = 0.05, **_):
     s, a, b, _, n = euler_maruyama_coefficients(sigmas).T
     return np.stack([s, a, b, n, np.full_like(s, snr)], axis=1)
@@ -183,6 +191,9 @@ class Solver:
     noise_per_step: int = 0
     history: bool = False  # keeps the previous step's D in state["prev"]
     defaults: Mapping[str, float] = field(default_factory=dict)
+    # its schedule stops one level above sigma_min: the Karras levels of steps + 1 evaluations without the last
+    # (a solver whose every step is a full denoising jump would waste its final evaluation at sigma_min)
+    stops_above_sigma_min: bool = False
 
     def nfe(self, steps: int) -> int:
         """Score evaluations of a run of ``steps`` steps."""
@@ -247,6 +258,9 @@ register(Solver("heun_churn", heun_step, heun_coefficients,
                 "EDM's stochastic sampler: Heun with churn (S_churn, S_tmin, S_tmax, S_noise)",
                 evals_per_step=2, final_evals=1, noise_per_step=1,
                 defaults={"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003}))
+register(Solver("multistep", linear_step, multistep_coefficients,
+                "distilled students: jump to the endpoint, re-inject noise at the next level (consistency "
+                "models' multistep sampling), 1 evaluation per step", noise_per_step=1, stops_above_sigma_min=True))
 register(Solver("pc", predictor_corrector_step, pc_coefficients,
                 "predictor-corrector: 1 Langevin corrector + Euler-Maruyama, 2 evaluations per step",
                 evals_per_step=2, final_evals=2, noise_per_step=2, defaults={"snr": 0.05}))
@@ -289,6 +303,9 @@ class SamplerSpec:
     def schedule(self, sde) -> torch.Tensor:
         from .sde import karras_schedule
 
+        if get_solver(self.solver).stops_above_sigma_min:
+            levels = karras_schedule(self.steps + 1, sde, rho=self.rho)
+            return torch.cat([levels[:-2], levels[-1:]])
         return karras_schedule(self.steps, sde, rho=self.rho)
 
     def label(self) -> str:

@@ -148,8 +148,7 @@ def run_bench(checkpoint, cfg: BenchConfig, log: Log = print) -> dict:
         for name, e in engines.items():
             labels = [e.labels[i % len(e.labels)] for i in range(batch)]
             spec = e.sampler_spec(cfg.sampler, nfe=cfg.nfe)
-            fns[name] = lambda e=e, labels=labels, spec=spec: e.generate(
-                labels, guidance=gamma, sampler=spec.solver, steps=spec.steps)
+            fns[name] = lambda e=e, labels=labels, spec=spec: e.generate(labels, guidance=gamma, spec=spec)
         times = interleaved(fns, cfg.gen_repeats)
         row = {"batch": batch, "guidance": gamma, "times_s": times,
                "seconds": {k: quantiles(v) for k, v in times.items()},
@@ -176,7 +175,7 @@ def parity(engines: dict, cfg: BenchConfig) -> dict:
         if backend == "torch" or ref is None:
             continue
         spec = e.sampler_spec(cfg.sampler, nfe=cfg.nfe)
-        a, b = (x.generate(list(x.labels), n=2, seed=1, sampler=spec.solver, steps=spec.steps) for x in (ref, e))
+        a, b = (x.generate(list(x.labels), n=2, seed=1, spec=spec) for x in (ref, e))
         diff, scale = float((a.mels - b.mels).abs().max()), float(a.mels.abs().max())
         out[name] = {"max_abs_diff": diff, "max_abs": scale, "max_rel_diff": diff / scale, "clips": len(a.labels)}
     return out

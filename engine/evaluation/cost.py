@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..diffusion.guidance import conditioned
-from ..diffusion.score_model import GuidedDenoiser, score_model
+from ..diffusion.score_model import DistilledDenoiser, GuidedDenoiser, score_model
 from ..diffusion.taps import onehot
 from ..bundle import Bundle
 
@@ -72,15 +72,20 @@ def step_cost(bundle: Bundle, model: GuidedDenoiser | None = None) -> StepCost:
     fwd = count_macs(lambda: clf(x, torch.zeros(1)))
     taps = tx(x, sigma) if model.uses_taps else None
     net = count_macs(lambda: model.denoiser(x, sigma, taps))
+    distilled = isinstance(model, DistilledDenoiser)  # guidance is in its weights: no guidance cotangent
     if model.uses_taps:
-        parts = {"classifier forward": fwd, "classifier adjoint, 1 cotangent": count_macs(lambda: tx(x, sigma)) - fwd,
-                 "classifier adjoint, 2 stacked cotangents": count_macs(lambda: tx(x, sigma, oh)) - fwd,
-                 "score network": net}
+        parts = {"classifier forward": fwd, "classifier adjoint, 1 cotangent": count_macs(lambda: tx(x, sigma)) - fwd}
+        if not distilled:
+            parts["classifier adjoint, 2 stacked cotangents"] = count_macs(lambda: tx(x, sigma, oh)) - fwd
+        parts["score network"] = net
     else:
-        parts = {"score network": net,
-                 "classifier forward + 1-cotangent adjoint (guided only)": count_macs(lambda: tx.class_gradient(x, sigma, oh))}
+        parts = {"score network": net}
+        if not distilled:
+            parts["classifier forward + 1-cotangent adjoint (guided only)"] = count_macs(lambda: tx.class_gradient(x, sigma, oh))
     own = n_params(model.denoiser)
-    return StepCost(bundle.model, unguided, guided, parts, n_params(clf) + own, own)
+    # what sampling keeps loaded: the classifier too, except for a two-model student (the U-Net alone)
+    total = own if distilled and not model.uses_taps else n_params(clf) + own
+    return StepCost(bundle.model, unguided, guided, parts, total, own)
 
 
 def score_eval(bundle: Bundle, batch: int, guidance: float, model=None, device: str | torch.device = "cpu"):

@@ -28,6 +28,36 @@ class SigmaEmbedding(nn.Module):
         return self.mlp(torch.cat([torch.sin(a), torch.cos(a)], dim=1))
 
 
+class ConditionEmbedding(nn.Module):
+    """A distilled student's extra inputs, the label (one-hot row; all zeros: unconditional) and the guidance
+    strength gamma, as a (B, dim) term added to the noise-level embedding. Its last layer starts at zero, so
+    a student initialised from its teacher starts as the teacher's unguided network."""
+
+    def __init__(self, n_classes: int, dim: int, n_freqs: int = 8):
+        super().__init__()
+        self.n_classes = n_classes
+        self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(20.0), n_freqs)), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(n_classes + 2 * n_freqs + 1, dim), nn.SiLU(), nn.Linear(dim, dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, onehot: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        g = gamma[:, None] / 4.0
+        a = g * self.freqs[None, :]
+        return self.mlp(torch.cat([onehot, torch.sin(a), torch.cos(a), g], dim=1))
+
+
+def condition_term(embed: "ConditionEmbedding | None", cond, like: torch.Tensor) -> torch.Tensor | int:
+    """What ``embed`` adds to a network's noise embedding ``like`` for ``cond`` = (onehot, gamma) or None (no
+    label, gamma 0); 0 for a network without condition inputs."""
+    if embed is None:
+        return 0
+    if cond is None:
+        b = like.shape[0]
+        cond = (like.new_zeros(b, embed.n_classes), like.new_zeros(b))
+    return embed(*cond)
+
+
 def _group_norm(channels: int) -> nn.Module:
     return nn.GroupNorm(group_count(channels), channels)
 

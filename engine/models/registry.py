@@ -25,6 +25,7 @@ class ScoreNetworkKind:
     description: str
     default: Callable[[], object]  # the network's default config
     builder: Builder  # (config, classifier tap channels, input (n_mels, frames)) -> untrained network F
+    teacher: str | None = None  # a distilled student: the model it is distilled from (its config, plus labels)
 
     @property
     def config_key(self) -> str:
@@ -50,6 +51,13 @@ SCORE_NETWORKS = {k.name: k for k in (
                      UNetConfig, lambda cfg, tap_channels, input_hw: UNet(cfg)),
     ScoreNetworkKind("ablation", "score_ablation", SubnetConfig, False, "ScoreSubnet's decoder on x_t only",
                      lambda: SubnetConfig(use_taps=False), ScoreSubnet),
+    ScoreNetworkKind("tapdiff-distilled", "score_subnet_distilled", SubnetConfig, True,
+                     "ScoreSubnet distilled from guided tapdiff: label and gamma as inputs, few steps",
+                     lambda: SubnetConfig(use_taps=True, label_classes=10), ScoreSubnet, teacher="tapdiff"),
+    ScoreNetworkKind("two-model-distilled", "unet_distilled", UNetConfig, False,
+                     "U-Net distilled from the guided two-model pipeline: no classifier when sampling",
+                     lambda: UNetConfig(label_classes=10), lambda cfg, tap_channels, input_hw: UNet(cfg),
+                     teacher="two-model"),
 )}
 
 

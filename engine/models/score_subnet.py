@@ -19,7 +19,7 @@ from kernels import tap_attention, tap_pair_norm, tap_rms_norm
 
 from ..stages import stage
 from ..storage.config import SubnetConfig
-from .blocks import FiLMResBlock, SigmaEmbedding, group_count
+from .blocks import ConditionEmbedding, FiLMResBlock, SigmaEmbedding, condition_term, group_count
 
 
 class TapAttention(nn.Module):
@@ -78,6 +78,7 @@ class ScoreSubnet(nn.Module):
         n_scales = 2 * depths + 1 if cfg.use_taps else 0
         self.embed = SigmaEmbedding(cfg.emb_dim)
         self.scale_embed = nn.Linear(n_scales, cfg.emb_dim) if n_scales else None
+        self.cond_embed = ConditionEmbedding(cfg.label_classes, cfg.emb_dim) if cfg.label_classes else None
         self.proj = nn.ModuleList(nn.Conv2d(in_ch[d], cfg.widths[d], 1) for d in range(depths))
         # 1x1 projection at the coarse resolution, then nearest upsampling: a 3x3 conv here would cost 9x
         # at the fine resolution, and the next block's 3x3 convs mix space anyway.
@@ -110,12 +111,18 @@ class ScoreSubnet(nn.Module):
             per_depth.append(fg)
         return per_depth, torch.cat(scales, dim=1)
 
-    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, taps=None) -> torch.Tensor:
-        """x_in = c_in * x_t (B, 1, n_mels, frames), c_noise (B,), taps (``Taps`` or None for the ablation)."""
+    @property
+    def label_classes(self) -> int:
+        return self.cfg.label_classes
+
+    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, taps=None, cond=None) -> torch.Tensor:
+        """x_in = c_in * x_t (B, 1, n_mels, frames), c_noise (B,), taps (``Taps`` or None for the ablation),
+        cond: a distilled student's (onehot, gamma), or None (no label, gamma 0)."""
         with stage("tap normalisation"):
             inputs, scales = self._inputs(x_in, taps)
         with stage("decoder"):
             emb = self.embed(c_noise)
+            emb = emb + condition_term(self.cond_embed, cond, emb)
             if self.scale_embed is not None:
                 emb = emb + self.scale_embed(scales / 10.0)
             h = None

@@ -15,7 +15,7 @@ from kernels import multi_head_attention
 
 from ..stages import stage
 from ..storage.config import UNetConfig
-from .blocks import FiLMResBlock, SigmaEmbedding, group_count
+from .blocks import ConditionEmbedding, FiLMResBlock, SigmaEmbedding, condition_term, group_count
 
 
 def _block(c_in: int, c_out: int, emb_dim: int) -> FiLMResBlock:
@@ -49,6 +49,7 @@ class UNet(nn.Module):
         self.cfg = cfg
         w = cfg.widths
         self.embed = SigmaEmbedding(cfg.emb_dim)
+        self.cond_embed = ConditionEmbedding(cfg.label_classes, cfg.emb_dim) if cfg.label_classes else None
         self.stem = nn.Conv2d(1, w[0], 3, padding=1)
         self.down_blocks = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -70,12 +71,18 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, taps=None) -> torch.Tensor:
-        with stage("decoder"):  # the self-attention inside is its own stage
-            return self._forward(x_in, c_noise)
+    @property
+    def label_classes(self) -> int:
+        return self.cfg.label_classes
 
-    def _forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, taps=None, cond=None) -> torch.Tensor:
+        """cond: a distilled student's (onehot, gamma), or None (no label, gamma 0)."""
+        with stage("decoder"):  # the self-attention inside is its own stage
+            return self._forward(x_in, c_noise, cond)
+
+    def _forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, cond) -> torch.Tensor:
         emb = self.embed(c_noise)
+        emb = emb + condition_term(self.cond_embed, cond, emb)
         h = self.stem(x_in)
         skips = []
         for i, blocks in enumerate(self.down_blocks):

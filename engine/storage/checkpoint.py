@@ -46,6 +46,7 @@ def read_config(directory: str | Path) -> dict:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 SAMPLING_DEFAULTS = {"sampler": "heun", "steps": 25, "rho": None, "options": {}, "vocoder": "griffin-lim",
                      "guidance_fade_sigma": 0.0}  # for a bundle without a measured choice
+STUDENT_SAMPLING_DEFAULTS = {**SAMPLING_DEFAULTS, "sampler": "multistep", "steps": 4}  # a distilled student's
 
 
 def _number(v) -> bool:
@@ -79,19 +80,32 @@ def config_problem(cfg: dict) -> str | None:
     sampling = cfg.get("sampling", {})
     if not isinstance(sampling, dict):
         return f"'sampling' must be a mapping, got {type(sampling).__name__}"
+    per_model = sampling.get("models", {})
+    if not isinstance(per_model, dict) or not all(isinstance(v, dict) for v in per_model.values()):
+        return "'sampling.models' must map a model's name to its own sampling section"
+    for key, section in [("sampling", {k: v for k, v in sampling.items() if k != "models"}),
+                         *((f"sampling.models.{m}", v) for m, v in per_model.items())]:
+        if (why := _sampling_problem(key, section)) is not None:
+            return why
+    return None
+
+
+def _sampling_problem(key: str, sampling: dict) -> str | None:
     s = {**SAMPLING_DEFAULTS, **sampling}
     if not isinstance(s["sampler"], str):
-        return "'sampling.sampler' must be a solver's name"
+        return f"'{key}.sampler' must be a solver's name"
     if isinstance(s["steps"], bool) or not isinstance(s["steps"], int) or s["steps"] < 1:
-        return f"'sampling.steps' must be an integer >= 1, got {s['steps']!r}"
+        return f"'{key}.steps' must be an integer >= 1, got {s['steps']!r}"
     if s["rho"] is not None and not (_number(s["rho"]) and s["rho"] > 0):
-        return f"'sampling.rho' must be a number > 0 or null, got {s['rho']!r}"
+        return f"'{key}.rho' must be a number > 0 or null, got {s['rho']!r}"
     if not isinstance(s["options"], dict) or not all(isinstance(k, str) and _number(v) for k, v in s["options"].items()):
-        return "'sampling.options' must map option names to numbers"
+        return f"'{key}.options' must map option names to numbers"
     if not isinstance(s["vocoder"], str):
-        return "'sampling.vocoder' must be a vocoder's name"
+        return f"'{key}.vocoder' must be a vocoder's name"
     if not (_number(s["guidance_fade_sigma"]) and s["guidance_fade_sigma"] >= 0):
-        return f"'sampling.guidance_fade_sigma' must be a number >= 0, got {s['guidance_fade_sigma']!r}"
+        return f"'{key}.guidance_fade_sigma' must be a number >= 0, got {s['guidance_fade_sigma']!r}"
+    if not isinstance(s.get("meets_default_rule", False), bool):
+        return f"'{key}.meets_default_rule' must be true or false"
     return None
 
 

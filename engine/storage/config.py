@@ -92,9 +92,10 @@ class SubnetConfig:
     heads: int = 4
     emb_dim: int = 64
     use_taps: bool = True  # False: the x_t-only ablation (same decoder, no classifier taps)
+    label_classes: int = 0  # > 0: a distilled student, which also takes the label and gamma as inputs
 
     def __post_init__(self):
-        check_fields(self, may_be_zero=("attention_depths",))
+        check_fields(self, may_be_zero=("attention_depths", "label_classes"))
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,10 @@ class UNetConfig:
     blocks_per_level: int = 1
     heads: int = 4
     emb_dim: int = 64
+    label_classes: int = 0  # > 0: a distilled student, which also takes the label and gamma as inputs
 
     def __post_init__(self):
-        check_fields(self)
+        check_fields(self, may_be_zero=("label_classes",))
 
 
 @dataclass(frozen=True)

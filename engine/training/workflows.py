@@ -4,6 +4,7 @@ apart from ``training/training_loop.py`` the same way). Each run is described by
 ``command`` is recorded beside the weights it produces."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +13,18 @@ import torch
 
 from ..audio.datasets import DEFAULT_DATA, Normaliser, data_hash, list_items, load_features, silence_frame
 from ..bundle import load_bundle, normaliser_to_config
-from ..diffusion.score_model import build_score_model
+from ..diffusion.score_model import build_score_model, score_model
 from ..diffusion.taps import TapExtractor
 from ..distributed import distributed_shard, finish_group
-from ..models.registry import score_network_kind
-from ..storage.checkpoint import save_weights, update_config, write_config
-from ..storage.config import ClassifierConfig, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max, to_dict
+from ..models.registry import SCORE_NETWORKS, score_network_kind
+from ..storage.checkpoint import read_config, save_weights, update_config, write_config
+from ..storage.config import (ClassifierConfig, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max, from_dict,
+                              to_dict)
 from ..storage.state_file import legacy_state_error, state_path
 from .classifier import accuracy_by_sigma, train_classifier
+from .distill import (HeldOutDistillation, TrajectorySettings, batch_draw, distillation_loss, init_from_teacher,
+                      teacher_trajectories)
+from .loop import train_loop
 from .evaluator import train_eval_classifier
 from .heldout import HeldOutDSM
 from .score import continuation, train_score
@@ -95,6 +100,8 @@ def train_score_network(run: ScoreRun) -> dict | None:
     EMA snapshots with the held-out DSM loss along the way. Under torchrun with DistributedDataParallel.
     Returns the summary (None on ranks other than 0)."""
     kind = score_network_kind(run.model)
+    if kind.teacher is not None:
+        raise ValueError(f"{run.model!r} is a distilled student: train it with `tapdiff distill --model {run.model}`")
     bundle = load_bundle(run.checkpoint, model=None)
     out = Path(run.checkpoint)
     name = kind.weights
@@ -158,6 +165,78 @@ def train_score_network(run: ScoreRun) -> dict | None:
     if world > 1:
         finish_group()
     return summary
+
+
+@dataclass(frozen=True)
+class DistillRun:
+    checkpoint: str | Path
+    model: str = "tapdiff-distilled"  # the student; its teacher is the registry's
+    seconds: float = 1800.0
+    trajectories: TrajectorySettings = TrajectorySettings()
+    held_out: int = 128  # trajectories kept out of training for the held-out loss
+    steps: int = 4  # the student's sampling budget written into sampling.models (multistep, 1 evaluation a step)
+    rho: float | None = None  # its schedule's rho (None: the SDE's)
+    batch_size: int = 16
+    lr: float = 2e-4
+    ema: float = 0.999
+    snapshot_every: float = 300.0
+    seed: int = 0
+    command: str = ""
+
+
+def distill_student(run: DistillRun) -> dict:
+    """Generate the guided teacher's trajectories (resumable), train the student on them (resumable), and
+    write its weights, config, training record and sampling entry into the bundle. Returns the summary."""
+    kind = score_network_kind(run.model)
+    if kind.teacher is None:
+        raise ValueError(f"{run.model!r} is not a distilled student; students: "
+                         f"{[k for k, v in SCORE_NETWORKS.items() if v.teacher]}")
+    out = Path(run.checkpoint)
+    path = state_path(out / "state", kind.weights)
+    if (legacy := legacy_state_error(path)) is not None:
+        raise legacy
+    bundle = load_bundle(out, model=kind.teacher)
+    teacher = score_model(bundle, fade_sigma=float(bundle.sampling["guidance_fade_sigma"]))
+    teacher_kind = score_network_kind(kind.teacher)
+    teacher_id = bundle.weights_sha256(teacher_kind.weights) or ""
+    data, gen_seconds = teacher_trajectories(teacher, bundle.labels, run.trajectories, bundle.input_hw,
+                                             out / "state" / f"{kind.weights}_trajectories", teacher_id)
+    train, held = data.split(run.held_out)
+    net_cfg = dataclasses.replace(from_dict(teacher_kind.config_cls, bundle.config[teacher_kind.config_key]),
+                                  label_classes=teacher.n_classes)
+    torch.manual_seed(run.seed)
+    net = kind.build(net_cfg, bundle.classifier.tap_channels, bundle.input_hw)
+    init_from_teacher(net, bundle.score_net)
+    student = build_score_model(TapExtractor(bundle.classifier, bundle.sde), net)
+    held_loss = HeldOutDistillation(held)
+    draw = batch_draw(train, run.batch_size)
+    tcfg = TrainConfig(batch_size=run.batch_size, lr=run.lr, seconds=run.seconds, seed=run.seed,
+                       labels=bundle.labels, ema_decay=run.ema)
+
+    def loss_fn(gen):
+        return distillation_loss(student, train, *draw(gen))
+
+    def snapshot(ema, step, elapsed):
+        held_out = held_loss(build_score_model(student.extractor, ema.model))
+        return {"heldout": {k: round(v, 5) for k, v in held_out.items()}, "threads": torch.get_num_threads()}
+
+    ema, log = train_loop(net, loss_fn, tcfg, path, "distill", snapshot, run.snapshot_every,
+                          stretch={"command": run.command})
+    files = save_weights(out, kind.weights, ema.model, {})["files"]
+    record = {"command": run.command, "config": to_dict(tcfg), "teacher": kind.teacher, "teacher_sha256": teacher_id,
+              "trajectories": {**run.trajectories.record(), "held_out": run.held_out,
+                               "seconds": round(gen_seconds, 1)},
+              "threads": torch.get_num_threads(), "steps": log["steps"], "seconds": round(log["seconds"], 1),
+              "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"],
+              "stretches": log.get("stretches", [])}
+    sampling = dict(read_config(out).get("sampling", {}))
+    per_model = {**sampling.get("models", {}), kind.name: {
+        "sampler": "multistep", "steps": run.steps, "rho": run.rho, "guidance_fade_sigma": 0.0,
+        "vocoder": sampling.get("vocoder", "griffin-lim"), "chosen_by": run.command}}
+    update_config(out, {kind.config_key: to_dict(net_cfg), "sampling": {**sampling, "models": per_model}},
+                  files=files, training={kind.weights: record})
+    return {"steps": log["steps"], "seconds": round(log["seconds"], 1),
+            "trajectory_seconds": round(gen_seconds, 1), "heldout": log["curve"][-1]["heldout"] if log["curve"] else None}
 
 
 @dataclass(frozen=True)
