@@ -183,11 +183,17 @@ def cmd_serve(args) -> int:
 
     limits = ServerLimits(max_queued=args.max_queued, max_body_bytes=args.max_body_bytes,
                           body_timeout_s=args.body_timeout_s, request_timeout_s=args.request_timeout_s)
-    engine = Engine(args.checkpoint, model=args.model, backend=args.backend, artifacts=args.artifacts,
-                    batch_size=args.max_batch, device=args.device,
-                    limits=Limits(max_clips=args.max_clips, max_nfe=args.max_nfe),
-                    batch_invariant=not args.batch_dependent)
-    serve(engine, args.host, args.port, args.max_batch, args.max_delay_ms, limits)
+    engine_kwargs = dict(checkpoint=args.checkpoint, model=args.model, backend=args.backend, artifacts=args.artifacts,
+                         batch_size=args.max_batch, device=args.device,
+                         limits=Limits(max_clips=args.max_clips, max_nfe=args.max_nfe),
+                         batch_invariant=not args.batch_dependent)
+    if args.replicas != 1:
+        from .serve_replicas import serve_replicas
+
+        serve_replicas(engine_kwargs, args.replicas, args.host, args.port, args.max_batch, args.max_delay_ms, limits,
+                       args.threads)
+        return 0
+    serve(Engine(**engine_kwargs), args.host, args.port, args.max_batch, args.max_delay_ms, limits)
     return 0
 
 

@@ -249,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(sv)
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--replicas", type=int, default=1,
+                    help="Engine replicas: 1 serves in this process; N > 1 serves N replicas under Ray Serve "
+                         "(needs tapdiff[replicas]), each on --threads torch threads")
+    sv.add_argument("--threads", type=int, default=1, help="torch threads per replica (with --replicas N > 1)")
     sv.add_argument("--max-batch", type=int, default=16, help="clips per sampler batch (1: no batching)")
     sv.add_argument("--max-delay-ms", type=float, default=10.0, help="how long a batch waits for more requests")
     sv.add_argument("--batch-dependent", action="store_true",

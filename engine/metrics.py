@@ -9,13 +9,16 @@ SECONDS_BUCKETS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300)
 
 
 class ServiceMetrics:
-    def __init__(self, model: str, backend: str):
+    def __init__(self, model: str, backend: str, replica: str | None = None):
+        """``replica``: the Ray Serve replica these metrics are of (a ``replica`` label on every series)."""
         try:
             from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         except ImportError as e:
             raise ImportError("tapdiff serve's metrics need prometheus-client: pip install 'tapdiff[serve]'") from e
         self.registry = CollectorRegistry()
         names, values = ("model", "backend"), (model, backend)
+        if replica is not None:
+            names, values = (*names, "replica"), (*values, replica)
         kw = {"registry": self.registry}
         self.requests = Counter("tapdiff_requests", "HTTP requests answered, by status", ("status", *names), **kw)
         self.clips = Counter("tapdiff_clips_generated", "clips through the sampler", names, **kw).labels(*values)

@@ -1,0 +1,101 @@
+"""tapdiff serve --replicas 2: the same HTTP API under Ray Serve, as a real server process asked by a real HTTP
+client. Sixteen concurrent requests get the bytes each gets alone, and the bytes the Python API gives with the
+same settings at the replicas' thread count; bad requests are refused as by one process; metrics name the
+replica; SIGTERM shuts Ray down."""
+import concurrent.futures as cf
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+import pytest
+import torch
+
+from engine.api import Engine
+from engine.audio.wav import wav_bytes
+
+if os.environ.get("CI") != "true":
+    pytest.importorskip("ray.serve", reason="tapdiff[replicas] (Ray Serve) is not installed")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def replicas(tiny_checkpoint):
+    port = _free_port()
+    log = tempfile.NamedTemporaryFile(prefix="tapdiff-replicas-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--replicas", "2", "--threads", "1",
+                             "--checkpoint", str(tiny_checkpoint), "--port", str(port), "--max-batch", "8",
+                             "--max-delay-ms", "200", "--max-clips", "4"], stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300  # Ray's start-up: tens of seconds on this machine
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, open(log.name).read()[-3000:]
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200 and "serving 2 replicas" in open(log.name).read():
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("tapdiff serve --replicas 2 did not come up:\n" + open(log.name).read()[-3000:])
+    proc.log_path = log.name
+    yield url, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_sixteen_concurrent_requests_get_the_bytes_each_gets_alone_on_any_replica(replicas, tiny_checkpoint):
+    url, _ = replicas
+    bodies = [{"digit": [1, 7][i % 2] if i % 3 else [1, 7], "n": 1 + i % 2, "seed": i, "guidance": [0.0, 2.0, 3.0][i % 3],
+               "nfe": 3} for i in range(16)]
+    with cf.ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda b: httpx.post(f"{url}/generate", json=b, timeout=300), bodies))
+    assert [r.status_code for r in together] == [200] * 16
+    alone = [httpx.post(f"{url}/generate", json=b, timeout=300) for b in bodies]
+    assert [r.content for r in together] == [r.content for r in alone]
+    # both replicas answered, and the answers are the Python API's at the replicas' one thread
+    metrics = [httpx.get(f"{url}/metrics", timeout=30).text for _ in range(20)]
+    assert len({line.split('replica="')[1].split('"')[0] for m in metrics for line in m.splitlines()
+                if line.startswith("tapdiff_requests_total") and 'replica="' in line}) == 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = Engine(tiny_checkpoint, batch_size=8, batch_invariant=True)
+        one = bodies[2]
+        out = engine.generate(one["digit"], n=one["n"], seed=one["seed"], guidance=one["guidance"], nfe=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert alone[2].content == wav_bytes(out.waves[0].numpy(), 16000)
+
+
+@pytest.mark.parametrize("body,status,reason", [
+    ({"digit": 3}, 422, "unknown digit"),
+    ({"digit": [1, 7], "n": 3}, 429, "at most 4"),
+    ({"digit": 7, "guidance": True}, 422, "guidance"),
+    ({"digit": 7, "color": "red"}, 422, "color"),
+])
+def test_bad_requests_are_refused_as_by_one_process(replicas, body, status, reason):
+    r = httpx.post(f"{replicas[0]}/generate", json=body, timeout=60)
+    assert r.status_code == status and reason in r.text and r.headers.get("x-request-id")
+
+
+def test_sigterm_stops_the_replicas_and_ray(replicas):
+    url, proc = replicas
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    log = open(proc.log_path).read()
+    assert "Traceback" not in log.split("serving 2 replicas")[-1]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/health", timeout=5)
