@@ -1,9 +1,11 @@
 """``tapdiff serve``: the engine behind HTTP, with request batching (optional extra ``tapdiff[serve]``:
 FastAPI + uvicorn).
 
-- ``POST /generate`` {digit (or a list, or null), n, seed, guidance, nfe, sampler, rho, guidance_fade}: one clip as
-  ``audio/wav``, several as a zip of WAVs (``{digit}_{index}.wav``). Requests are batched by a
+- ``POST /generate`` {digit (or a list, or null), n, seed, guidance, nfe, sampler, rho, guidance_fade, format}: one
+  clip as ``audio/wav``, several as a zip of WAVs (``{digit}_{index}.wav``); ``"format": "json"``: every clip's WAV
+  (base64) and log-Mel in one JSON answer (what the page draws). Requests are batched by a
   ``engine.batching.Batcher``, in turns of one batch, so a short request is not stuck behind a long one.
+- ``GET /``: a page to try the engine (``engine.serve_page``).
 - ``GET /health``, ``GET /info`` (checkpoint name and weights hash, model, labels, backend, defaults, limits),
   ``GET /metrics`` (Prometheus text: ``engine.metrics``). Every answer carries an ``X-Request-ID`` (the client's,
   or a new one), and each request is one JSON line on stderr (id, method, path, status, seconds).
@@ -18,6 +20,7 @@ FastAPI + uvicorn).
 # No ``from __future__ import annotations`` here: FastAPI reads the request model's annotation at run time,
 # and the model is defined inside create_app (FastAPI and pydantic are an optional extra).
 import asyncio
+import base64
 import io
 import json
 import sys
@@ -33,6 +36,17 @@ from .batching import Batcher, RequestCancelled
 from .diffusion.solvers import SOLVERS
 from .limits import ServerLimits
 from .metrics import ServiceMetrics
+
+
+def clips_to_json(out: Generation) -> dict:
+    """Every clip's WAV (base64, the bytes a WAV answer holds) and natural-log Mel (rounded to 1e-3), with the
+    range of the Mels (for one colour scale)."""
+    return {"sample_rate": out.sample_rate,
+            "mel_range": [round(float(out.mels.min()), 3), round(float(out.mels.max()), 3)],
+            "clips": [{"name": name, "digit": label,
+                       "wav": base64.b64encode(wav_bytes(w.numpy(), out.sample_rate)).decode("ascii"),
+                       "mel": [[round(float(v), 3) for v in row] for row in mel]}
+                      for name, label, w, mel in zip(out.names, out.labels, out.waves, out.mels)]}
 
 
 def clips_to_response_body(out: Generation) -> tuple[bytes, str]:
@@ -131,7 +145,7 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
     (give the one whose ``on_batch`` the batcher reports to) is served at ``/metrics``."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from pydantic import BaseModel, ConfigDict, Field
 
     bounds = engine.limits
@@ -147,6 +161,8 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
         rho: Optional[float] = Field(None, gt=0, le=100, allow_inf_nan=False, description="Karras schedule rho")
         guidance_fade: Optional[float] = Field(None, ge=0, le=1000, allow_inf_nan=False,
                                                description="guidance fade sigma (default: the checkpoint's)")
+        format: Literal["wav", "json"] = Field("wav", description="wav: a WAV or a zip of WAVs; json: each clip's "
+                                                                  "WAV in base64 and its log-Mel")
 
     app = FastAPI(title="tapdiff", version="0.1.0",
                   description=f"Limits: {bounds.max_clips} clips per request, {bounds.max_nfe} score evaluations per "
@@ -155,6 +171,12 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
     lock, queued = threading.Lock(), [0]
     metrics = metrics or ServiceMetrics(engine.model_name, engine.backend)
     metrics.queued.set_function(lambda: queued[0])
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> HTMLResponse:
+        from .serve_page import PAGE
+
+        return HTMLResponse(PAGE)
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -183,7 +205,7 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
         weights = engine.bundle.weights_sha256("classifier") or ""
         return {"checkpoint": engine.bundle.directory.name, "classifier_sha256": weights[:16], "model": engine.model_name,
                 "labels": list(engine.labels), "backend": engine.backend, "sampler": engine.default_sampler.label(),
-                "guidance": DEFAULT_GUIDANCE, "vocoder": engine.vocoder_name,
+                "guidance": DEFAULT_GUIDANCE, "vocoder": engine.vocoder_name, "samplers": sorted(SOLVERS),
                 "sample_rate": engine.bundle.features.sample_rate,
                 "limits": {"max_clips": bounds.max_clips, "max_nfe": bounds.max_nfe,
                            "max_guidance": bounds.max_guidance, "max_queued": limits.max_queued,
@@ -229,6 +251,8 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
             raise HTTPException(422, str(e)) from None
         except (RequestCancelled, asyncio.CancelledError):
             raise HTTPException(503, "the request was cancelled") from None
+        if req.format == "json":
+            return JSONResponse(clips_to_json(out))
         body, media = clips_to_response_body(out)
         return Response(body, media_type=media)
 
