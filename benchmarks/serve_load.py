@@ -1,18 +1,22 @@
-"""CLI: load test of ``tapdiff serve``: concurrent clients against a real server process on loopback, with
-request batching on and off, every answer checked against the same request made alone.
+"""CLI: load test of ``tapdiff serve``: one process against Ray Serve replicas, concurrent clients against a real
+server on loopback, every answer checked byte for byte against the same request made alone.
 
     python benchmarks/serve_load.py --clients 64 --out benchmarks/results/serve_load.md
 
-Each client sends one request (one clip: digit i mod 10, seed i, the checkpoint's default solver); all
-start together. Per setting: every request answered?, the largest difference of an answer's samples from
-the same request generated alone by an in-process Engine (16-bit WAV: one step is 3.1e-5), latency p50 /
-p99 and clips per second over the whole burst. Traffic goes to 127.0.0.1 only; the run is bounded by
-``--clients`` requests per setting and ``--timeout`` seconds per request.
+Settings: one process with the in-process batcher on all the machine's threads; one process on one thread;
+``--replicas 2`` (Ray Serve, ``@serve.batch``) with one thread per replica. All batch-invariant (the default:
+every evaluation at --max-batch rows) with batches of up to 16 clips waiting up to 20 ms. Each client sends one
+request (one clip: digit i mod 10, seed i, the checkpoint's default solver); all start together. Per setting:
+answers, how many are byte-identical to the same request made alone through the Python API at the server's
+thread count (the WAV bytes; a batch-invariant Engine with the same batch size and backend), the largest sample
+difference otherwise, latency p50 / p99 and clips per second over the whole burst. Traffic goes to 127.0.0.1
+only; the run is bounded by ``--clients`` requests per setting and ``--timeout`` seconds per request.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import socket
 import statistics
 import subprocess
@@ -24,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import torch
 from report import emit, header, record
 
 from engine.api import Engine
@@ -41,15 +46,18 @@ def _samples(wav: bytes) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32767
 
 
-def run_setting(args, max_batch: int, max_delay_ms: float, reference: list[np.ndarray]) -> dict:
+def run_setting(args, name: str, threads: int, replicas: int, reference: list[bytes]) -> dict:
     port = _free_port()
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--checkpoint", args.checkpoint, "--port", str(port),
-           "--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms), "--max-clips", "4",
-           "--max-queued", str(4 * args.clients)]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+           "--max-batch", "16", "--max-delay-ms", "20", "--max-clips", "4", "--max-queued", str(4 * args.clients)]
+    if replicas > 1:
+        cmd += ["--replicas", str(replicas), "--threads", str(threads)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     url = f"http://127.0.0.1:{port}"
+    t_start = time.perf_counter()
     try:
-        for _ in range(600):
+        for _ in range(3000):  # Ray's start-up takes tens of seconds
             try:
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                     break
@@ -57,6 +65,11 @@ def run_setting(args, max_batch: int, max_delay_ms: float, reference: list[np.nd
                 time.sleep(0.1)
             if server.poll() is not None:
                 raise RuntimeError(server.stderr.read().decode()[-2000:])
+        if replicas > 1:  # the proxy answers before every replica is up: wait until both have answered
+            seen = set()
+            while len(seen) < replicas and time.perf_counter() - t_start < 600:
+                text = httpx.get(f"{url}/metrics", timeout=30).text
+                seen |= {line.split('replica="')[1].split('"')[0] for line in text.splitlines() if 'replica="' in line}
         start = threading.Barrier(args.clients)
 
         def client(i: int):
@@ -71,14 +84,29 @@ def run_setting(args, max_batch: int, max_delay_ms: float, reference: list[np.nd
         wall = time.perf_counter() - t0
     finally:
         server.terminate()
-        server.wait(timeout=30)
-    ok = [a for a in answers if a[1] == 200]
-    diffs = [float(np.abs(_samples(a[2]) - reference[i]).max()) for i, a in enumerate(answers) if a[1] == 200]
-    lat = sorted(a[0] for a in ok)
-    return {"max_batch": max_batch, "max_delay_ms": max_delay_ms, "answered": len(ok), "requests": len(answers),
-            "max_sample_diff": max(diffs) if diffs else None, "p50_s": statistics.median(lat) if lat else None,
+        server.wait(timeout=120)
+    ok = [(i, a) for i, a in enumerate(answers) if a[1] == 200]
+    identical = sum(a[2] == reference[i] for i, a in ok)
+    diffs = [float(np.abs(_samples(a[2]) - _samples(reference[i])).max()) for i, a in ok]
+    lat = sorted(a[0] for _, a in ok)
+    return {"setting": name, "threads": threads, "replicas": replicas, "answered": len(ok), "requests": len(answers),
+            "identical": identical, "max_sample_diff": max(diffs) if diffs else None,
+            "p50_s": statistics.median(lat) if lat else None,
             "p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
             "clips_per_s": len(ok) / wall, "wall_s": wall}
+
+
+def alone(args, threads: int) -> list[bytes]:
+    """Each client's request made alone through the Python API at ``threads`` threads: its WAV bytes."""
+    from engine.audio.wav import wav_bytes
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        engine = Engine(args.checkpoint, batch_size=16, batch_invariant=True)
+        return [wav_bytes(engine.generate(i % 10, n=1, seed=i).waves[0].numpy(), 16000) for i in range(args.clients)]
+    finally:
+        torch.set_num_threads(before)
 
 
 def main() -> int:
@@ -89,19 +117,25 @@ def main() -> int:
     p.add_argument("--out", default=None)
     args = p.parse_args()
     record(__file__)
-    engine = Engine(args.checkpoint)
-    reference = [np.round(engine.generate(i % 10, n=1, seed=i).waves[0].numpy().clip(-1, 1) * 32767) / 32767
-                 for i in range(args.clients)]
-    rows = [run_setting(args, 16, 20.0, reference), run_setting(args, 1, 0.0, reference)]
+    full = torch.get_num_threads()
+    settings = [("1 process", full, 1), ("1 process", 1, 1), ("Ray Serve, 2 replicas", 1, 2)]
+    references = {t: alone(args, t) for t in sorted({t for _, t, _ in settings})}
+    rows = [run_setting(args, name, t, r, references[t]) for name, t, r in settings]
+    spec = Engine(args.checkpoint).default_sampler.label()
     lines = [header(__file__),
-             f"{args.clients} clients at once, one clip each ({engine.default_sampler.label()}), server and clients on "
-             "this 2-core machine.", "",
-             "| batching | answered | max sample difference from alone | p50 s | p99 s | clips/s |",
-             "|---|---:|---:|---:|---:|---:|"]
+             f"{args.clients} clients at once, one clip each ({spec}), server and clients on this 2-core machine; "
+             "batch-invariant serving, batches of up to 16 clips, 20 ms wait. 'Identical': the answer's bytes equal "
+             "the same request made alone through the Python API at the server's thread count.", "",
+             "| server | torch threads each | answered | identical to alone | max sample difference | p50 s | p99 s | "
+             "clips/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        name = "off (max-batch 1)" if r["max_batch"] == 1 else f"on (max-batch {r['max_batch']}, {r['max_delay_ms']:g} ms)"
-        lines.append(f"| {name} | {r['answered']} / {r['requests']} | {r['max_sample_diff']:.1e} | {r['p50_s']:.2f} | "
-                     f"{r['p99_s']:.2f} | {r['clips_per_s']:.2f} |")
+        lines.append(f"| {r['setting']} | {r['threads']} | {r['answered']} / {r['requests']} | {r['identical']} / "
+                     f"{r['answered']} | {r['max_sample_diff']:.1e} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | "
+                     f"{r['clips_per_s']:.2f} |")
+    base = next(r for r in rows if r["replicas"] == 1 and r["threads"] == full)
+    lines += ["", "Throughput against one process on all threads: " + ", ".join(
+        f"{r['setting']} ({r['threads']} thread{'s' if r['threads'] > 1 else ''} each) "
+        f"{r['clips_per_s'] / base['clips_per_s']:.2f}x" for r in rows if r is not base) + "."]
     emit("\n".join(lines) + "\n", args.out)
     return 0
 

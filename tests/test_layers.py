@@ -22,7 +22,9 @@ LAYERS = [
     {"engine.api", "engine.training"},
     {"engine.evaluation"},
     {"engine.batching", "engine.metrics"},
+    {"engine.serve_page"},
     {"engine.serve"},
+    {"engine.serve_replicas"},
     {"engine.cli_parser"},
     {"engine.cli"},
     {"engine"},  # the package itself (engine/__init__.py re-exports the API)

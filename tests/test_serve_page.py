@@ -115,3 +115,15 @@ def test_the_json_answer_holds_the_bytes_of_the_wav_answer(server):
     assert wav.status_code == 200 and base64.b64decode(js["clips"][0]["wav"]) == wav.content
     assert len(js["clips"][0]["mel"]) == 80 and len(js["clips"][0]["mel"][0]) == 72
     assert httpx.post(f"{server}/generate", json={**body, "format": "mp3"}, timeout=30).status_code == 422
+
+
+def test_the_openapi_schema_states_the_request_limits(server):
+    schema = httpx.get(f"{server}/openapi.json", timeout=30).json()
+    fields = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert fields["n"]["maximum"] == 4 and fields["n"]["minimum"] == 1  # --max-clips 4
+    assert fields["seed"]["maximum"] == pytest.approx(2 ** 63 - 1)  # a JSON number
+    nfe = next(s for s in fields["nfe"]["anyOf"] if "maximum" in s)
+    guidance = fields["guidance"]
+    assert nfe["maximum"] == 100 and guidance["maximum"] == 100 and guidance["minimum"] == 0
+    assert set(fields["format"]["enum"]) == {"wav", "json"}
+    assert "4 clips per request" in schema["info"]["description"]
