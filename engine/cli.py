@@ -67,12 +67,20 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _regime(args):
+    from .storage.config import DataRegime
+
+    return DataRegime(speakers=args.speakers, noise=args.noise_snr_db is not None,
+                      snr_db=10.0 if args.noise_snr_db is None else args.noise_snr_db, rt60_s=args.rt60,
+                      seed=args.corruption_seed)
+
+
 def cmd_train_classifier(args) -> int:
     from .training.workflows import ClassifierRun, train_classifier_bundle
 
     print(json.dumps(train_classifier_bundle(ClassifierRun(
         args.out, args.data, args.labels, args.seconds, args.norm, args.frames, args.widths, args.sigma_min,
-        args.batch_size, args.lr, args.seed, _command(args)))))
+        args.batch_size, args.lr, args.seed, _command(args), _regime(args)))))
     return 0
 
 
@@ -81,7 +89,8 @@ def cmd_train_score(args) -> int:
 
     summary = train_score_network(ScoreRun(
         args.checkpoint, args.data, args.model, args.seconds, args.widths, args.labels, args.batch_size, args.lr,
-        args.ema, args.snapshot_every, args.heldout_clips, args.continue_training, args.seed, _command(args)))
+        args.ema, args.snapshot_every, args.heldout_clips, args.continue_training, args.seed, _command(args),
+        _regime(args)))
     if summary is not None:
         print(json.dumps(summary))
     return 0
@@ -111,10 +120,21 @@ def cmd_evaluate(args) -> int:
     from .evaluation.quality import QualityJudge, evaluate_quality
     from .provenance import run_record
 
+    regime = _regime(args)
+    if args.classifier_accuracy:
+        from .evaluation.quality import classifier_accuracy
+
+        report = {**run_record(_command(args)), "regime": regime.describe(),
+                  "accuracy_by_sigma": classifier_accuracy(load_bundle(args.checkpoint, model=None), args.data,
+                                                           args.digits, regime)}
+        print(json.dumps(report["accuracy_by_sigma"]))
+        if args.json:
+            _write_json(args.json, report)
+        return 0
     engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=True, model=args.model, backend=args.backend,
                     artifacts=args.artifacts, device=args.device)
     judge = QualityJudge(load_bundle(args.evaluator or args.checkpoint, model=None, need_evaluator=True), args.data,
-                         args.digits or engine.labels)
+                         args.digits or engine.labels, regime)
     spec = _spec(engine, args)
     reports = []
     for guidance in args.guidance:

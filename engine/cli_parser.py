@@ -83,6 +83,15 @@ def _add_model(p: argparse.ArgumentParser, default: str | None = None) -> None:
                       "student once that met the quality rule)"))
 
 
+def _add_regime(p: argparse.ArgumentParser) -> None:
+    """The data regime (``engine.storage.config.DataRegime``): a speaker subset and an on-the-fly corruption."""
+    p.add_argument("--speakers", type=lambda v: tuple(s for s in v.split(",") if s), default=(),
+                   help="speaker subset, e.g. george,jackson,nicolas (default: every speaker)")
+    p.add_argument("--noise-snr-db", type=float, default=None, help="add white noise at this SNR (dB) to every clip")
+    p.add_argument("--rt60", type=float, default=0.0, help="reverberate every clip with a synthetic RIR of this RT60 (s)")
+    p.add_argument("--corruption-seed", type=int, default=0, help="seed of the corruption draws (with the file name)")
+
+
 def _add_data(p: argparse.ArgumentParser) -> None:
     from .audio.datasets import DEFAULT_DATA
 
@@ -130,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--lr", type=float, default=1e-3)
     c.add_argument("--seed", type=int, default=0)
+    _add_regime(c)
     c.set_defaults(run="train_classifier")
 
     s = sub.add_parser("train-score", help="train a score network (classifier frozen) into an existing checkpoint folder")
@@ -150,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the checkpoint's trained network (fresh optimiser; steps and seconds count on, "
                         "--seconds is the new total) when no resumable state exists")
     s.add_argument("--seed", type=int, default=0)
+    _add_regime(s)
     s.set_defaults(run="train_score")
 
     from .models.registry import SCORE_NETWORKS
@@ -191,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--json", default=None, help="write the reports (with command, commit, machine) to this JSON file")
     v.add_argument("--save-audio", default=None, help="also write the generated WAVs under this folder")
+    v.add_argument("--classifier-accuracy", action="store_true",
+                   help="instead: the frozen classifier's accuracy on the regime's test clips at a few noise levels")
+    _add_regime(v)
     _add_model(v)
     v.add_argument("--vocoder", choices=VOCODERS, default=None)
     _add_backend(v)

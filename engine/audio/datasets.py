@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..storage.config import FeatureConfig
+from ..storage.config import DataRegime, FeatureConfig
+from .corruption import corrupt
 from .wav import read_wav
 from .features import clip_features
 
@@ -30,6 +31,7 @@ DEFAULT_DATA = "../shared/data/fsdd"
 class Item:
     path: Path
     label: int
+    speaker: str = ""  # FSDD: the name in the file name; Speech Commands: the file name's speaker hash
 
 
 def _fsdd_dir(root: Path) -> Path | None:
@@ -51,7 +53,7 @@ def list_fsdd(root: Path, split: str) -> list[Item]:
         is_test = int(m.group(3)) < 5
         # FSDD has no official validation split; "valid" is the test split too.
         if (split == "train") != is_test:
-            items.append(Item(p, int(m.group(1))))
+            items.append(Item(p, int(m.group(1)), m.group(2)))
     return items
 
 
@@ -69,14 +71,16 @@ def list_speech_commands(root: Path, split: str) -> list[Item]:
             rel = f"{word}/{p.name}"
             which = "valid" if rel in lists["valid"] else "test" if rel in lists["test"] else "train"
             if which == split:
-                items.append(Item(p, label))
+                items.append(Item(p, label, p.name.split("_")[0]))
     if not items:
         raise FileNotFoundError(f"{root}: no Speech Commands digit folders (zero/ ... nine/) with WAV files")
     return items
 
 
-def list_items(root: str | Path, split: str, labels: tuple[int, ...] | None = None) -> list[Item]:
-    """All clips of ``split`` under ``root`` (FSDD or Speech Commands layout), restricted to ``labels``."""
+def list_items(root: str | Path, split: str, labels: tuple[int, ...] | None = None,
+               speakers: tuple[str, ...] = ()) -> list[Item]:
+    """All clips of ``split`` under ``root`` (FSDD or Speech Commands layout), restricted to ``labels`` and to
+    ``speakers`` (empty: all; a name the split does not hold is refused, naming those it does)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     root = Path(root)
@@ -88,6 +92,13 @@ def list_items(root: str | Path, split: str, labels: tuple[int, ...] | None = No
         if bad:
             raise ValueError(f"unknown digit label(s) {bad}; labels are 0-9")
         items = [it for it in items if it.label in set(labels)]
+    if speakers:
+        known = sorted({it.speaker for it in items})
+        unknown = sorted(set(speakers) - set(known))
+        if unknown:
+            shown = ", ".join(known[:12]) + (" ..." if len(known) > 12 else "")
+            raise ValueError(f"unknown speaker(s) {unknown} in {root} ({split}); it has {shown}")
+        items = [it for it in items if it.speaker in set(speakers)]
     return items
 
 
@@ -113,12 +124,15 @@ class FeatureSet:
         return len(self.labels)
 
 
-def load_features(items: list[Item], cfg: FeatureConfig, progress: bool = False) -> FeatureSet:
+def load_features(items: list[Item], cfg: FeatureConfig, progress: bool = False,
+                  regime: DataRegime = DataRegime()) -> FeatureSet:
+    """Log-Mel windows of ``items``, each clip's waveform corrupted by ``regime`` first (see its doc)."""
     if not items:
         raise ValueError("no clips to load")
     mels, labels, spans = [], [], []
     for it in tqdm(items, desc="features", disable=None if progress else True, leave=False):
         x, rate = read_wav(it.path)
+        x = corrupt(x, rate, regime, it.path.name)
         mel, span = clip_features(x, rate, cfg)
         mels.append(mel)
         labels.append(it.label)

@@ -89,14 +89,20 @@ def _engines(checkpoint, cfg: BenchConfig, log: Log) -> tuple[dict, dict]:
 
 
 def _ratio_pairs(names: list[str], cfg: BenchConfig) -> list[tuple[str, str]]:
-    """(numerator, denominator) pairs: each model against the reference model on the same backend, and each
-    backend against torch for the same model."""
+    """(numerator, denominator) pairs: each model against the reference model on the same backend, each
+    distilled student against its teacher on the same backend, and each backend against torch for the same
+    model."""
+    from ..models.registry import score_network_kind
+
     pairs = []
     for n in names:
         model, backend = n.split("/")
         ref = f"{cfg.reference}/{backend}"
         if model != cfg.reference and ref in names:
             pairs.append((n, ref))
+        teacher = f"{score_network_kind(model).teacher}/{backend}"
+        if teacher in names and teacher != ref:
+            pairs.append((n, teacher))
         if backend != "torch" and f"{model}/torch" in names:
             pairs.append((n, f"{model}/torch"))
     return pairs
@@ -290,7 +296,13 @@ def _memory_ratio(result: dict, t: dict) -> float | None:
     return a / b if a is not None and b else None
 
 
-TARGET_METRICS = {"generate_seconds": _generate_seconds, "eval_ratio": _eval_ratio, "memory_ratio": _memory_ratio}
+def _generate_ratio(result: dict, t: dict) -> float | None:
+    row = next((r for r in result["generate"] if r["batch"] == t["batch"]), None)
+    return row["ratios"][t["ratio"]]["median"] if row and t["ratio"] in row.get("ratios", {}) else None
+
+
+TARGET_METRICS = {"generate_seconds": _generate_seconds, "generate_ratio": _generate_ratio, "eval_ratio": _eval_ratio,
+                  "memory_ratio": _memory_ratio}
 
 
 def targets(result: dict, spec: list[dict]) -> list[tuple[str, float, float, bool]]:

@@ -20,7 +20,7 @@ from ..audio.features import clip_features
 from ..models.evaluator import EvalClassifier
 from ..bundle import Bundle
 from ..diffusion.solvers import SamplerSpec
-from ..storage.config import FeatureConfig
+from ..storage.config import DataRegime, FeatureConfig
 from .metrics import frechet_distance
 
 
@@ -68,12 +68,13 @@ class QualityJudge:
     """The evaluation classifier of ``evaluator_bundle`` and the real test clips of ``digits`` under
     ``data``, embedded once (they are the reference of every FD)."""
 
-    def __init__(self, evaluator_bundle: Bundle, data: str, digits: Sequence[int]):
+    def __init__(self, evaluator_bundle: Bundle, data: str, digits: Sequence[int], regime: DataRegime = DataRegime()):
         if evaluator_bundle.evaluator is None:
             raise ValueError("the judge needs a bundle loaded with need_evaluator=True")
         self.evaluator, self.features = evaluator_bundle.evaluator, evaluator_bundle.features
         self.normaliser, self.digits = evaluator_bundle.normaliser, list(digits)
-        test = load_features(list_items(data, "test", tuple(self.digits)), self.features)
+        test = load_features(list_items(data, "test", tuple(self.digits), regime.speakers), self.features,
+                             regime=regime)  # the regime's real test clips: every FD's reference
         _, self.real_embeddings = judge(self.evaluator, test.mels, self.normaliser)
         self.real_clips = len(test)
         self.floor = real_halves_fd(self.evaluator, test, self.normaliser)
@@ -104,3 +105,19 @@ def evaluate_quality(engine, judge: QualityJudge, n: int, guidance: float, seed:
     rec, per, emb = judge.recognition(out.waves, out.labels, out.sample_rate)
     return QualityReport(engine.model_name, spec.solver, spec.steps, spec.nfe, guidance, n, rec, per, judge.fd(emb),
                          judge.floor, round(seconds, 2), round(seconds / len(out.labels), 4))
+
+
+CLASSIFIER_SIGMAS = (0.0, 0.5, 1.0, 2.0, 5.0)
+
+
+def classifier_accuracy(bundle: Bundle, data: str, digits: Sequence[int] | None, regime: DataRegime,
+                        sigmas: Sequence[float] = CLASSIFIER_SIGMAS) -> dict[str, float]:
+    """The bundle's frozen classifier on the regime's test clips, x_t = x_0 + sigma n: accuracy per sigma (what
+    its taps are worth where it is unsure)."""
+    from ..training.classifier import accuracy_by_sigma
+
+    digits = tuple(digits or bundle.config.get("labels", range(10)))
+    test = load_features(list_items(data, "test", digits, regime.speakers), bundle.features, regime=regime)
+    acc = accuracy_by_sigma(bundle.classifier, bundle.normaliser.normalise(test.mels)[:, None], test.labels,
+                            bundle.sde, sigmas=tuple(sigmas))
+    return {f"{k:g}": v for k, v in acc.items()}

@@ -113,6 +113,47 @@ class UNetConfig:
 
 
 @dataclass(frozen=True)
+class DataRegime:
+    """What data a network is trained or judged on, beyond the folder and the digits: a speaker subset and a
+    corruption applied to each clip's waveform as it is loaded (``engine.audio.corruption``): a synthetic room
+    impulse response of reverberation time ``rt60_s`` (0: none), then white noise at ``snr_db`` (``noise``),
+    both drawn from ``seed`` and the clip's file name, so the same clip is always corrupted the same way."""
+
+    speakers: tuple[str, ...] = ()  # empty: every speaker
+    noise: bool = False
+    snr_db: float = 10.0
+    rt60_s: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.speakers, tuple) or not all(isinstance(v, str) and v for v in self.speakers):
+            raise ValueError(f"speakers must be a list of speaker names, got {self.speakers!r}")
+        for key in ("noise",):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        for key in ("snr_db", "rt60_s"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{key} must be a finite number, got {v!r}")
+        if not 0 <= self.rt60_s <= 2.0:
+            raise ValueError(f"rt60_s must be in [0, 2] seconds, got {self.rt60_s}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    @property
+    def corrupts(self) -> bool:
+        return self.noise or self.rt60_s > 0
+
+    def describe(self) -> str:
+        parts = [f"speakers {','.join(self.speakers)}" if self.speakers else "every speaker"]
+        if self.rt60_s > 0:
+            parts.append(f"reverberation RT60 {self.rt60_s:g} s")
+        if self.noise:
+            parts.append(f"white noise at {self.snr_db:g} dB SNR")
+        return ", ".join(parts) + (f" (seed {self.seed})" if self.corrupts else "")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3

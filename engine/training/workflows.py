@@ -18,8 +18,8 @@ from ..diffusion.taps import TapExtractor
 from ..distributed import distributed_shard, finish_group
 from ..models.registry import SCORE_NETWORKS, score_network_kind
 from ..storage.checkpoint import read_config, save_weights, update_config, write_config
-from ..storage.config import (ClassifierConfig, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max, from_dict,
-                              to_dict)
+from ..storage.config import (ClassifierConfig, DataRegime, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max,
+                              from_dict, to_dict)
 from ..storage.state_file import legacy_state_error, state_path
 from .classifier import accuracy_by_sigma, train_classifier
 from .distill import (HeldOutDistillation, TrajectorySettings, batch_draw, distillation_loss, init_from_teacher,
@@ -44,15 +44,17 @@ class ClassifierRun:
     lr: float = 1e-3
     seed: int = 0
     command: str = ""
+    regime: DataRegime = DataRegime()  # speaker subset and corruption of the training and test clips
 
 
 def train_classifier_bundle(run: ClassifierRun) -> dict:
     """Train the noise-conditioned classifier into a new checkpoint folder (resuming from its state/); returns
     the summary printed by the CLI."""
     feats = FeatureConfig(frames=run.frames)
-    items = list_items(run.data, "train", run.labels)
-    train = load_features(items, feats, progress=True)
-    test = load_features(list_items(run.data, "test", run.labels), feats, progress=True)
+    items = list_items(run.data, "train", run.labels, run.regime.speakers)
+    train = load_features(items, feats, progress=True, regime=run.regime)
+    test = load_features(list_items(run.data, "test", run.labels, run.regime.speakers), feats, progress=True,
+                         regime=run.regime)
     norm = Normaliser.fit(train.mels)
     x = norm.normalise(train.mels).flatten(1)
     # sigma_max from the largest pairwise distance (all clips up to 4000, a fixed random subset beyond)
@@ -68,8 +70,10 @@ def train_classifier_bundle(run: ClassifierRun) -> dict:
     acc = accuracy_by_sigma(model, norm.normalise(test.mels)[:, None], test.labels, sde)
     cfg = {"features": to_dict(feats), "sde": to_dict(sde), "classifier": to_dict(model_cfg),
            "normaliser": normaliser_to_config(norm), "labels": list(run.labels),
-           "data": {"hash": data_hash(items), "train_clips": len(train), "test_clips": len(test)},
-           "training": {"classifier": {"command": run.command, "config": to_dict(tcfg), "steps": log["steps"],
+           "data": {"hash": data_hash(items), "train_clips": len(train), "test_clips": len(test),
+                    "regime": to_dict(run.regime)},
+           "training": {"classifier": {"command": run.command, "config": to_dict(tcfg), "regime": to_dict(run.regime),
+                                       "steps": log["steps"],
                                        "seconds": round(log["seconds"], 1), "curve": log["curve"],
                                        "test_accuracy_by_sigma": {str(k): v for k, v in acc.items()}}}}
     cfg = save_weights(out, "classifier", model, cfg)
@@ -93,6 +97,7 @@ class ScoreRun:
     continue_training: bool = False
     seed: int = 0
     command: str = ""
+    regime: DataRegime = DataRegime()  # speaker subset and corruption of the training and held-out clips
 
 
 def train_score_network(run: ScoreRun) -> dict | None:
@@ -119,16 +124,17 @@ def train_score_network(run: ScoreRun) -> dict | None:
     if run.batch_size % world:
         raise ValueError(f"--batch-size {run.batch_size} (the global batch) does not split over {world} processes")
     feats = bundle.features
-    train = load_features(list_items(run.data, "train", labels), feats, progress=rank == 0)
+    train = load_features(list_items(run.data, "train", labels, run.regime.speakers), feats, progress=rank == 0,
+                          regime=run.regime)
     tcfg = TrainConfig(batch_size=run.batch_size // world, lr=run.lr, seconds=run.seconds, seed=run.seed,
                        labels=labels, ema_decay=run.ema)
     snapshots = out / "state" / f"{name}_snapshots"
     extractor = TapExtractor(bundle.classifier, bundle.sde)
     heldout = None
     if run.heldout_clips > 0 and rank == 0:
-        items = list_items(run.data, "test", labels)
+        items = list_items(run.data, "test", labels, run.regime.speakers)
         items = items[::max(1, len(items) // run.heldout_clips)][:run.heldout_clips]
-        held = load_features(items, feats, progress=False)
+        held = load_features(items, feats, progress=False, regime=run.regime)
         heldout = HeldOutDSM(bundle.normaliser.normalise(held.mels)[:, None], bundle.sde)
     wall0 = time.monotonic()
 
@@ -153,7 +159,7 @@ def train_score_network(run: ScoreRun) -> dict | None:
     summary = None
     if rank == 0:
         files = save_weights(out, name, ema.model, {})["files"]
-        record = {"command": run.command, "config": to_dict(tcfg), "processes": world,
+        record = {"command": run.command, "config": to_dict(tcfg), "regime": to_dict(run.regime), "processes": world,
                   "threads": torch.get_num_threads(), "global_batch": tcfg.batch_size * world,
                   "steps": log["steps"], "seconds": round(log["seconds"], 1),
                   "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"]}
