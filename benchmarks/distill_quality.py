@@ -6,7 +6,8 @@ quality rule that decides whether tapdiff's student becomes the default.
         --out benchmarks/results/distill_quality.md --json benchmarks/results/distill_quality.json --write
 
 For each teacher in the bundle (``tapdiff``, ``two-model``) that has a student: the teacher with its
-checkpoint's default run, and the student with ``multistep`` at every (steps, rho) asked for; 10 clips per
+checkpoint's default run, and the student at every (solver, steps, rho) asked for (``multistep``, the
+students' own sampler, by default); 10 clips per
 digit, guided (gamma 3), each seed; recognised fraction and FD against the real test clips, judged by the
 evaluation classifier on re-analysed audio (Griffin-Lim). The rule (issue 24): a student may become the
 default only if its mean recognised fraction and mean FD are both no worse than the teacher's beyond the
@@ -73,7 +74,8 @@ def main() -> int:
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("-n", type=int, default=10, help="clips per digit")
     p.add_argument("--seeds", default="0,1")
-    p.add_argument("--steps", default="2,3,4", help="the students' budgets (multistep: one evaluation a step)")
+    p.add_argument("--steps", default="2,3,4", help="the students' budgets (one evaluation a step)")
+    p.add_argument("--solvers", default="multistep", help="the students' solvers (one-evaluation-per-step ones)")
     p.add_argument("--rhos", default="sde,3", help="schedule rho per student row ('sde': the SDE's)")
     p.add_argument("--backend", default="torch")
     p.add_argument("--cache", default=None)
@@ -99,16 +101,16 @@ def main() -> int:
         student_engine = Engine(args.checkpoint, model=student_name, backend=args.backend)
         student_w = config["files"][f"{kind.weights}.safetensors"]
         students = []
-        for steps in (int(s) for s in args.steps.split(",")):
-            for rho in (rho_value(r) for r in args.rhos.split(",")):
-                spec = student_engine.check_spec(SamplerSpec("multistep", steps, rho))
-                students.append(row(student_engine, judge, spec, seeds, args.n, cache, args.cache, student_w))
-                students[-1]["verdict"] = verdict(teacher, students[-1])
-                print(json.dumps(students[-1]), flush=True)
+        for solver, steps, rho in ((v, int(s), rho_value(r)) for v in args.solvers.split(",")
+                                   for s in args.steps.split(",") for r in args.rhos.split(",")):
+            spec = student_engine.check_spec(SamplerSpec(solver, steps, rho))
+            students.append(row(student_engine, judge, spec, seeds, args.n, cache, args.cache, student_w))
+            students[-1]["verdict"] = verdict(teacher, students[-1])
+            print(json.dumps(students[-1]), flush=True)
         best = max(students, key=lambda r: (r["recognised"], -r["fd"]))
         systems.append({"teacher": teacher, "students": students, "best": best["spec"], "student": student_name})
         if args.write:
-            entry = {"sampler": "multistep", "steps": best["steps"], "rho": best["rho"], "guidance_fade_sigma": 0.0,
+            entry = {"sampler": best["solver"], "steps": best["steps"], "rho": best["rho"], "guidance_fade_sigma": 0.0,
                      "vocoder": config.get("sampling", {}).get("vocoder", "griffin-lim"),
                      "chosen_by": command(__file__), "recognised": best["recognised"], "fd": best["fd"],
                      "meets_default_rule": best["verdict"]["meets_rule"]}

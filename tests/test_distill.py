@@ -171,3 +171,40 @@ def test_the_default_model_is_the_student_only_once_it_met_the_rule(distilled, t
     (ck / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="meets_default_rule"):
         Engine(ck)
+
+
+def test_the_quality_rule_compares_means_beyond_the_seed_spread():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from distill_quality import verdict
+
+    teacher = {"recognised": 0.97, "fd": 65.0, "recognised_spread": 0.02, "fd_spread": 4.0}
+    close = {"recognised": 0.955, "fd": 68.0, "recognised_spread": 0.01, "fd_spread": 1.0}
+    assert verdict(teacher, close)["meets_rule"]
+    assert not verdict(teacher, {**close, "recognised": 0.94})["meets_rule"]  # 0.03 below, spread 0.02
+    assert verdict(teacher, {**close, "fd": 70.0})["fd_ok"] is False
+    assert verdict(teacher, {**close, "fd": 70.0, "fd_spread": 6.0})["meets_rule"]  # the student's own spread counts
+
+
+def test_distill_quality_writes_its_table_and_the_students_entry(distilled, fsdd_root, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ck = tmp_path / "ck"
+    shutil.copytree(distilled, ck, ignore=shutil.ignore_patterns("state"))
+    out, js = tmp_path / "q.md", tmp_path / "q.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "distill_quality.py"), "--checkpoint", str(ck), "--data",
+                    str(fsdd_root), "-n", "1", "--seeds", "0,1", "--steps", "2,3", "--rhos", "sde", "--out", str(out),
+                    "--json", str(js), "--write"], check=True, capture_output=True, cwd=root)
+    text = out.read_text()
+    assert text.startswith("Command: `python benchmarks/distill_quality.py") and "| tapdiff (teacher) |" in text
+    assert "### two-model-distilled" in text and "multistep (3 steps, 3 NFE)" in text
+    systems = json.loads(js.read_text())["systems"]
+    assert [len(s["students"]) for s in systems] == [2, 2] and all(len(r["per_seed"]) == 2 for r in systems[0]["students"])
+    entry = json.loads((ck / "config.json").read_text())["sampling"]["models"]["tapdiff-distilled"]
+    assert entry["steps"] in (2, 3) and isinstance(entry["meets_default_rule"], bool)
+    assert Engine(ck).model_name == ("tapdiff-distilled" if entry["meets_default_rule"] else "tapdiff")
