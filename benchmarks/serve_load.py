@@ -4,8 +4,8 @@ server on loopback, every answer checked byte for byte against the same request 
     python benchmarks/serve_load.py --clients 64 --out benchmarks/results/serve_load.md
 
 Settings: one process with the in-process batcher on all the machine's threads; one process on one thread;
-``--replicas 2`` (Ray Serve, ``@serve.batch``) with one thread per replica. All batch-invariant (the default:
-every evaluation at --max-batch rows) with batches of up to 16 clips waiting up to 20 ms. Each client sends one
+``--replicas 2`` (Ray Serve, ``@serve.batch``) with one thread per replica, waiting 20 ms and 200 ms for a batch to
+fill. All batch-invariant (the default: every evaluation at --max-batch rows) with batches of up to 16 clips. Each client sends one
 request (one clip: digit i mod 10, seed i, the checkpoint's default solver); all start together. Per setting:
 answers, how many are byte-identical to the same request made alone through the Python API at the server's
 thread count (the WAV bytes; a batch-invariant Engine with the same batch size and backend), the largest sample
@@ -46,10 +46,10 @@ def _samples(wav: bytes) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32767
 
 
-def run_setting(args, name: str, threads: int, replicas: int, reference: list[bytes]) -> dict:
+def run_setting(args, name: str, threads: int, replicas: int, delay_ms: float, reference: list[bytes]) -> dict:
     port = _free_port()
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--checkpoint", args.checkpoint, "--port", str(port),
-           "--max-batch", "16", "--max-delay-ms", "20", "--max-clips", "4", "--max-queued", str(4 * args.clients)]
+           "--max-batch", "16", "--max-delay-ms", str(delay_ms), "--max-clips", "4", "--max-queued", str(4 * args.clients)]
     if replicas > 1:
         cmd += ["--replicas", str(replicas), "--threads", str(threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -89,7 +89,8 @@ def run_setting(args, name: str, threads: int, replicas: int, reference: list[by
     identical = sum(a[2] == reference[i] for i, a in ok)
     diffs = [float(np.abs(_samples(a[2]) - _samples(reference[i])).max()) for i, a in ok]
     lat = sorted(a[0] for _, a in ok)
-    return {"setting": name, "threads": threads, "replicas": replicas, "answered": len(ok), "requests": len(answers),
+    return {"setting": name, "threads": threads, "replicas": replicas, "delay_ms": delay_ms, "answered": len(ok),
+            "requests": len(answers),
             "identical": identical, "max_sample_diff": max(diffs) if diffs else None,
             "p50_s": statistics.median(lat) if lat else None,
             "p99_s": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
@@ -97,14 +98,24 @@ def run_setting(args, name: str, threads: int, replicas: int, reference: list[by
 
 
 def alone(args, threads: int) -> list[bytes]:
-    """Each client's request made alone through the Python API at ``threads`` threads: its WAV bytes."""
+    """Each client's request made alone through the Python API at ``threads`` threads: its WAV bytes. The clips are
+    sampled 16 at a time (a batch-invariant Engine gives each clip the rows it gets alone) and vocoded one by one,
+    as a request of one clip is; the first two are checked against ``generate`` called alone."""
+    from engine.api import Clip
     from engine.audio.wav import wav_bytes
+    from engine.diffusion.guidance import DEFAULT_GUIDANCE
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         engine = Engine(args.checkpoint, batch_size=16, batch_invariant=True)
-        return [wav_bytes(engine.generate(i % 10, n=1, seed=i).waves[0].numpy(), 16000) for i in range(args.clients)]
+        clips = [Clip(i % 10, DEFAULT_GUIDANCE, i, 0) for i in range(args.clients)]
+        x = engine.sample_clips(clips, engine.sampler_spec())
+        out = [wav_bytes(engine.finish([c.label], x[k:k + 1]).waves[0].numpy(), 16000) for k, c in enumerate(clips)]
+        for i in range(min(2, len(out))):
+            if wav_bytes(engine.generate(i % 10, n=1, seed=i).waves[0].numpy(), 16000) != out[i]:
+                raise RuntimeError(f"clip {i} sampled in a batch differs from the request alone: not batch-invariant")
+        return out
     finally:
         torch.set_num_threads(before)
 
@@ -118,23 +129,25 @@ def main() -> int:
     args = p.parse_args()
     record(__file__)
     full = torch.get_num_threads()
-    settings = [("1 process", full, 1), ("1 process", 1, 1), ("Ray Serve, 2 replicas", 1, 2)]
-    references = {t: alone(args, t) for t in sorted({t for _, t, _ in settings})}
-    rows = [run_setting(args, name, t, r, references[t]) for name, t, r in settings]
+    settings = [("1 process", full, 1, 20.0), ("1 process", 1, 1, 20.0), ("Ray Serve, 2 replicas", 1, 2, 20.0),
+                ("Ray Serve, 2 replicas", 1, 2, 200.0)]
+    references = {t: alone(args, t) for t in sorted({t for _, t, _, _ in settings})}
+    rows = [run_setting(args, name, t, r, d, references[t]) for name, t, r, d in settings]
     spec = Engine(args.checkpoint).default_sampler.label()
     lines = [header(__file__),
              f"{args.clients} clients at once, one clip each ({spec}), server and clients on this 2-core machine; "
-             "batch-invariant serving, batches of up to 16 clips, 20 ms wait. 'Identical': the answer's bytes equal "
+             "batch-invariant serving, batches of up to 16 clips. 'Identical': the answer's bytes equal "
              "the same request made alone through the Python API at the server's thread count.", "",
-             "| server | torch threads each | answered | identical to alone | max sample difference | p50 s | p99 s | "
-             "clips/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| server | torch threads each | batch wait ms | answered | identical to alone | max sample difference | "
+             "p50 s | p99 s | clips/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r['threads']} | {r['answered']} / {r['requests']} | {r['identical']} / "
+        lines.append(f"| {r['setting']} | {r['threads']} | {r['delay_ms']:g} | {r['answered']} / {r['requests']} | "
+                     f"{r['identical']} / "
                      f"{r['answered']} | {r['max_sample_diff']:.1e} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | "
                      f"{r['clips_per_s']:.2f} |")
     base = next(r for r in rows if r["replicas"] == 1 and r["threads"] == full)
     lines += ["", "Throughput against one process on all threads: " + ", ".join(
-        f"{r['setting']} ({r['threads']} thread{'s' if r['threads'] > 1 else ''} each) "
+        f"{r['setting']} ({r['threads']} thread{'s' if r['threads'] > 1 else ''} each, {r['delay_ms']:g} ms) "
         f"{r['clips_per_s'] / base['clips_per_s']:.2f}x" for r in rows if r is not base) + "."]
     emit("\n".join(lines) + "\n", args.out)
     return 0
