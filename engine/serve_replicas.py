@@ -145,6 +145,8 @@ def serve_replicas(engine_kwargs: dict, replicas: int, host: str, port: int, max
         raise ImportError("tapdiff serve --replicas needs Ray Serve: pip install 'tapdiff[replicas]'") from e
     if replicas < 2:
         raise ValueError(f"--replicas must be >= 2 for Ray Serve (1 is the in-process server), got {replicas}")
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
     Engine(**engine_kwargs)  # bad arguments fail here, before Ray starts; builds the exported graphs once
     # Ray starts its workers at niceness 15; the replicas are this service's work, so they run at the caller's
     os.environ.setdefault("RAY_worker_niceness", "0")

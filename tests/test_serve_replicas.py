@@ -99,3 +99,12 @@ def test_sigterm_stops_the_replicas_and_ray(replicas):
     assert "Traceback" not in log.split("serving 2 replicas")[-1]
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/health", timeout=5)
+
+
+@pytest.mark.parametrize("args,reason", [(["--replicas", "0"], "--replicas must be >= 2"),
+                                         (["--replicas", "2", "--threads", "0"], "--threads must be >= 1")])
+def test_bad_replica_settings_are_refused_before_ray_starts(tiny_checkpoint, args, reason, capsys):
+    from engine.cli import main
+
+    assert main(["serve", "--checkpoint", str(tiny_checkpoint), *args]) == 2
+    assert reason in capsys.readouterr().err
