@@ -104,7 +104,7 @@ async function generate(event) {
       const canvas = document.createElement("canvas");
       drawMel(canvas, clip.mel, answer.mel_range[0], answer.mel_range[1]);
       const audio = document.createElement("audio");
-      audio.controls = true; audio.src = wavUrl(clip.wav); audio.dataset.name = clip.name;
+      audio.controls = true; audio.preload = "auto"; audio.src = wavUrl(clip.wav); audio.dataset.name = clip.name;
       const cap = document.createElement("figcaption"); cap.textContent = `${clip.name}.wav`;
       fig.append(cap, canvas, audio);
       $("clips").appendChild(fig);
