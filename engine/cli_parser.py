@@ -165,22 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .models.registry import SCORE_NETWORKS
     from .training.distill import TrajectorySettings
+    from .training.workflows import DistillRun
 
     d = sub.add_parser("distill", help="distil a guided teacher into a few-step student that takes the label and "
                                        "gamma as inputs (teacher trajectories, then training; both resume)")
     d.add_argument("--checkpoint", required=True)
     d.add_argument("--model", choices=[k for k, v in SCORE_NETWORKS.items() if v.teacher], default="tapdiff-distilled",
                    help="the student (its teacher is the model it names)")
-    d.add_argument("--seconds", type=float, default=1800.0, help="training-time budget (summed over resumes)")
+    d.add_argument("--seconds", type=float, default=DistillRun.seconds, help="training-time budget (summed over resumes)")
     d.add_argument("--trajectories", type=int, default=TrajectorySettings().count,
                    help="teacher trajectories (DPM-Solver++(2M), guided, every state recorded)")
     d.add_argument("--teacher-steps", type=int, default=TrajectorySettings().steps)
-    d.add_argument("--held-out", type=int, default=128, help="trajectories held out for the held-out loss")
-    d.add_argument("--steps", type=int, default=4, help="the student's sampling steps (multistep, 1 evaluation each)")
+    d.add_argument("--held-out", type=int, default=DistillRun.held_out, help="trajectories held out for the held-out loss")
+    d.add_argument("--steps", type=int, default=DistillRun.steps, help="the student's sampling steps (multistep, 1 evaluation each)")
     d.add_argument("--rho", type=float, default=None, help="its schedule's rho (default: the SDE's)")
-    d.add_argument("--batch-size", type=int, default=16)
-    d.add_argument("--lr", type=float, default=2e-4)
-    d.add_argument("--snapshot-every", type=float, default=300.0)
+    d.add_argument("--batch-size", type=int, default=DistillRun.batch_size)
+    d.add_argument("--lr", type=float, default=DistillRun.lr)
+    d.add_argument("--snapshot-every", type=float, default=DistillRun.snapshot_every)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(run="distill")
 

@@ -128,9 +128,8 @@ class DataRegime:
     def __post_init__(self):
         if not isinstance(self.speakers, tuple) or not all(isinstance(v, str) and v for v in self.speakers):
             raise ValueError(f"speakers must be a list of speaker names, got {self.speakers!r}")
-        for key in ("noise",):
-            if not isinstance(getattr(self, key), bool):
-                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.noise, bool):
+            raise ValueError(f"noise must be true or false, got {self.noise!r}")
         for key in ("snr_db", "rt60_s"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):

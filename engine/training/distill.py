@@ -7,8 +7,9 @@ One stage does both distillations of Meng et al. (2023, "On Distillation of Guid
 - steps: the student learns the map from x at a noise level to the endpoint of the teacher's guided
   probability-flow ODE from there (knowledge distillation of Luhman and Luhman 2021, at every level), and
   samples with ``multistep`` (``engine.diffusion.solvers``): jump to the endpoint, re-inject fresh noise at
-  the next level, as consistency models do. The re-injected noise is what keeps the student from inheriting
-  the deterministic ODE's ~0.87 recognised fraction wholesale: each jump starts from a fresh noisy state.
+  the next level, as consistency models do. The re-injected noise is meant to keep the student from
+  inheriting the deterministic ODE's ~0.87 recognised fraction wholesale (each jump starts from a fresh noisy
+  state); the shipped students, undertrained, do not reach that (``benchmarks/results/distill_quality.md``).
 
 The teacher's trajectories are generated first (DPM-Solver++(2M), deterministic; every state the solver
 visits is recorded with the trajectory's endpoint), in seeded chunks written one file each, so an
