@@ -84,6 +84,15 @@ def cmd_train_classifier(args) -> int:
     return 0
 
 
+def cmd_adapt_classifier(args) -> int:
+    from .training.workflows import AdaptRun, adapt_classifier_bundle
+
+    print(json.dumps(adapt_classifier_bundle(AdaptRun(
+        args.checkpoint, args.out, args.data, args.seconds, args.batch_size, args.lr, args.ema, args.seed,
+        _command(args), _regime(args)))))
+    return 0
+
+
 def cmd_train_score(args) -> int:
     from .training.workflows import ScoreRun, train_score_network
 

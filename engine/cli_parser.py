@@ -142,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_regime(c)
     c.set_defaults(run="train_classifier")
 
+    from .training.workflows import AdaptRun
+
+    a = sub.add_parser("adapt-classifier", help="fine-tune only the classifier's normalisation layers on a data regime, "
+                                                "into a new bundle (score networks on the taps are left behind)")
+    _add_data(a)
+    a.add_argument("--checkpoint", required=True, help="the bundle whose classifier is adapted (left as it is)")
+    a.add_argument("--out", required=True, help="the adapted bundle: a new folder (resumes from OUT/state/)")
+    a.add_argument("--seconds", type=float, default=AdaptRun.seconds, help="training-time budget (summed over resumes)")
+    a.add_argument("--batch-size", type=int, default=AdaptRun.batch_size)
+    a.add_argument("--lr", type=float, default=AdaptRun.lr)
+    a.add_argument("--ema", type=float, default=AdaptRun.ema)
+    a.add_argument("--seed", type=int, default=0)
+    _add_regime(a)
+    a.set_defaults(run="adapt_classifier")
+
     s = sub.add_parser("train-score", help="train a score network (classifier frozen) into an existing checkpoint folder")
     _add_data(s)
     s.add_argument("--checkpoint", required=True)

@@ -75,3 +75,35 @@ def test_training_commands_take_and_record_the_regime(fsdd_root, tmp_path):
     assert set(report["accuracy_by_sigma"]) == {"0", "0.5", "1", "2", "5"} and "theo,yweweler" in report["regime"]
     assert all(0 <= v <= 1 for v in report["accuracy_by_sigma"].values())
     assert main(["train-score", "--checkpoint", str(out), "--seconds", "1", "--speakers", "bob", *data]) == 2
+
+
+def test_adapting_the_classifier_trains_only_its_normalisation_into_a_new_bundle(tiny_with_baselines, fsdd_root,
+                                                                                  tmp_path):
+    from safetensors.torch import load_file
+
+    from engine.bundle import load_bundle
+    from engine.errors import CheckpointError
+
+    src, out = tiny_with_baselines, tmp_path / "adapted"
+    data = ["--data", str(fsdd_root)]
+    shifted = ["--speakers", "theo", "--noise-snr-db", "5", "--rt60", "0.3"]
+    assert main(["adapt-classifier", "--checkpoint", str(src), "--out", str(out), "--seconds", "3", *shifted, *data]) == 0
+    before, after = load_file(str(src / "classifier.safetensors")), load_file(str(out / "classifier.safetensors"))
+    norm_keys = {k for k in before if ".norm" in k}
+    assert norm_keys and set(before) == set(after)
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in norm_keys)  # the backbone is untouched
+    assert any(not torch.equal(before[k], after[k]) for k in norm_keys)
+    cfg = json.loads((out / "config.json").read_text())
+    record = cfg["training"]["classifier_adaptation"]
+    assert record["regime"]["speakers"] == ["theo"] and record["regime"]["snr_db"] == 5 and record["steps"] > 0
+    assert record["trained_parameters"] == sum(before[k].numel() for k in norm_keys)
+    # the U-Net reads no taps and comes along (guided by the adapted classifier); ScoreSubnet is left behind
+    assert load_bundle(out, model="two-model").score_net is not None
+    assert "score_subnet_config" not in cfg and "score_subnet.safetensors" not in cfg["files"]
+    with pytest.raises(CheckpointError):
+        load_bundle(out, model="tapdiff")
+    assert json.loads((src / "config.json").read_text())["files"] != cfg["files"]  # the source is left as it was
+    assert load_file(str(src / "classifier.safetensors")).keys() == before.keys()
+    # the same folder twice, or a bundle that is not an adaptation, is refused
+    assert main(["adapt-classifier", "--checkpoint", str(src), "--out", str(src), *shifted, *data]) == 2
+    assert main(["adapt-classifier", "--checkpoint", str(out), "--out", str(src), *shifted, *data]) == 2

@@ -5,6 +5,7 @@ apart from ``training/training_loop.py`` the same way). Each run is described by
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from ..storage.checkpoint import read_config, save_weights, update_config, write
 from ..storage.config import (ClassifierConfig, DataRegime, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max,
                               from_dict, to_dict)
 from ..storage.state_file import legacy_state_error, state_path
-from .classifier import accuracy_by_sigma, train_classifier
+from .classifier import accuracy_by_sigma, adapt_normalisation, normalisation_parameters, train_classifier
 from .distill import (HeldOutDistillation, TrajectorySettings, batch_draw, distillation_loss, init_from_teacher,
                       teacher_trajectories)
 from .loop import train_loop
@@ -79,6 +80,71 @@ def train_classifier_bundle(run: ClassifierRun) -> dict:
     cfg = save_weights(out, "classifier", model, cfg)
     write_config(out, cfg)
     return {"test_accuracy_by_sigma": acc, "steps": log["steps"], "seconds": round(log["seconds"], 1)}
+
+
+@dataclass(frozen=True)
+class AdaptRun:
+    checkpoint: str | Path  # the bundle whose classifier is adapted (left as it is)
+    out: str | Path  # the adapted bundle (a new folder; resumes from OUT/state/)
+    data: str = DEFAULT_DATA
+    seconds: float = 150.0
+    batch_size: int = 32
+    lr: float = 1e-3
+    ema: float = 0.99  # a short run: an EMA of 0.999 would keep mostly the starting point
+    seed: int = 0
+    command: str = ""
+    regime: DataRegime = DataRegime()  # the data adapted to
+
+
+def adapt_classifier_bundle(run: AdaptRun) -> dict:
+    """Fine-tune only the classifier's normalisation layers on the regime's data, into a new bundle: the source's
+    config, evaluator and every score network that reads no taps (the U-Nets, the x_t-only ablation) come
+    along unchanged; networks on the taps (ScoreSubnet and its student) are left behind, since the taps they
+    were trained on have changed. config.json is written last, so an interrupted run leaves no bundle that
+    looks finished. Returns the summary."""
+    src, out = Path(run.checkpoint), Path(run.out)
+    if out.resolve() == src.resolve():
+        raise ValueError(f"--out {out} is the bundle being adapted; give a new folder")
+    if (out / "config.json").exists() and "classifier_adaptation" not in read_config(out).get("training", {}):
+        raise ValueError(f"--out {out} already holds a bundle that is not an adaptation; give a new folder")
+    path = state_path(out / "state", "classifier_adaptation")
+    if (legacy := legacy_state_error(path)) is not None:
+        raise legacy
+    bundle = load_bundle(src, model=None)
+    cfg = read_config(src)
+    labels = tuple(bundle.labels)
+    train = load_features(list_items(run.data, "train", labels, run.regime.speakers), bundle.features, progress=True,
+                          regime=run.regime)
+    test = load_features(list_items(run.data, "test", labels, run.regime.speakers), bundle.features, progress=True,
+                         regime=run.regime)
+    x_test = bundle.normaliser.normalise(test.mels)[:, None]
+    before = accuracy_by_sigma(bundle.classifier, x_test, test.labels, bundle.sde)
+    tcfg = TrainConfig(batch_size=run.batch_size, lr=run.lr, seconds=run.seconds, seed=run.seed, labels=labels,
+                       ema_decay=run.ema)
+    out.mkdir(parents=True, exist_ok=True)
+    model, log = adapt_normalisation(bundle.classifier, train, bundle.normaliser, bundle.features.log_floor,
+                                     bundle.sde, tcfg, path, test)
+    after = accuracy_by_sigma(model, x_test, test.labels, bundle.sde)
+    kept = [k for k in SCORE_NETWORKS.values() if not k.uses_taps and k.config_key in cfg]
+    dropped = [k for k in SCORE_NETWORKS.values() if k.uses_taps]
+    for name in ["evaluator"] * ("evaluator" in cfg) + [k.weights for k in kept]:
+        shutil.copyfile(src / f"{name}.safetensors", out / f"{name}.safetensors")  # its hash stays in files
+    for k in dropped:
+        cfg.pop(k.config_key, None)
+        cfg.get("files", {}).pop(f"{k.weights}.safetensors", None)
+        cfg.get("training", {}).pop(k.weights, None)
+        cfg.get("sampling", {}).get("models", {}).pop(k.name, None)
+    cfg = save_weights(out, "classifier", model, cfg)
+    record = {"command": run.command, "adapted_from": str(src), "source_classifier_sha256": bundle.weights_sha256("classifier"),
+              "parameters": "normalisation layers only", "config": to_dict(tcfg), "regime": to_dict(run.regime),
+              "trained_parameters": sum(p.numel() for p in normalisation_parameters(model)),
+              "steps": log["steps"], "seconds": round(log["seconds"], 1), "curve": log["curve"],
+              "test_accuracy_by_sigma_before": {str(k): v for k, v in before.items()},
+              "test_accuracy_by_sigma": {str(k): v for k, v in after.items()}}
+    cfg["training"] = {**cfg.get("training", {}), "classifier_adaptation": record}
+    write_config(out, cfg)
+    return {"steps": log["steps"], "seconds": round(log["seconds"], 1), "kept": [k.name for k in kept],
+            "test_accuracy_by_sigma_before": before, "test_accuracy_by_sigma": after}
 
 
 @dataclass(frozen=True)
