@@ -51,6 +51,40 @@ def test_a_new_student_is_its_teacher_unguided(tiny_with_baselines):
         assert not torch.equal(student(x, sigma, oh, gamma), student(x, sigma, oh, gamma + 1))
 
 
+def test_guided_taps_carry_the_guidance_cotangent_in_one_pass(tiny_with_baselines):
+    """A student on guided taps: its one cotangent gives the JEM taps plus gamma times the guidance gradient at
+    every depth (the backward is linear in its cotangent), the JEM taps alone without a label or at gamma 0, and
+    starts as its teacher unguided wherever gamma is 0."""
+    from engine.diffusion.sde import precondition
+
+    bundle = load_bundle(tiny_with_baselines, model="tapdiff")
+    tx = TapExtractor(bundle.classifier, bundle.sde)
+    x, sigma = torch.randn(3, 1, *bundle.input_hw) * 2, torch.tensor([0.1, 1.0, 10.0])
+    oh, gamma = onehot(torch.tensor([1, 7, 1]), 10), torch.tensor([3.0, 1.5, 0.0])
+    oh[1] = 0  # the second row has no label: no guidance term whatever its gamma
+    steered = tx.steered(x, sigma, oh, gamma)
+    _, _, c_in, c_noise = precondition(sigma, bundle.sde)
+    fp = bundle.classifier.forward_with_tape(c_in * x, c_noise)
+    probs = torch.softmax(fp.logits, -1)
+    grads, g_in = bundle.classifier.adjoint(fp, torch.stack([probs, oh - probs]))
+    weight = torch.tensor([3.0, 0.0, 0.0])
+    for g, s in zip(grads, steered.grads):
+        assert torch.allclose(s, g[0] + weight[:, None, None, None] * g[1], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(steered.input_grad, (g_in[0] + weight[:, None, None, None] * g_in[1]) * c_in,
+                          rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(steered.grads[0][0], tx(x, sigma).grads[0][0], atol=1e-6)  # the label reached the taps
+    kind = score_network_kind("tapdiff-distilled")
+    net = kind.build(dataclasses.replace(bundle.score_net.cfg, label_classes=10, guided_taps=True),
+                     bundle.classifier.tap_channels, bundle.input_hw)
+    init_from_teacher(net, bundle.score_net)
+    student = build_score_model(tx, net).eval()
+    with torch.no_grad():
+        same = student(x, sigma, oh, gamma)[1:]  # rows without a guidance term
+        assert torch.allclose(same, score_model(bundle)(x, sigma)[1:], rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="guided_taps"):
+        dataclasses.replace(bundle.score_net.cfg, guided_taps=True)  # a teacher takes no label
+
+
 def test_conditions_mix_unconditional_default_and_spread_gamma():
     settings = TrajectorySettings(count=4000)
     labels, gammas = draw_conditions(4000, (1, 7), settings, torch.Generator().manual_seed(0))
@@ -111,6 +145,7 @@ def test_distill_writes_the_students_with_their_own_sampling_entry(distilled, ti
         assert record["trajectories"]["seconds"] > 0 and record["steps"] > 0 and record["curve"]
         assert "heldout" in record["curve"][-1] and record["command"].startswith("tapdiff distill")
         assert cfg["sampling"]["models"][model]["sampler"] == "multistep"
+    assert cfg["score_subnet_distilled_config"]["guided_taps"] and "guided_taps" not in cfg["unet_distilled_config"]
     assert {k: v for k, v in cfg["sampling"].items() if k != "models"} == teachers  # the teachers' is untouched
     assert Engine(distilled).default_sampler == Engine(tiny_with_baselines).default_sampler
 
@@ -130,7 +165,10 @@ def test_students_generate_in_four_evaluations_without_a_guidance_cotangent(dist
     out = eng.generate([1, 7], n=2, seed=0)
     assert out.mels.shape == (4, *eng.bundle.input_hw) and torch.isfinite(out.waves).all()
     if backend == "torch":
-        assert cotangents == [1] * 4  # one batch, four evaluations, each with the JEM cotangent alone
+        assert cotangents == [1] * 4  # one batch, four evaluations, each with one cotangent (guided taps)
+    else:  # the exported graph, guided taps included, gives eager torch's clips
+        eager = Engine(distilled, model="tapdiff-distilled", backend="torch").generate([1, 7], n=2, seed=0).mels
+        assert torch.allclose(out.mels, eager, rtol=1e-3, atol=1e-3)
     two = Engine(distilled, model="two-model-distilled", backend="torch")
     monkeypatch.setattr(type(two.bundle.classifier), "adjoint", lambda *a, **k: pytest.fail("classifier ran"))
     assert torch.isfinite(two.generate([7], n=2, seed=1).mels).all()

@@ -39,6 +39,11 @@ class EDMDenoiser(nn.Module):
         """> 0 for a distilled student, which also takes (onehot, gamma) (``cond``)."""
         return int(getattr(self.net, "label_classes", 0))
 
+    @property
+    def guided_taps(self) -> bool:
+        """A student whose taps carry the guidance cotangent (``TapExtractor.steered``)."""
+        return bool(getattr(getattr(self.net, "cfg", None), "guided_taps", False))
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, taps=None, cond=None) -> torch.Tensor:
         c_skip, c_out, c_in, c_noise = precondition(sigma, self.sde)
         f = self.net(c_in * x, c_noise, taps) if cond is None else self.net(c_in * x, c_noise, taps, cond)

@@ -9,7 +9,8 @@ benchmarks time it, training fits it and export traces it, so no path evaluates 
   network alone, plus a separate classifier forward and one-cotangent adjoint when guided.
 - distilled students (``DistilledDenoiser``, ``engine.training.distill``): the label and gamma are inputs
   of the network, so no guidance cotangent is computed: tapdiff's student keeps one classifier forward and a
-  one-cotangent adjoint for its taps, the two-model student runs the U-Net alone.
+  one-cotangent adjoint for its taps (on guided taps that one cotangent carries gamma log p(y | x) too), the
+  two-model student runs the U-Net alone.
 """
 from __future__ import annotations
 
@@ -74,7 +75,10 @@ class DistilledDenoiser(GuidedDenoiser):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor | None = None,
                 gamma: torch.Tensor | None = None) -> torch.Tensor:
         cond = None if onehot is None else (onehot.to(x), gamma.to(x))
-        taps = self.extractor(x, sigma) if self.uses_taps else None  # one cotangent: the JEM taps alone
+        taps = None
+        if self.uses_taps:  # one cotangent: the JEM taps, or with guided taps the guidance steered into them
+            steer = self.denoiser.guided_taps and cond is not None
+            taps = self.extractor.steered(x, sigma, *cond) if steer else self.extractor(x, sigma)
         return self.denoiser(x, sigma, taps, cond)
 
 

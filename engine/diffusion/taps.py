@@ -3,6 +3,8 @@
 The backward carries every cotangent at once, stacked on a leading axis:
   [0] softmax(logits)                -> d logsumexp(logits) / d(activations)   (JEM gradient taps)
   [1] onehot(y) - softmax(logits)    -> d log p(y | x_t) / d x_t                (guidance, when y is given)
+A distilled student on guided taps (``steered``) gets one cotangent instead, [0] + gamma [1]: by linearity of
+the backward, the JEM taps plus gamma times the guidance gradient at every depth, in one single-cotangent pass.
 
 Labels enter as one-hot float rows (``onehot``): the exported graph then needs no OneHot operator, and
 nothing validates label values on the host (which CUDA-graph capture would refuse).
@@ -71,6 +73,21 @@ class TapExtractor(torch.nn.Module):
         g_x = g_in * c_in[None]
         return Taps(features=fp.taps, grads=grads, input_grad=g_x[0],
                     class_gradient=g_x[1] if onehot is not None else None, logits=fp.logits)
+
+    @torch.no_grad()
+    def steered(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor, gamma: torch.Tensor) -> Taps:
+        """Taps whose gradients are d(logsumexp(logits) + gamma log p(y | x_t)) per clip, from one cotangent: the
+        JEM taps where gamma is 0 or the row has no label (all-zero ``onehot``). No separate guidance gradient."""
+        _, _, c_in, c_noise = precondition(sigma, self.sde)
+        with stage("classifier forward"):
+            fp = self.classifier.forward_with_tape(c_in * x_t, c_noise)
+        with stage("classifier adjoint"):
+            probs = torch.softmax(fp.logits, dim=-1)
+            labelled = onehot.to(probs).sum(-1, keepdim=True)  # 0 for an unconditional row: no guidance term
+            cot = probs + gamma.to(probs)[:, None] * labelled * (onehot.to(probs) - probs)
+            grads, g_in = self.classifier.adjoint(fp, cot[None])
+        return Taps(features=fp.taps, grads=[g[0] for g in grads], input_grad=g_in[0] * c_in, class_gradient=None,
+                    logits=fp.logits)
 
     @torch.no_grad()
     def class_gradient(self, x_t: torch.Tensor, sigma: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:

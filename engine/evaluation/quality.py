@@ -75,8 +75,9 @@ class QualityJudge:
         self.normaliser, self.digits = evaluator_bundle.normaliser, list(digits)
         test = load_features(list_items(data, "test", tuple(self.digits), regime.speakers), self.features,
                              regime=regime)  # the regime's real test clips: every FD's reference
-        _, self.real_embeddings = judge(self.evaluator, test.mels, self.normaliser)
+        pred, self.real_embeddings = judge(self.evaluator, test.mels, self.normaliser)
         self.real_clips = len(test)
+        self.real_recognised = float((pred == test.labels).float().mean())  # the ceiling of the recognised fraction
         self.floor = real_halves_fd(self.evaluator, test, self.normaliser)
 
     def recognition(self, waves: torch.Tensor, labels: Sequence[int], sample_rate: int

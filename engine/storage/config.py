@@ -93,9 +93,14 @@ class SubnetConfig:
     emb_dim: int = 64
     use_taps: bool = True  # False: the x_t-only ablation (same decoder, no classifier taps)
     label_classes: int = 0  # > 0: a distilled student, which also takes the label and gamma as inputs
+    # a student's gradient taps from the one cotangent of logsumexp + gamma log p(y | x) (``TapExtractor.steered``)
+    # instead of logsumexp's alone: the label reaches the taps at no extra cost
+    guided_taps: bool = False
 
     def __post_init__(self):
         check_fields(self, may_be_zero=("attention_depths", "label_classes"))
+        if self.guided_taps and not (self.use_taps and self.label_classes):
+            raise ValueError("guided_taps needs a student on the taps (use_taps and label_classes > 0)")
 
 
 @dataclass(frozen=True)

@@ -252,6 +252,7 @@ class DistillRun:
     lr: float = 2e-4
     ema: float = 0.999
     snapshot_every: float = 300.0
+    guided_taps: bool = True  # tapdiff's student: the guidance cotangent steered into its taps (SubnetConfig)
     seed: int = 0
     command: str = ""
 
@@ -276,6 +277,8 @@ def distill_student(run: DistillRun) -> dict:
     train, held = data.split(run.held_out)
     net_cfg = dataclasses.replace(from_dict(teacher_kind.config_cls, bundle.config[teacher_kind.config_key]),
                                   label_classes=teacher.n_classes)
+    if kind.uses_taps:
+        net_cfg = dataclasses.replace(net_cfg, guided_taps=run.guided_taps)
     torch.manual_seed(run.seed)
     net = kind.build(net_cfg, bundle.classifier.tap_channels, bundle.input_hw)
     init_from_teacher(net, bundle.score_net)
