@@ -143,7 +143,7 @@ def run_steps(root: Path, workers: int, log_dir: Path) -> int:
         with lock:
             running.discard(step.name)
             if rc == 0:
-                marker(step).write_text(json.dumps({"command": shlex.join(step.argv[2:]),
+                marker(step).write_text(json.dumps({"command": shlex.join(["tapdiff", *step.argv[3:]]),
                                                     "wall_s": round(time.monotonic() - t0, 1)}))
                 finished.add(step.name)
             else:

@@ -112,7 +112,8 @@ def cmd_distill(args) -> int:
     trajectories = TrajectorySettings(count=args.trajectories, steps=args.teacher_steps, seed=args.seed)
     print(json.dumps(distill_student(DistillRun(
         args.checkpoint, args.model, args.seconds, trajectories, args.held_out, args.steps, args.rho, args.batch_size,
-        args.lr, snapshot_every=args.snapshot_every, guided_taps=args.guided_taps, seed=args.seed, command=_command(args)))))
+        args.lr, snapshot_every=args.snapshot_every, guided_taps=args.guided_taps,
+        condition_lr_scale=args.condition_lr_scale, seed=args.seed, command=_command(args)))))
     return 0
 
 

@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=int, default=DistillRun.batch_size)
     d.add_argument("--lr", type=float, default=DistillRun.lr)
     d.add_argument("--snapshot-every", type=float, default=DistillRun.snapshot_every)
+    d.add_argument("--condition-lr-scale", type=float, default=DistillRun.condition_lr_scale,
+                   help="train the condition embedding and the FiLM layers at this multiple of --lr")
     d.add_argument("--jem-taps", dest="guided_taps", action="store_false", default=DistillRun.guided_taps,
                    help="tapdiff's student: taps from logsumexp's cotangent alone, the label only in its embedding "
                         "(default: the guidance cotangent steered into the one adjoint, TapExtractor.steered)")

@@ -171,3 +171,25 @@ def test_ddp_under_torchrun_matches_the_single_process_loss_curve_at_equal_globa
         assert abs(a - b) < 0.25 * a, (single, ddp)
     # other draws than the single process's: what matched above is the curve, not a copy of the same run
     assert any(not torch.equal(r0[k], load_file(str(tmp_path / "one.rank0"))[k]) for k in r0)
+
+
+def test_learning_rate_scales_apply_per_parameter_prefix(tmp_path):
+    """Adam's first update moves every parameter by about its learning rate (times the warm-up), so a group at
+    10x moves 10x as far; a prefix that names no parameter is refused."""
+    from engine.training.distill import condition_parameters
+    from engine.training.loop import parameter_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    cfg = TrainConfig(lr=1e-3, seconds=60, max_steps=1, ema_decay=0.0)
+    train_loop(model, lambda gen: (model(x) ** 2).mean(), cfg, None, "t", progress=False, lr_scales={"1.": 10.0})
+    moved = [float((p.detach() - b).abs().mean()) for p, b in zip(model.parameters(), before)]
+    base = cfg.lr / 200  # the first step of the 200-step warm-up
+    assert all(m == pytest.approx(base, rel=0.05) for m in moved[:2])
+    assert all(m == pytest.approx(10 * base, rel=0.05) for m in moved[2:])
+    with pytest.raises(ValueError, match="no parameter"):
+        parameter_groups(model, {"2.": 10.0})
+    student = SCORE_NETWORKS["tapdiff-distilled"].build(SubnetConfig(label_classes=10), (8, 8, 16, 16), (80, 72))
+    prefixes = condition_parameters(student)
+    assert prefixes[0] == "cond_embed." and len(prefixes) > 4 and all(p.endswith("film.") for p in prefixes[1:])

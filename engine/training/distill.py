@@ -206,3 +206,10 @@ def init_from_teacher(student_net: torch.nn.Module, teacher_net: torch.nn.Module
     missing, unexpected = student_net.load_state_dict(teacher_net.state_dict(), strict=False)
     if unexpected or any(not k.startswith("cond_embed.") for k in missing):
         raise ValueError(f"student does not extend its teacher: missing {missing}, unexpected {unexpected}")
+
+
+def condition_parameters(student_net: torch.nn.Module) -> list[str]:
+    """Name prefixes of what carries the student's new inputs into the network: the condition embedding and every
+    FiLM layer (which turns the embedding into per-channel scales and shifts)."""
+    return ["cond_embed."] + [f"{n}." for n, m in student_net.named_modules() if n.rsplit(".", 1)[-1] == "film"
+                              and isinstance(m, torch.nn.Linear)]

@@ -51,6 +51,23 @@ def _global_mean(value: float, world: int) -> float:
     return float(t) / world
 
 
+def parameter_groups(model: torch.nn.Module, lr_scales: dict[str, float]) -> list[dict]:
+    """The optimiser's groups: one per prefix of ``lr_scales`` that names parameters (a prefix naming none is an
+    error), then the rest at scale 1; each group records its ``lr_scale``."""
+    named = list(model.named_parameters())
+    groups, taken = [], set()
+    for prefix, scale in lr_scales.items():
+        if not (isinstance(scale, (int, float)) and scale > 0):
+            raise ValueError(f"learning-rate scale of {prefix!r} must be a number > 0, got {scale!r}")
+        params = [p for n, p in named if n.startswith(prefix) and n not in taken]
+        if not params:
+            raise ValueError(f"no parameter of {type(model).__name__} is named {prefix!r}...")
+        taken |= {n for n, _ in named if n.startswith(prefix)}
+        groups.append({"params": params, "lr_scale": float(scale)})
+    groups.append({"params": [p for n, p in named if n not in taken], "lr_scale": 1.0})
+    return groups
+
+
 def train_loop(
     model: torch.nn.Module,
     loss_fn: Callable[[torch.Generator], torch.Tensor],
@@ -62,6 +79,7 @@ def train_loop(
     progress: bool = True,
     start: dict | None = None,
     stretch: dict | None = None,
+    lr_scales: dict[str, float] | None = None,
 ) -> tuple[EMA, dict]:
     """Minimise ``loss_fn`` until ``cfg.seconds`` of training time (summed over resumes) or ``cfg.max_steps``.
 
@@ -72,7 +90,8 @@ def train_loop(
     the metrics it returns are appended to the learning curve ``log['curve']``, which is saved with the state.
     Every call (the first and each resume) appends ``stretch`` (what the caller records about itself, e.g. its
     command) with the step, seconds and threads it starts from to ``log['stretches']``, so a run resumed
-    several times keeps the record of each stretch.
+    several times keeps the record of each stretch. ``lr_scales`` ({parameter-name prefix: factor}) trains the
+    parameters under each prefix at that multiple of ``cfg.lr`` (warm-up included); the rest at ``cfg.lr``.
 
     Under torch.distributed (torchrun; the caller wraps the network in DistributedDataParallel so gradients
     are averaged) every rank draws its own batches from its own generator, all ranks stop at the same step
@@ -80,7 +99,7 @@ def train_loop(
     alone writes the state, which holds every rank's generator so a resume is exact.
     """
     rank, world = _dist()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(parameter_groups(model, lr_scales or {}), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * rank)
     step, elapsed, log = 0, 0.0, {"losses": [], "curve": []}
@@ -140,7 +159,7 @@ def train_loop(
         t0 = time.monotonic()
         warm = min(1.0, (step - log.get("warm_start", 0) + 1) / 200)
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * warm
+            g["lr"] = cfg.lr * warm * g.get("lr_scale", 1.0)  # states saved before lr_scale: 1
         loss = loss_fn(gen)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {float(loss)} at step {step}")

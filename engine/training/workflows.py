@@ -23,8 +23,8 @@ from ..storage.config import (ClassifierConfig, DataRegime, FeatureConfig, SDECo
                               from_dict, to_dict)
 from ..storage.state_file import legacy_state_error, state_path
 from .classifier import accuracy_by_sigma, adapt_normalisation, normalisation_parameters, train_classifier
-from .distill import (HeldOutDistillation, TrajectorySettings, batch_draw, distillation_loss, init_from_teacher,
-                      teacher_trajectories)
+from .distill import (HeldOutDistillation, TrajectorySettings, batch_draw, condition_parameters, distillation_loss,
+                      init_from_teacher, teacher_trajectories)
 from .loop import train_loop
 from .evaluator import train_eval_classifier
 from .heldout import HeldOutDSM
@@ -253,6 +253,7 @@ class DistillRun:
     ema: float = 0.999
     snapshot_every: float = 300.0
     guided_taps: bool = True  # tapdiff's student: the guidance cotangent steered into its taps (SubnetConfig)
+    condition_lr_scale: float = 1.0  # the condition embedding and FiLM layers at this multiple of lr (new inputs)
     seed: int = 0
     command: str = ""
 
@@ -295,12 +296,14 @@ def distill_student(run: DistillRun) -> dict:
         held_out = held_loss(build_score_model(student.extractor, ema.model))
         return {"heldout": {k: round(v, 5) for k, v in held_out.items()}, "threads": torch.get_num_threads()}
 
+    scales = {} if run.condition_lr_scale == 1 else {p: run.condition_lr_scale for p in condition_parameters(net)}
     ema, log = train_loop(net, loss_fn, tcfg, path, "distill", snapshot, run.snapshot_every,
-                          stretch={"command": run.command})
+                          stretch={"command": run.command}, lr_scales=scales)
     files = save_weights(out, kind.weights, ema.model, {})["files"]
     record = {"command": run.command, "config": to_dict(tcfg), "teacher": kind.teacher, "teacher_sha256": teacher_id,
               "trajectories": {**run.trajectories.record(), "held_out": run.held_out,
                                "seconds": round(gen_seconds, 1)},
+              "condition_lr_scale": run.condition_lr_scale,
               "threads": torch.get_num_threads(), "steps": log["steps"], "seconds": round(log["seconds"], 1),
               "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"],
               "stretches": log.get("stretches", [])}
