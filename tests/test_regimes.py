@@ -104,6 +104,11 @@ def test_adapting_the_classifier_trains_only_its_normalisation_into_a_new_bundle
         load_bundle(out, model="tapdiff")
     assert json.loads((src / "config.json").read_text())["files"] != cfg["files"]  # the source is left as it was
     assert load_file(str(src / "classifier.safetensors")).keys() == before.keys()
-    # the same folder twice, or a bundle that is not an adaptation, is refused
+    # rerunning the finished adaptation changes nothing (what was trained into the bundle since stays); asking for
+    # longer, the same folder twice, or a bundle that is not an adaptation, is refused
+    config_before = (out / "config.json").read_bytes()
+    assert main(["adapt-classifier", "--checkpoint", str(src), "--out", str(out), "--seconds", "3", *shifted, *data]) == 0
+    assert (out / "config.json").read_bytes() == config_before
+    assert main(["adapt-classifier", "--checkpoint", str(src), "--out", str(out), "--seconds", "60", *shifted, *data]) == 2
     assert main(["adapt-classifier", "--checkpoint", str(src), "--out", str(src), *shifted, *data]) == 2
     assert main(["adapt-classifier", "--checkpoint", str(out), "--out", str(src), *shifted, *data]) == 2

@@ -101,12 +101,20 @@ def adapt_classifier_bundle(run: AdaptRun) -> dict:
     config, evaluator and every score network that reads no taps (the U-Nets, the x_t-only ablation) come
     along unchanged; networks on the taps (ScoreSubnet and its student) are left behind, since the taps they
     were trained on have changed. config.json is written last, so an interrupted run leaves no bundle that
-    looks finished. Returns the summary."""
+    looks finished; rerunning a finished adaptation changes nothing. Returns the summary."""
     src, out = Path(run.checkpoint), Path(run.out)
     if out.resolve() == src.resolve():
         raise ValueError(f"--out {out} is the bundle being adapted; give a new folder")
-    if (out / "config.json").exists() and "classifier_adaptation" not in read_config(out).get("training", {}):
-        raise ValueError(f"--out {out} already holds a bundle that is not an adaptation; give a new folder")
+    if (out / "config.json").exists():  # a finished adaptation (and what has been trained into it since) stays
+        done = read_config(out).get("training", {}).get("classifier_adaptation")
+        if done is None:
+            raise ValueError(f"--out {out} already holds a bundle that is not an adaptation; give a new folder")
+        if run.seconds > done["seconds"] + 1 or done.get("adapted_from") != str(src):
+            raise ValueError(f"--out {out} already holds an adaptation of {done.get('adapted_from')} for "
+                             f"{done['seconds']:.0f} s; give a new folder to adapt anew or for longer")
+        return {"steps": done["steps"], "seconds": done["seconds"], "already_adapted": True,
+                "test_accuracy_by_sigma_before": done["test_accuracy_by_sigma_before"],
+                "test_accuracy_by_sigma": done["test_accuracy_by_sigma"]}
     path = state_path(out / "state", "classifier_adaptation")
     if (legacy := legacy_state_error(path)) is not None:
         raise legacy
