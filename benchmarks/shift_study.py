@@ -35,6 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 DATA = "../shared/data/fsdd"
 SHIPPED = "engine/checkpoints/fsdd"
@@ -81,6 +82,7 @@ class Step:
     name: str
     argv: list[str]
     after: list[str] = field(default_factory=list)
+    on_success: Callable[[], None] | None = None  # run by the driver once the command has succeeded
 
 
 def tapdiff(*args: str) -> list[str]:
@@ -109,7 +111,8 @@ def steps(root: Path) -> list[Step]:
         elif not any(s.name == f"{r.bundle}/classifier" for s in out):
             out.append(Step(f"{r.bundle}/classifier",
                             tapdiff("train-classifier", "--data", DATA, "--out", b, "--seconds",
-                                    str(CLASSIFIER_SECONDS), *r.classifier_data)))
+                                    str(CLASSIFIER_SECONDS), *r.classifier_data),
+                            on_success=lambda bundle=r.bundle: copy_sampling(root, bundle)))
         systems = ("tapdiff",) if r.adapted_from else r.systems  # the adapted bundle keeps the U-Net it copied
         for system in systems:
             out.append(Step(f"{r.bundle}/{system}",
@@ -120,8 +123,10 @@ def steps(root: Path) -> list[Step]:
     return out
 
 
-def run_steps(root: Path, workers: int, log_dir: Path) -> int:
-    todo = steps(root)
+def run_steps(todo: list[Step], root: Path, workers: int, log_dir: Path) -> int:
+    """Run ``todo`` with ``workers`` commands at once, each once every step it names in ``after`` has succeeded;
+    a step that succeeded leaves a marker in ROOT/done/ and is not run again. The first failure stops new starts
+    (running ones finish); exit status 1 then."""
     done_dir = root / "done"
     done_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -138,8 +143,12 @@ def run_steps(root: Path, workers: int, log_dir: Path) -> int:
             log.write(f"$ {shlex.join(step.argv)}\n")
             log.flush()
             rc = subprocess.call(step.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if rc == 0 and step.name.endswith("/classifier"):
-            copy_sampling(root, step.name.split("/")[0])
+        if rc == 0 and step.on_success is not None:
+            try:
+                step.on_success()
+            except Exception as e:  # noqa: BLE001 - reported as the step's failure, never a hung driver
+                print(f"{step.name}: after the command: {type(e).__name__}: {e}", file=sys.stderr)
+                rc = 1
         with lock:
             running.discard(step.name)
             if rc == 0:
@@ -246,7 +255,7 @@ def spread(values: list[float]) -> tuple[float, float]:
     return sum(values) / len(values), (max(values) - min(values)) / 2
 
 
-def render(rows: list[dict], seeds: list[int], per_digit: int) -> str:
+def render(rows: list[dict], seeds: list[int], per_digit: int, root: Path) -> str:
     from report import header
 
     lines = [header(__file__),
@@ -280,6 +289,10 @@ def render(rows: list[dict], seeds: list[int], per_digit: int) -> str:
             d_rec = spread([t[s]["recognised"] - u[s]["recognised"] for s in common])
             d_fd = spread([u[s]["fd"] - t[s]["fd"] for s in common])
             lines.append(f"| {name} | {d_rec[0]:+.3f} ± {d_rec[1]:.3f} | {d_fd[0]:+.1f} ± {d_fd[1]:.1f} |")
+    lines += ["", "## The bundles' training commands", "",
+              f"Run in this order by `python benchmarks/shift_study.py train --root ROOT` (ROOT here: `{root}`), each on "
+              "one CPU thread, two at a time; every bundle's config.json records its own command, steps and seconds.",
+              "", "```bash", *(shlex.join(["tapdiff", *s.argv[3:]]) for s in steps(root)), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -304,13 +317,13 @@ def main() -> int:
             for s in steps(root):
                 print(shlex.join(["tapdiff", *s.argv[3:]]))
             return 0
-        return run_steps(root, args.workers, root / "logs")
+        return run_steps(steps(root), root, args.workers, root / "logs")
     from report import emit, record
 
     record(__file__)  # provenance of the code that measures, before anything runs
     seeds = [int(v) for v in args.seeds.split(",")]
     rows = judge_rows(root, seeds, args.n, args.cache)
-    emit(render(rows, seeds, args.n), args.out)
+    emit(render(rows, seeds, args.n, root), args.out)
     if args.json:
         from engine.storage.atomic import atomic_write_bytes
 

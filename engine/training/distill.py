@@ -3,7 +3,10 @@
 One stage does both distillations of Meng et al. (2023, "On Distillation of Guided Diffusion Models"):
 - guidance: the student D_s(x; sigma, y, gamma) reproduces the *guided* teacher, so sampling needs no
   guidance cotangent (tapdiff's student keeps one forward and a one-cotangent adjoint for its taps; the
-  two-model student drops the classifier from sampling entirely);
+  two-model student drops the classifier from sampling entirely). The label reaches tapdiff's student
+  twice: through its condition embedding, and (``SubnetConfig.guided_taps``, the default) through its taps,
+  whose one cotangent is logsumexp + gamma log p(y | x) (``TapExtractor.steered``); the two-model student
+  has only the embedding, which ``condition_lr_scale`` can train faster than the rest;
 - steps: the student learns the map from x at a noise level to the endpoint of the teacher's guided
   probability-flow ODE from there (knowledge distillation of Luhman and Luhman 2021, at every level), and
   samples with ``multistep`` (``engine.diffusion.solvers``): jump to the endpoint, re-inject fresh noise at
