@@ -62,7 +62,8 @@ class Regime:
     def describe_classifier(self) -> str:
         if self.adapted_from:
             return f"{self.adapted_from}'s, normalisation fine-tuned on the score data"
-        return " ".join(self.classifier_data) or "all speakers, clean"
+        described = regime_of(self.classifier_data).describe()
+        return described if self.classifier_data else f"{described}, clean"
 
 
 SPEAKER_DATA = ("--speakers", SPEAKERS_NEW)
