@@ -17,7 +17,8 @@ Regimes (FSDD; the score networks of both systems always train and are judged on
   U-Net (which reads no taps) is kept and guided by the adapted classifier.
 
 Every classifier gets the same training seconds, every score network the same training seconds, one CPU
-thread each (``OMP_NUM_THREADS=1``), so each run's steps are comparable. ``train`` runs each step's
+thread each (``OMP_NUM_THREADS=1``); the steps those seconds buy follow the machine's load, and the table
+shows each run's. ``train`` runs each step's
 ``tapdiff`` command (the commands resume from their bundle's state/, so an interrupted study resumes) with
 ``--workers`` at a time, in dependency order. ``table`` judges every bundle with the standard evaluator
 (the shipped bundle's, trained on clean speech of all five speakers) on the regime's real test clips, for
