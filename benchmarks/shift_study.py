@@ -45,7 +45,6 @@ SCORE_SECONDS = 600
 ADAPT_SECONDS = 150
 SPEAKERS_SEEN = "george,jackson,theo"
 SPEAKERS_NEW = "nicolas,yweweler"
-CONDITION = ["--rt60", "0.4", "--noise-snr-db", "10"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ class Regime:
 
 
 SPEAKER_DATA = ("--speakers", SPEAKERS_NEW)
-CONDITION_DATA = tuple(CONDITION)
+CONDITION_DATA = ("--rt60", "0.4", "--noise-snr-db", "10")
 REGIMES = (
     Regime("speaker-shift", "speaker", "shift", "spk_seen", SPEAKER_DATA, ("--speakers", SPEAKERS_SEEN)),
     Regime("speaker-control", "speaker", "control", "spk_new", SPEAKER_DATA, SPEAKER_DATA),

@@ -52,7 +52,7 @@ def classification_loss(model: NoiseConditionedClassifier, train: FeatureSet, no
     return loss_fn
 
 
-def test_accuracy_checkpoint(model: NoiseConditionedClassifier, test: FeatureSet | None, norm: Normaliser,
+def accuracy_on_checkpoint(model: NoiseConditionedClassifier, test: FeatureSet | None, norm: Normaliser,
                              sde: SDEConfig):
     """The ``on_checkpoint`` of classifier training: the EMA copy's test accuracy at sigma 0, 1 and 5."""
     if test is None:
@@ -72,7 +72,7 @@ def train_classifier(train: FeatureSet, norm: Normaliser, log_floor: float, mode
     torch.manual_seed(cfg.seed)
     model = NoiseConditionedClassifier(model_cfg)
     ema, log = train_loop(model, classification_loss(model, train, norm, log_floor, sde, cfg), cfg, state_path,
-                          "classifier", test_accuracy_checkpoint(model, test, norm, sde), progress=progress)
+                          "classifier", accuracy_on_checkpoint(model, test, norm, sde), progress=progress)
     return ema.model, log
 
 
@@ -92,5 +92,5 @@ def adapt_normalisation(model: NoiseConditionedClassifier, train: FeatureSet, no
     for p in normalisation_parameters(model):
         p.requires_grad_(True)  # the optimiser skips parameters without gradients
     ema, log = train_loop(model, classification_loss(model, train, norm, log_floor, sde, cfg), cfg, state_path,
-                          "adapt", test_accuracy_checkpoint(model, test, norm, sde), progress=progress)
+                          "adapt", accuracy_on_checkpoint(model, test, norm, sde), progress=progress)
     return ema.model.requires_grad_(False), log

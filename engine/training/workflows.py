@@ -4,6 +4,7 @@ apart from ``training/training_loop.py`` the same way). Each run is described by
 ``command`` is recorded beside the weights it produces."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
 import time
@@ -119,7 +120,7 @@ def adapt_classifier_bundle(run: AdaptRun) -> dict:
     if (legacy := legacy_state_error(path)) is not None:
         raise legacy
     bundle = load_bundle(src, model=None)
-    cfg = read_config(src)
+    cfg = copy.deepcopy(bundle.config)  # the adapted bundle's config, edited below; the source's stays as read
     labels = tuple(bundle.labels)
     train = load_features(list_items(run.data, "train", labels, run.regime.speakers), bundle.features, progress=True,
                           regime=run.regime)
