@@ -3,7 +3,8 @@
 Public functions (each dispatches through ``backend_for(x, kernel, needs_grad=...)``: Triton on CUDA when no
 autograd graph is needed, since the kernels are forward-only; the reference elsewhere):
 
-* ``tap_pair_norm(f, g) -> (out, log_rms)``, ``tap_rms_norm(x) -> (out, log_rms)`` (``tap_norm``)
+* ``tap_pair_norm(f, g) -> (out, log_rms)``, ``tap_rms_norm(x) -> (out, log_rms)`` (``tap_norm``); ``tap_log_rms(x)``,
+  the log-RMS alone (a plain reduction, no kernel of its own)
 * ``tap_attention(q, k, v, pos, heads) -> out`` (``attention``)
 * ``silu_affine_adjoint(x, t, weight, scale=None, residual=None) -> out`` (``silu_adjoint``)
 
@@ -19,6 +20,7 @@ from .silu_adjoint import (
     silu_derivative,
 )
 from .tap_norm import (
+    tap_log_rms,
     tap_pair_norm,
     tap_pair_norm_reference,
     tap_rms_norm,
@@ -35,6 +37,7 @@ __all__ = [
     "silu_derivative",
     "tap_attention",
     "tap_attention_reference",
+    "tap_log_rms",
     "tap_pair_norm",
     "tap_pair_norm_reference",
     "tap_rms_norm",

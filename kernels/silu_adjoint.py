@@ -9,7 +9,8 @@ broadcast over S; weight: (C,) affine-norm weight or None; scale: FiLM scale bro
     ga  = silu_affine_adjoint(conv_adjoint(conv2, g), t2, norm2.weight)
     out = silu_affine_adjoint(conv_adjoint(conv1, ga), t1, norm1.weight, scale=scale, residual=g)
 
-and Stage.adjoint's ``conv_adjoint(down, g) * silu_derivative(h_in)`` is ``silu_affine_adjoint(.., h_in, None)``.
+and Stage.adjoint's ``conv_adjoint(down, g) * silu_derivative(h_in)`` is ``silu_affine_adjoint(.., h_in, None)``
+(the first stage's, at full resolution, multiplies one cotangent at a time by a shared silu'(h_in) instead).
 On CUDA ``silu_affine_adjoint`` runs one Triton pass (``silu_adjoint_triton``) that reads t once for all
 S cotangents; elsewhere the reference. ``backend_for(x, "silu_affine_adjoint")`` says which.
 """

@@ -16,9 +16,19 @@ from .dispatch import backend_for, needs_grad, on_device_of, triton_available  #
 EPS = 1e-12
 
 
+def _mean_square(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return x.pow(2).mean(dim=(1, 2, 3), keepdim=True) + eps
+
+
+def tap_log_rms(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """x (B, C, H, W) -> its log RMS (B,) alone (a reduction, nothing of x's size written): the same numbers
+    as the reference normalisations' second output."""
+    return 0.5 * torch.log(_mean_square(x, eps).flatten())
+
+
 def tap_rms_norm_reference(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
     """x (B, C, H, W) -> (normalised x, log RMS of shape (B,))."""
-    ms = x.pow(2).mean(dim=(1, 2, 3), keepdim=True) + eps
+    ms = _mean_square(x, eps)
     return x * torch.rsqrt(ms), 0.5 * torch.log(ms.flatten())
 
 

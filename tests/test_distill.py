@@ -64,14 +64,17 @@ def test_guided_taps_carry_the_guidance_cotangent_in_one_pass(tiny_with_baseline
     oh[1] = 0  # the second row has no label: no guidance term whatever its gamma
     steered = tx.steered(x, sigma, oh, gamma)
     _, _, c_in, c_noise = precondition(sigma, bundle.sde)
-    fp = bundle.classifier.forward_with_tape(c_in * x, c_noise)
-    probs = torch.softmax(fp.logits, -1)
-    grads, g_in = bundle.classifier.adjoint(fp, torch.stack([probs, oh - probs]))
-    weight = torch.tensor([3.0, 0.0, 0.0])
-    for g, s in zip(grads, steered.grads):
-        assert torch.allclose(s, g[0] + weight[:, None, None, None] * g[1], rtol=1e-4, atol=1e-6)
-    assert torch.allclose(steered.input_grad, (g_in[0] + weight[:, None, None, None] * g_in[1]) * c_in,
-                          rtol=1e-4, atol=1e-6)
+
+    def adjoint(cotangent_of):  # one cotangent's tap gradients and input gradient, from a fresh forward
+        fp = bundle.classifier.forward_with_tape(c_in * x, c_noise)
+        grads, g_in = bundle.classifier.adjoint(fp, cotangent_of(torch.softmax(fp.logits, -1))[None])
+        return grads, g_in[0]
+
+    (jem, jem_in), (guide, guide_in) = adjoint(lambda p: p), adjoint(lambda p: oh - p)
+    weight = torch.tensor([3.0, 0.0, 0.0])[:, None, None, None]
+    for g, h, s in zip(jem, guide, steered.grads):
+        assert torch.allclose(s, g + weight * h, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(steered.input_grad, (jem_in + weight * guide_in) * c_in, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(steered.grads[0][0], tx(x, sigma).grads[0][0], atol=1e-6)  # the label reached the taps
     kind = score_network_kind("tapdiff-distilled")
     net = kind.build(dataclasses.replace(bundle.score_net.cfg, label_classes=10, guided_taps=True),

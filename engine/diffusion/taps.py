@@ -29,6 +29,16 @@ class Taps:
     class_gradient: torch.Tensor | None  # d log p(y | x_t) / d x_t (what guidance scales), or None without labels
     logits: torch.Tensor  # (B, n_classes)
 
+    def take(self, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depth ``depth``'s (feature, gradient) taps, released from this Taps: a reader that takes each depth once
+        (ScoreSubnet, as its decoder reaches that depth) lets eager torch free them as it goes. A second take
+        of the same depth is an error."""
+        f, g = self.features[depth], self.grads[depth]
+        if f is None or g is None:
+            raise RuntimeError(f"the taps of depth {depth} were already taken from this Taps")
+        self.features[depth] = self.grads[depth] = None
+        return f, g
+
     def flat(self) -> tuple[torch.Tensor, ...]:
         """Every tensor in a fixed order (features, grads, input_grad, [class_gradient], logits): the export form."""
         class_gradient = () if self.class_gradient is None else (self.class_gradient,)
@@ -65,10 +75,7 @@ class TapExtractor(torch.nn.Module):
         with stage("classifier adjoint"):
             probs = torch.softmax(fp.logits, dim=-1)
             cot = probs[None] if onehot is None else torch.stack([probs, onehot.to(probs) - probs])
-            grads, g_in = self.classifier.adjoint(fp, cot)
-        # Copies, not views: a view of cotangent 0 would keep the guidance cotangent's half of every
-        # stacked gradient alive while the ScoreSubnet runs (its peak-memory phase).
-        grads = [g[0].clone() if onehot is not None else g[0] for g in grads]
+            grads, g_in = self.classifier.adjoint(fp, cot)  # cotangent 0's tap gradients only
         # The classifier sees c_in * x_t, so d/dx_t = c_in * d/d(x_in).
         g_x = g_in * c_in[None]
         return Taps(features=fp.taps, grads=grads, input_grad=g_x[0],
@@ -86,7 +93,7 @@ class TapExtractor(torch.nn.Module):
             labelled = onehot.to(probs).sum(-1, keepdim=True)  # 0 for an unconditional row: no guidance term
             cot = probs + gamma.to(probs)[:, None] * labelled * (onehot.to(probs) - probs)
             grads, g_in = self.classifier.adjoint(fp, cot[None])
-        return Taps(features=fp.taps, grads=[g[0] for g in grads], input_grad=g_in[0] * c_in, class_gradient=None,
+        return Taps(features=fp.taps, grads=grads, input_grad=g_in[0] * c_in, class_gradient=None,
                     logits=fp.logits)
 
     @torch.no_grad()

@@ -4,7 +4,8 @@ The network is a chain: a stem conv at full resolution, then stages that halve t
 conv, then residual blocks with sigma FiLM). Each stage's output is a tap. ``forward_with_tape`` keeps
 what the backward needs, and ``adjoint`` propagates a stack of S cotangents on d(logits) back through
 every layer by hand (conv -> conv_transpose2d with the same weights, SiLU and normalisation by their
-analytic derivatives). It is one backward pass for all S cotangents, and it exports to ONNX, which
+analytic derivatives). It is one backward pass for all S cotangents (stacked, except at full resolution,
+where it takes them one at a time to keep the step's peak memory down), and it exports to ONNX, which
 ``torch.autograd.grad`` does not.
 """
 from __future__ import annotations
@@ -21,13 +22,18 @@ from ..storage.config import ClassifierConfig
 from .blocks import FiLMResBlock, SigmaEmbedding
 
 
-def conv_adjoint(conv: nn.Conv2d, g: torch.Tensor, in_hw: tuple[int, int]) -> torch.Tensor:
-    """Vector-Jacobian product of a bias-free-in-effect conv: g (S, B, C_out, H', W') -> (S, B, C_in, H, W)."""
-    S, B = g.shape[:2]
+def conv_transpose(conv: nn.Conv2d, g: torch.Tensor, in_hw: tuple[int, int]) -> torch.Tensor:
+    """Vector-Jacobian product of a bias-free-in-effect conv for one cotangent: g (B, C_out, H', W') -> (B, C_in, H, W)."""
     (s, _), (p, _), (k, _) = conv.stride, conv.padding, conv.kernel_size
     h_out, w_out = g.shape[-2:]
     op = (in_hw[0] - ((h_out - 1) * s - 2 * p + k), in_hw[1] - ((w_out - 1) * s - 2 * p + k))
-    out = F.conv_transpose2d(g.reshape(S * B, *g.shape[2:]), conv.weight, None, conv.stride, conv.padding, op)
+    return F.conv_transpose2d(g, conv.weight, None, conv.stride, conv.padding, op)
+
+
+def conv_adjoint(conv: nn.Conv2d, g: torch.Tensor, in_hw: tuple[int, int]) -> torch.Tensor:
+    """``conv_transpose`` of a stack of S cotangents as one call: g (S, B, C_out, H', W') -> (S, B, C_in, H, W)."""
+    S, B = g.shape[:2]
+    out = conv_transpose(conv, g.reshape(S * B, *g.shape[2:]), in_hw)
     return out.reshape(S, B, *out.shape[1:])
 
 
@@ -104,10 +110,15 @@ class Stage(nn.Module):
         return h
 
     def adjoint(self, g: torch.Tensor, tape: list) -> torch.Tensor:
-        for block in reversed(self.blocks):
-            g = block.adjoint(g, tape)
+        g = self.adjoint_blocks(g, tape)
         h_in = tape.pop()
         return silu_affine_adjoint(conv_adjoint(self.down, g, h_in.shape[-2:]), h_in, None)
+
+    def adjoint_blocks(self, g: torch.Tensor, tape: list) -> torch.Tensor:
+        """The residual blocks' part of ``adjoint``, at this stage's resolution; leaves the stage input on the tape."""
+        for block in reversed(self.blocks):
+            g = block.adjoint(g, tape)
+        return g
 
 
 @dataclass
@@ -156,24 +167,47 @@ class NoiseConditionedClassifier(nn.Module):
 
     def adjoint(self, fp: ForwardPass, cotangent: torch.Tensor,
                 keep_grads: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """cotangent (S, B, n_classes) on the logits -> (grads at each tap (S, B, C, H, W), grad at x_in).
+        """cotangent (S, B, n_classes) on the logits -> (cotangent 0's gradient at each tap (B, C, H, W), the
+        gradient at x_in of every cotangent (S, B, 1, H, W)).
 
+        Only cotangent 0's tap gradients are kept (the JEM taps); the others live only as long as their stage
+        needs them. The full-resolution step (the first stage's strided-conv adjoint, at 4x the next depth's
+        positions) runs one cotangent at a time, cotangent 0 last, on one shared silu'(stem output): that step
+        holds the adjoint's largest tensors, and stacked it held all S at once.
         Consumes ``fp.tape`` (each entry is released as soon as it is used); run ``forward_with_tape`` again
-        for a second adjoint. ``keep_grads=False`` returns no tap gradients, so none outlives its stage:
-        what a caller that needs only d/dx_in (guidance) should ask for.
+        for a second adjoint. ``keep_grads=False`` returns no tap gradients (none outlives its stage): what a
+        caller that needs only d/dx_in (guidance) should ask for.
         """
         tape = fp.tape
+        S = cotangent.shape[0]
         h_last = tape.pop()
         g = torch.einsum("sbk,kc->sbc", cotangent, self.head.weight)
         g = g[..., None, None] / (h_last.shape[-1] * h_last.shape[-2]) * silu_derivative(h_last)
         del h_last
-        grads = [g]
-        for stage in reversed(self.stages):
+        grads = []
+
+        def keep(stacked: torch.Tensor) -> None:
+            if keep_grads:  # a copy, so cotangent 0's gradient does not hold the whole stack alive
+                grads.append(stacked[0] if S == 1 else stacked[0].clone())
+
+        keep(g)
+        for stage in reversed(self.stages[1:]):
             g = stage.adjoint(g, tape)
-            if keep_grads:
-                grads.append(g)
-            else:
-                grads = [g]  # only the latest is needed, for the stem
+            keep(g)
+        first = self.stages[0]
+        g = first.adjoint_blocks(g, tape)
+        per_cotangent = [g[s] if S == 1 else g[s].clone() for s in range(S)]
+        del g
+        h0 = tape.pop()
+        half = h0.shape[1] // 2  # silu'(h0) by channel halves: its temporaries are at half size
+        d0 = torch.cat([silu_derivative(h0[:, :half]), silu_derivative(h0[:, half:])], dim=1)
+        g_in = [None] * S
+        for s in reversed(range(S)):
+            g0 = conv_transpose(first.down, per_cotangent[s], h0.shape[-2:]) * d0
+            per_cotangent[s] = None
+            g_in[s] = conv_transpose(self.stem, g0, fp.input_hw)
+            if s == 0 and keep_grads:
+                grads.append(g0)
+            del g0
         grads.reverse()
-        g_in = conv_adjoint(self.stem, grads[0], fp.input_hw)
-        return (grads if keep_grads else []), g_in
+        return grads, torch.stack(g_in)

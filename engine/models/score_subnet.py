@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import tap_attention, tap_pair_norm, tap_rms_norm
+from kernels import tap_attention, tap_log_rms, tap_pair_norm, tap_rms_norm
 
 from ..stages import stage
 from ..storage.config import SubnetConfig
@@ -97,19 +97,30 @@ class ScoreSubnet(nn.Module):
     def uses_taps(self) -> bool:
         return self.cfg.use_taps
 
-    def _inputs(self, x_in: torch.Tensor, taps) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    def _tap_scales(self, taps) -> torch.Tensor | None:
+        """(B, 2 * depths + 1) log-RMS of every tap (feature, gradient per depth; the input gradient after depth
+        0's): what the decoder's first block needs before any depth's normalised taps exist."""
         if not self.cfg.use_taps:
-            return [x_in] + [_pool_to(x_in, self.hws[0], hw) for hw in self.hws[1:]], None
-        per_depth, scales = [], []
+            return None
+        scales = []
         for d, (f, g) in enumerate(zip(taps.features, taps.grads)):
-            fg, s = tap_pair_norm(f, g)  # fused on CUDA: normalise both taps into one concatenated tensor
-            scales.append(s)
+            scales += [tap_log_rms(f), tap_log_rms(g)]
             if d == 0:
-                ig, igs = tap_rms_norm(taps.input_grad)
-                fg = torch.cat([fg, x_in, ig], dim=1)
-                scales.append(igs[:, None])
-            per_depth.append(fg)
-        return per_depth, torch.cat(scales, dim=1)
+                scales.append(tap_log_rms(taps.input_grad))
+        return torch.stack(scales, dim=1)
+
+    def _input(self, d: int, x_in: torch.Tensor, taps) -> torch.Tensor:
+        """Depth d's decoder input, made when the decoder reaches depth d and dropped after it, so only one
+        depth's normalised taps are alive at a time: the RMS-normalised feature and gradient taps (fused on
+        CUDA into one concatenated tensor), at full resolution with c_in * x_t and the normalised input
+        gradient; the ablation's pooled c_in * x_t."""
+        if not self.cfg.use_taps:
+            return x_in if d == 0 else _pool_to(x_in, self.hws[0], self.hws[d])
+        fg, _ = tap_pair_norm(*taps.take(d))
+        if d == 0:
+            ig, _ = tap_rms_norm(taps.input_grad)
+            fg = torch.cat([fg, x_in, ig], dim=1)
+        return fg
 
     @property
     def label_classes(self) -> int:
@@ -119,18 +130,24 @@ class ScoreSubnet(nn.Module):
         """x_in = c_in * x_t (B, 1, n_mels, frames), c_noise (B,), taps (``Taps`` or None for the ablation),
         cond: a distilled student's (onehot, gamma), or None (no label, gamma 0)."""
         with stage("tap normalisation"):
-            inputs, scales = self._inputs(x_in, taps)
+            scales = self._tap_scales(taps)
         with stage("decoder"):
             emb = self.embed(c_noise)
             emb = emb + condition_term(self.cond_embed, cond, emb)
             if self.scale_embed is not None:
                 emb = emb + self.scale_embed(scales / 10.0)
             h = None
-            for d in reversed(range(len(inputs))):
-                z = self.proj[d](inputs[d])
+            for d in reversed(range(len(self.hws))):
+                with stage("tap normalisation"):
+                    inputs = self._input(d, x_in, taps)
+                z = self.proj[d](inputs)
+                if str(d) not in self.attn:
+                    del inputs  # read once: freed before the depth's blocks run
                 if h is not None:
                     z = z + F.interpolate(self.up[d](h), size=z.shape[-2:], mode="nearest")
                 h = self.blocks[d](z, emb)
+                del z
                 if str(d) in self.attn:
-                    h = self.post[str(d)](self.attn[str(d)](h, inputs[d]), emb)  # attention: its own stage
+                    h = self.post[str(d)](self.attn[str(d)](h, inputs), emb)  # attention: its own stage
+                    del inputs
             return self.out(h)
