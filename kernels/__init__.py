@@ -13,7 +13,7 @@ until a CUDA tensor asks for one. They are verified on CPU only, under TRITON_IN
 (not run) for sm_90/sm_80 by ``kernels.aot``.
 """
 from .attention import multi_head_attention, tap_attention, tap_attention_reference
-from .dispatch import SUPPORTED_DTYPES, backend_for, needs_grad, triton_available
+from .dispatch import SUPPORTED_DTYPES, backend_for, may_overwrite, needs_grad, triton_available
 from .silu_adjoint import (
     silu_affine_adjoint,
     silu_affine_adjoint_reference,
@@ -30,6 +30,7 @@ from .tap_norm import (
 __all__ = [
     "SUPPORTED_DTYPES",
     "backend_for",
+    "may_overwrite",
     "multi_head_attention",
     "needs_grad",
     "silu_affine_adjoint",

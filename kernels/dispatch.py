@@ -37,13 +37,24 @@ def needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def tracing() -> bool:
+    """Whether a graph is being traced for export (its operators are what ONNX and TensorRT get)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
+def may_overwrite(*tensors: torch.Tensor | None) -> bool:
+    """Whether a reference may compute in place on its own temporaries: no autograd graph through these inputs
+    and no export trace (an exported graph keeps the functional operators). The same numbers either way."""
+    return not needs_grad(*tensors) and not tracing()
+
+
 def backend_for(x: torch.Tensor, kernel: str = "tap_pair_norm", *, needs_grad: bool = False) -> str:
     """The implementation ``kernel`` uses for inputs like ``x``: "triton" on CUDA with Triton installed, a
     supported dtype and ``needs_grad`` False, and not while tracing for export; else "torch" (the reference). ``kernel`` defaults to
     "tap_pair_norm" (the original one-argument API)."""
     if kernel not in SUPPORTED_DTYPES:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(SUPPORTED_DTYPES)}")
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if tracing():
         return "torch"  # an exported graph holds the reference's operators, which ONNX and TensorRT know
     if x.is_cuda and x.dtype in SUPPORTED_DTYPES[kernel] and not needs_grad and triton_available():
         return "triton"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import backend_for, needs_grad, on_device_of, triton_available  # noqa: F401  (backend_for, triton_available: re-exported)
+from .dispatch import backend_for, may_overwrite, needs_grad, on_device_of, triton_available  # noqa: F401  (backend_for, triton_available: re-exported)
 
 EPS = 1e-12
 
@@ -33,10 +33,18 @@ def tap_rms_norm_reference(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Ten
 
 
 def tap_pair_norm_reference(f: torch.Tensor, g: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, Cf, H, W), (B, Cg, H, W) -> (cat of both normalised (B, Cf + Cg, H, W), log RMS (B, 2))."""
-    fn, fs = tap_rms_norm_reference(f, eps)
-    gn, gs = tap_rms_norm_reference(g, eps)
-    return torch.cat([fn, gn], dim=1), torch.stack([fs, gs], dim=1)
+    """(B, Cf, H, W), (B, Cg, H, W) -> (cat of both normalised (B, Cf + Cg, H, W), log RMS (B, 2)). Without
+    autograd or export it normalises the concatenation in place (the same numbers; one tensor of the output's
+    size instead of three)."""
+    if not may_overwrite(f, g):
+        fn, fs = tap_rms_norm_reference(f, eps)
+        gn, gs = tap_rms_norm_reference(g, eps)
+        return torch.cat([fn, gn], dim=1), torch.stack([fs, gs], dim=1)
+    ms_f, ms_g = _mean_square(f, eps), _mean_square(g, eps)
+    out = torch.cat([f, g], dim=1)
+    out[:, :f.shape[1]].mul_(torch.rsqrt(ms_f))
+    out[:, f.shape[1]:].mul_(torch.rsqrt(ms_g))
+    return out, torch.stack([0.5 * torch.log(ms_f.flatten()), 0.5 * torch.log(ms_g.flatten())], dim=1)
 
 
 def tap_rms_norm(x: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:

@@ -71,16 +71,20 @@ def test_bench_refuses_a_run_with_nothing_to_measure(tiny_checkpoint, tmp_path, 
 def test_targets_come_from_the_benchmarks_file_and_are_judged_on_what_the_run_measured(tmp_path):
     from pathlib import Path
 
-    from engine.evaluation.bench import load_targets, targets
+    from engine.evaluation.bench import load_targets, missed_by, targets
 
     spec = load_targets(Path(__file__).resolve().parents[1] / "benchmarks" / "targets.json")
     result = {"generate": [{"batch": 16, "seconds": {"tapdiff/torch": {"median": 12.0}}}],
               "score_eval": [{"batch": 16, "guidance": 3.0, "ratios": {"tapdiff/torch / two-model/torch": {"median": 0.6}},
                               "planned_mib": {"tapdiff/torch": 40.0, "two-model/torch": 100.0}}]}
-    got = {what: (value, met) for what, value, _, met in targets(result, spec)}
+    got = {what: (value, met) for what, value, _, met, _ in targets(result, spec)}
     assert got == {"tapdiff guided generate, 16 clips end to end (s)": (12.0, False),
                    "guided score evaluation latency at batch 16, tapdiff / two-model (torch)": (0.6, True),
                    "guided memory at batch 16, live activations (planned), tapdiff / two-model (torch)": (0.4, True)}
+    bounds = {what: bound for what, _, _, met, bound in targets(result, spec) if not met}
+    assert bounds["tapdiff guided generate, 16 clips end to end (s)"] == ""  # this one names no bound
+    assert missed_by(12.0, 11.5) == "+0.50 (4% over)" and missed_by(0.6, 0.7) == ""
+    assert all("benchmarks/results/" in t["bound"] for t in spec if t.get("bound"))  # a bound names its evidence
     bad = tmp_path / "targets.json"
     bad.write_text('{"targets": [{"what": "x", "metric": "speed", "at_most": 1}]}')
     with pytest.raises(ValueError, match="targets.json"):

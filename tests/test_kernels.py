@@ -401,6 +401,35 @@ def test_adjoint_reference_equals_autograd_vjp_of_the_forward_chain(with_scale, 
     assert torch.allclose(silu_derivative(t.detach()), torch.autograd.grad(torch.nn.functional.silu(t).sum(), t)[0])
 
 
+def test_references_compute_in_place_only_where_allowed_and_give_the_same_bits():
+    """Without autograd or export the references overwrite their own temporaries (and, asked, their input x):
+    the same numbers as the functional ops autograd and export get, with fewer tensors alive."""
+    S, B, C, H, W = 2, 3, 5, 4, 6
+    x, t, residual = torch.randn(S, B, C, H, W), torch.randn(B, C, H, W) * 3, torch.randn(S, B, C, H, W)
+    w, scale = torch.randn(C), torch.randn(B, C, 1, 1)
+    f, g = torch.randn(B, 3, H, W) * 7, torch.randn(B, 6, H, W) * 1e-3
+    with torch.enable_grad():  # autograd records through a leaf that needs grad: the functional path
+        tg = t.clone().requires_grad_(True)
+        functional = silu_affine_adjoint_reference(x, tg, w, scale, residual).detach()
+        d_functional = silu_derivative(tg).detach()
+        pair_functional = [r.detach() for r in tap_pair_norm_reference(f.clone().requires_grad_(True), g)]
+    with torch.no_grad():
+        xc = x.clone()
+        consumed = silu_affine_adjoint_reference(xc, t, w, scale, residual, consume_x=True)
+        kept_x = x.clone()
+        plain = silu_affine_adjoint_reference(kept_x, t, w, scale, residual)
+        assert torch.equal(consumed, functional) and torch.equal(plain, functional)
+        assert consumed.data_ptr() == xc.data_ptr()  # written into the x it was given
+        assert torch.equal(kept_x, x)  # without consume_x, x is left as it was
+        assert torch.equal(silu_derivative(t), d_functional)
+        pair = tap_pair_norm_reference(f, g)
+        assert all(torch.equal(a, b) for a, b in zip(pair, pair_functional))
+    with torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        out = silu_affine_adjoint_reference(xg, t, w, scale, residual, consume_x=True)
+        assert out.data_ptr() != xg.data_ptr() and out.requires_grad  # autograd keeps its functional graph
+
+
 def test_tap_norm_references_give_unit_rms_and_the_log_rms():
     f, g = torch.randn(2, 3, 4, 5) * 7, torch.randn(2, 6, 4, 5) * 1e-3
     out, s = tap_pair_norm_reference(f, g)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import silu_affine_adjoint, silu_derivative
+from kernels import may_overwrite, silu_affine_adjoint, silu_derivative
 
 from ..storage.config import ClassifierConfig
 from .blocks import FiLMResBlock, SigmaEmbedding
@@ -86,8 +86,10 @@ class ResBlock(FiLMResBlock):
         t1, t2, scale = tape.pop()
         hw = g.shape[-2:]
         if self.norm1.kind == "affine":  # the elementwise chains are one fused pass each on CUDA
-            ga = silu_affine_adjoint(conv_adjoint(self.conv2, g, hw), t2, self.norm2.weight)
-            return silu_affine_adjoint(conv_adjoint(self.conv1, ga, hw), t1, self.norm1.weight, scale=scale, residual=g)
+            ga = silu_affine_adjoint(conv_adjoint(self.conv2, g, hw), t2, self.norm2.weight, consume_x=True)
+            x = conv_adjoint(self.conv1, ga, hw)
+            del ga  # each temporary is given up as soon as it is read: fewer alive at once in eager torch
+            return silu_affine_adjoint(x, t1, self.norm1.weight, scale=scale, residual=g, consume_x=True)
         ga = conv_adjoint(self.conv2, g, hw) * silu_derivative(t2)
         gc = conv_adjoint(self.conv1, self.norm2.adjoint(ga, tape), hw) * silu_derivative(t1) * (1 + scale)
         return g + self.norm1.adjoint(gc, tape)
@@ -112,7 +114,7 @@ class Stage(nn.Module):
     def adjoint(self, g: torch.Tensor, tape: list) -> torch.Tensor:
         g = self.adjoint_blocks(g, tape)
         h_in = tape.pop()
-        return silu_affine_adjoint(conv_adjoint(self.down, g, h_in.shape[-2:]), h_in, None)
+        return silu_affine_adjoint(conv_adjoint(self.down, g, h_in.shape[-2:]), h_in, None, consume_x=True)
 
     def adjoint_blocks(self, g: torch.Tensor, tape: list) -> torch.Tensor:
         """The residual blocks' part of ``adjoint``, at this stage's resolution; leaves the stage input on the tape."""
@@ -203,7 +205,8 @@ class NoiseConditionedClassifier(nn.Module):
         d0 = torch.cat([silu_derivative(h0[:, :half]), silu_derivative(h0[:, half:])], dim=1)
         g_in = [None] * S
         for s in reversed(range(S)):
-            g0 = conv_transpose(first.down, per_cotangent[s], h0.shape[-2:]) * d0
+            g0 = conv_transpose(first.down, per_cotangent[s], h0.shape[-2:])
+            g0 = g0.mul_(d0) if may_overwrite(g0) else g0 * d0
             per_cotangent[s] = None
             g_in[s] = conv_transpose(self.stem, g0, fp.input_hw)
             if s == 0 and keep_grads:
