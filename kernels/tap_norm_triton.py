@@ -106,7 +106,7 @@ def _tap_scale_kernel(f_ptr, g_ptr, partials_ptr, out_ptr, log_rms_ptr, n_f, n_g
 
 def _launch(f: torch.Tensor, g: torch.Tensor | None, eps: float, block: int | None, single_launch: bool | None,
             num_warps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    f = f.contiguous()  # no-op for the classifier's taps
+    f = f.contiguous()  # no-op for the classifier's taps on CUDA
     g = None if g is None else g.contiguous()
     B = f.shape[0]
     taps = 1 if g is None else 2

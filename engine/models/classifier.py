@@ -205,9 +205,13 @@ class NoiseConditionedClassifier(nn.Module):
         d0 = torch.cat([silu_derivative(h0[:, :half]), silu_derivative(h0[:, half:])], dim=1)
         g_in = [None] * S
         for s in reversed(range(S)):
-            # channels-last in: oneDNN's strided transposed conv then writes its output directly, without a
-            # full-resolution temporary and reorder (the same numbers to rounding; a no-op in an exported graph)
-            g0 = conv_transpose(first.down, per_cotangent[s].contiguous(memory_format=torch.channels_last), h0.shape[-2:])
+            g_s = per_cotangent[s]
+            if g_s.device.type == "cpu":  # channels-last in: oneDNN's strided transposed conv then writes its
+                # output directly, without a full-resolution temporary and reorder (the same numbers to
+                # rounding; a no-op in an exported graph). Elsewhere the layout stays, as the kernels expect.
+                g_s = g_s.contiguous(memory_format=torch.channels_last)
+            g0 = conv_transpose(first.down, g_s, h0.shape[-2:])
+            del g_s
             g0 = g0.mul_(d0) if may_overwrite(g0) else g0 * d0
             per_cotangent[s] = None
             g_in[s] = conv_transpose(self.stem, g0, fp.input_hw)

@@ -139,15 +139,15 @@ class ScoreSubnet(nn.Module):
             h = None
             for d in reversed(range(len(self.hws))):
                 with stage("tap normalisation"):
-                    inputs = self._input(d, x_in, taps)
-                z = self.proj[d](inputs)
+                    depth_input = self._input(d, x_in, taps)
+                z = self.proj[d](depth_input)
                 if str(d) not in self.attn:
-                    del inputs  # read once: freed before the depth's blocks run
+                    del depth_input  # read once: freed before the depth's blocks run
                 if h is not None:
                     z = z + F.interpolate(self.up[d](h), size=z.shape[-2:], mode="nearest")
                 h = self.blocks[d](z, emb)
                 del z
                 if str(d) in self.attn:
-                    h = self.post[str(d)](self.attn[str(d)](h, inputs), emb)  # attention: its own stage
-                    del inputs
+                    h = self.post[str(d)](self.attn[str(d)](h, depth_input), emb)  # attention: its own stage
+                    del depth_input
             return self.out(h)
