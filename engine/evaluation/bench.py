@@ -272,8 +272,8 @@ def load_targets(path) -> list[dict]:
         spec = json.loads(Path(path).read_text())
         rows = spec["targets"]
         if not all(isinstance(t, dict) and isinstance(t["what"], str) and t["metric"] in TARGET_METRICS
-                   and isinstance(t["at_most"], (int, float)) for t in rows):
-            raise ValueError("each target needs what, a known metric and at_most")
+                   and isinstance(t["at_most"], (int, float)) and isinstance(t.get("bound", ""), str) for t in rows):
+            raise ValueError("each target needs what, a known metric and at_most (and a bound, if any, is text)")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a targets file ({type(e).__name__}: {e})") from e
     return rows

@@ -127,7 +127,8 @@ class ScoreSubnet(nn.Module):
         return self.cfg.label_classes
 
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, taps=None, cond=None) -> torch.Tensor:
-        """x_in = c_in * x_t (B, 1, n_mels, frames), c_noise (B,), taps (``Taps`` or None for the ablation),
+        """x_in = c_in * x_t (B, 1, n_mels, frames), c_noise (B,), taps (``Taps`` or None for the ablation; each
+        depth's pair is taken from it as the decoder reaches that depth, so a Taps is read by one forward),
         cond: a distilled student's (onehot, gamma), or None (no label, gamma 0)."""
         with stage("tap normalisation"):
             scales = self._tap_scales(taps)
