@@ -75,3 +75,28 @@ def test_engine_generates_through_hifigan(tiny_checkpoint, hifigan_dir):
     with torch.no_grad():
         assert torch.allclose(out.waves, load_vocoder(hifigan_dir)(out.mels), atol=1e-5)
     assert not torch.allclose(out.waves, GriffinLim(CFG)(out.mels), atol=1e-2)
+
+
+def test_overlap_add_by_shifted_blocks_equals_fold_and_the_window_sum_is_computed_once():
+    """Griffin-Lim's inverse STFT adds n_fft / hop shifted blocks where hop divides n_fft (the shipped 640 /
+    160) and folds otherwise: the same numbers as F.fold either way; its squared-window sum is per frame count."""
+    import torch.nn.functional as F
+
+    from engine.audio import vocoders
+
+    for n_fft, hop, frames in ((640, 160, 72), (12, 5, 7)):
+        seg = torch.randn(3, n_fft, frames)
+        folded = F.fold(seg, (1, (frames - 1) * hop + n_fft), (1, n_fft), stride=(1, hop))[:, 0, 0]
+        assert torch.allclose(vocoders._overlap_add(seg, hop), folded, rtol=0, atol=1e-6)
+    from engine.storage.config import FeatureConfig
+
+    cfg = FeatureConfig()
+    gl = GriffinLim(cfg, n_iter=3)
+    calls = []
+    original = vocoders.window_sum
+    vocoders.window_sum = lambda *a: calls.append(a[2]) or original(*a)
+    try:
+        gl(torch.randn(2, cfg.n_mels, cfg.frames) - 4)
+    finally:
+        vocoders.window_sum = original
+    assert calls == [cfg.frames]  # once per call, not once per iteration

@@ -20,14 +20,35 @@ def check_mel(log_mel: torch.Tensor, cfg: FeatureConfig) -> None:
         raise ValueError("log-Mel contains NaN or inf")
 
 
-def _istft(spec: torch.Tensor, cfg: FeatureConfig, window: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``features.stft``: windowed overlap-add normalised by the summed squared window, then unpadded."""
+def _overlap_add(seg: torch.Tensor, hop: int) -> torch.Tensor:
+    """(B, n_fft, frames) windowed segments -> (B, (frames - 1) * hop + n_fft) overlap-added. Where hop divides
+    n_fft, n_fft / hop shifted adds of (B, frames, hop) blocks; otherwise ``F.fold``."""
+    B, n_fft, frames = seg.shape
+    if n_fft % hop:
+        return F.fold(seg, (1, (frames - 1) * hop + n_fft), (1, n_fft), stride=(1, hop))[:, 0, 0]
+    r = n_fft // hop
+    blocks = seg.reshape(B, r, hop, frames).transpose(2, 3)  # (B, r, frames, hop): segment f's r-th block
+    out = seg.new_zeros(B, frames + r - 1, hop)
+    for k in range(r):
+        out[:, k:k + frames] += blocks[:, k]
+    return out.reshape(B, -1)
+
+
+def window_sum(cfg: FeatureConfig, window: torch.Tensor, frames: int) -> torch.Tensor:
+    """The overlap-added squared window of ``frames`` frames: what ``_istft`` divides by (the same for every
+    inverse of that many frames, so a caller inverting repeatedly computes it once)."""
+    return _overlap_add((window ** 2)[None, :, None].expand(1, -1, frames).contiguous(), cfg.hop_length)[0]
+
+
+def _istft(spec: torch.Tensor, cfg: FeatureConfig, window: torch.Tensor, wsq: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of ``features.stft``: windowed overlap-add normalised by the summed squared window (``wsq``, from
+    ``window_sum``; computed when not given), then unpadded."""
     frames = spec.shape[-1]
     seg = torch.fft.irfft(spec, n=cfg.n_fft, dim=1) * window[None, :, None]
     length = (frames - 1) * cfg.hop_length + cfg.n_fft
-    ola = F.fold(seg, (1, length), (1, cfg.n_fft), stride=(1, cfg.hop_length))[:, 0, 0]
-    wsq = F.fold((window ** 2)[None, :, None].expand(1, -1, frames), (1, length), (1, cfg.n_fft),
-                 stride=(1, cfg.hop_length))[0, 0, 0]
+    ola = _overlap_add(seg, cfg.hop_length)
+    if wsq is None:
+        wsq = window_sum(cfg, window, frames)
     pad = (cfg.n_fft - cfg.hop_length) // 2
     return (ola / wsq.clamp_min(1e-8))[:, pad:length - pad]
 
@@ -49,14 +70,15 @@ class GriffinLim:
     def __call__(self, log_mel: torch.Tensor) -> torch.Tensor:
         check_mel(log_mel, self.cfg)
         mag = self.magnitudes(log_mel.float())
+        wsq = window_sum(self.cfg, self.window, mag.shape[-1])  # the same for every iteration
         angles = torch.ones_like(mag, dtype=torch.complex64)
         prev = torch.zeros_like(angles)
         for _ in range(self.n_iter):
-            rebuilt = stft(_istft(mag * angles, self.cfg, self.window), self.cfg, self.window)
+            rebuilt = stft(_istft(mag * angles, self.cfg, self.window, wsq), self.cfg, self.window)
             angles = rebuilt - prev * (self.momentum / (1 + self.momentum))
             angles = angles / (angles.abs() + 1e-16)
             prev = rebuilt
-        return _istft(mag * angles, self.cfg, self.window).clamp(-1.0, 1.0)
+        return _istft(mag * angles, self.cfg, self.window, wsq).clamp(-1.0, 1.0)
 
 
 VOCODERS = ("griffin-lim", "hifigan")
