@@ -3,8 +3,8 @@
 Public functions (each dispatches through ``backend_for(x, kernel, needs_grad=...)``: Triton on CUDA when no
 autograd graph is needed, since the kernels are forward-only; the reference elsewhere):
 
-* ``tap_pair_norm(f, g) -> (out, log_rms)``, ``tap_rms_norm(x) -> (out, log_rms)`` (``tap_norm``); ``tap_log_rms(x)``,
-  the log-RMS alone (a plain reduction, no kernel of its own)
+* ``tap_pair_norm(f, g) -> (out, log_rms)``, ``tap_rms_norm(x) -> (out, log_rms)`` (``tap_norm``); ``tap_mean_square(x)``,
+  the statistic they divide by (a plain reduction, passed back to them when a caller needs it first), ``log_rms``
 * ``tap_attention(q, k, v, pos, heads) -> out`` (``attention``)
 * ``silu_affine_adjoint(x, t, weight, scale=None, residual=None) -> out`` (``silu_adjoint``)
 
@@ -20,7 +20,8 @@ from .silu_adjoint import (
     silu_derivative,
 )
 from .tap_norm import (
-    tap_log_rms,
+    log_rms,
+    tap_mean_square,
     tap_pair_norm,
     tap_pair_norm_reference,
     tap_rms_norm,
@@ -30,6 +31,7 @@ from .tap_norm import (
 __all__ = [
     "SUPPORTED_DTYPES",
     "backend_for",
+    "log_rms",
     "may_overwrite",
     "multi_head_attention",
     "needs_grad",
@@ -38,7 +40,7 @@ __all__ = [
     "silu_derivative",
     "tap_attention",
     "tap_attention_reference",
-    "tap_log_rms",
+    "tap_mean_square",
     "tap_pair_norm",
     "tap_pair_norm_reference",
     "tap_rms_norm",

@@ -38,11 +38,9 @@ def silu_affine_adjoint_reference(x: torch.Tensor, t: torch.Tensor, weight: torc
     Without autograd or export the steps after the first product run in place on it (the same numbers, one tensor of
     x's size instead of up to four), and with ``consume_x`` (x is a temporary its caller gives up) so does the
     first, into x."""
-    if consume_x and may_overwrite(x, t, weight, scale, residual):
-        y = x.mul_(silu_derivative(t))
-    else:
-        y = x * silu_derivative(t)
-    if not may_overwrite(x, t, weight, scale, residual):
+    in_place = may_overwrite(x, t, weight, scale, residual)
+    y = x.mul_(silu_derivative(t)) if consume_x and in_place else x * silu_derivative(t)
+    if not in_place:
         if scale is not None:
             y = y * (1 + scale)
         if weight is not None:

@@ -114,4 +114,4 @@ def test_tap_scales_are_every_taps_log_rms_in_the_embedding_order(tiny_checkpoin
             expected.append(tap_pair_norm_reference(f, g)[1])
             if d == 0:
                 expected.append(tap_rms_norm_reference(taps.input_grad)[1][:, None])
-        assert torch.equal(model.denoiser.net._tap_scales(taps), torch.cat(expected, dim=1))
+        assert torch.equal(model.denoiser.net._tap_statistics(taps)[1], torch.cat(expected, dim=1))

@@ -40,15 +40,13 @@ def window_sum(cfg: FeatureConfig, window: torch.Tensor, frames: int) -> torch.T
     return _overlap_add((window ** 2)[None, :, None].expand(1, -1, frames).contiguous(), cfg.hop_length)[0]
 
 
-def _istft(spec: torch.Tensor, cfg: FeatureConfig, window: torch.Tensor, wsq: torch.Tensor | None = None) -> torch.Tensor:
+def _istft(spec: torch.Tensor, cfg: FeatureConfig, window: torch.Tensor, wsq: torch.Tensor) -> torch.Tensor:
     """Inverse of ``features.stft``: windowed overlap-add normalised by the summed squared window (``wsq``, from
-    ``window_sum``; computed when not given), then unpadded."""
+    ``window_sum``), then unpadded."""
     frames = spec.shape[-1]
     seg = torch.fft.irfft(spec, n=cfg.n_fft, dim=1) * window[None, :, None]
     length = (frames - 1) * cfg.hop_length + cfg.n_fft
     ola = _overlap_add(seg, cfg.hop_length)
-    if wsq is None:
-        wsq = window_sum(cfg, window, frames)
     pad = (cfg.n_fft - cfg.hop_length) // 2
     return (ola / wsq.clamp_min(1e-8))[:, pad:length - pad]
 

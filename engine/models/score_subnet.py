@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import tap_attention, tap_log_rms, tap_pair_norm, tap_rms_norm
+from kernels import log_rms, tap_attention, tap_mean_square, tap_pair_norm, tap_rms_norm
 
 from ..stages import stage
 from ..storage.config import SubnetConfig
@@ -97,28 +97,29 @@ class ScoreSubnet(nn.Module):
     def uses_taps(self) -> bool:
         return self.cfg.use_taps
 
-    def _tap_scales(self, taps) -> torch.Tensor | None:
-        """(B, 2 * depths + 1) log-RMS of every tap (feature, gradient per depth; the input gradient after depth
-        0's): what the decoder's first block needs before any depth's normalised taps exist."""
+    def _tap_statistics(self, taps) -> tuple[list, torch.Tensor | None]:
+        """Every tap's mean square (per depth (feature, gradient), then the input gradient's), which each depth's
+        normalisation reuses, and their log-RMS scales (B, 2 * depths + 1) in the embedding's order (the input
+        gradient's after depth 0's): what the decoder's first block needs before any depth's normalised taps
+        exist. The ablation has neither."""
         if not self.cfg.use_taps:
-            return None
-        scales = []
-        for d, (f, g) in enumerate(zip(taps.features, taps.grads)):
-            scales += [tap_log_rms(f), tap_log_rms(g)]
-            if d == 0:
-                scales.append(tap_log_rms(taps.input_grad))
-        return torch.stack(scales, dim=1)
+            return [], None
+        pairs = [(tap_mean_square(f), tap_mean_square(g)) for f, g in zip(taps.features, taps.grads)]
+        input_grad = tap_mean_square(taps.input_grad)
+        scales = [log_rms(ms) for ms in pairs[0]] + [log_rms(input_grad)]
+        scales += [log_rms(ms) for pair in pairs[1:] for ms in pair]
+        return pairs + [input_grad], torch.stack(scales, dim=1)
 
-    def _input(self, d: int, x_in: torch.Tensor, taps) -> torch.Tensor:
+    def _input(self, d: int, x_in: torch.Tensor, taps, mean_squares: list) -> torch.Tensor:
         """Depth d's decoder input, made when the decoder reaches depth d and dropped after it, so only one
         depth's normalised taps are alive at a time: the RMS-normalised feature and gradient taps (fused on
         CUDA into one concatenated tensor), at full resolution with c_in * x_t and the normalised input
-        gradient; the ablation's pooled c_in * x_t."""
+        gradient; the ablation's pooled c_in * x_t. ``mean_squares``: from ``_tap_statistics``."""
         if not self.cfg.use_taps:
             return x_in if d == 0 else _pool_to(x_in, self.hws[0], self.hws[d])
-        fg, _ = tap_pair_norm(*taps.take(d))
+        fg, _ = tap_pair_norm(*taps.take(d), mean_squares=mean_squares[d])
         if d == 0:
-            ig, _ = tap_rms_norm(taps.input_grad)
+            ig, _ = tap_rms_norm(taps.input_grad, mean_square=mean_squares[-1])
             fg = torch.cat([fg, x_in, ig], dim=1)
         return fg
 
@@ -131,7 +132,7 @@ class ScoreSubnet(nn.Module):
         depth's pair is taken from it as the decoder reaches that depth, so a Taps is read by one forward),
         cond: a distilled student's (onehot, gamma), or None (no label, gamma 0)."""
         with stage("tap normalisation"):
-            scales = self._tap_scales(taps)
+            mean_squares, scales = self._tap_statistics(taps)
         with stage("decoder"):
             emb = self.embed(c_noise)
             emb = emb + condition_term(self.cond_embed, cond, emb)
@@ -140,7 +141,7 @@ class ScoreSubnet(nn.Module):
             h = None
             for d in reversed(range(len(self.hws))):
                 with stage("tap normalisation"):
-                    depth_input = self._input(d, x_in, taps)
+                    depth_input = self._input(d, x_in, taps, mean_squares)
                 z = self.proj[d](depth_input)
                 if str(d) not in self.attn:
                     del depth_input  # read once: freed before the depth's blocks run
