@@ -35,9 +35,10 @@ def _overlap_add(seg: torch.Tensor, hop: int) -> torch.Tensor:
 
 
 def window_sum(cfg: FeatureConfig, window: torch.Tensor, frames: int) -> torch.Tensor:
-    """The overlap-added squared window of ``frames`` frames: what ``_istft`` divides by (the same for every
-    inverse of that many frames, so a caller inverting repeatedly computes it once)."""
-    return _overlap_add((window ** 2)[None, :, None].expand(1, -1, frames).contiguous(), cfg.hop_length)[0]
+    """The overlap-added squared window of ``frames`` frames, clamped away from 0: what ``_istft`` divides by (the
+    same for every inverse of that many frames, so a caller inverting repeatedly computes it once)."""
+    wsq = _overlap_add((window ** 2)[None, :, None].expand(1, -1, frames).contiguous(), cfg.hop_length)[0]
+    return wsq.clamp_min(1e-8)
 
 
 def _istft(spec: torch.Tensor, cfg: FeatureConfig, window: torch.Tensor, wsq: torch.Tensor) -> torch.Tensor:
@@ -48,7 +49,7 @@ def _istft(spec: torch.Tensor, cfg: FeatureConfig, window: torch.Tensor, wsq: to
     length = (frames - 1) * cfg.hop_length + cfg.n_fft
     ola = _overlap_add(seg, cfg.hop_length)
     pad = (cfg.n_fft - cfg.hop_length) // 2
-    return (ola / wsq.clamp_min(1e-8))[:, pad:length - pad]
+    return (ola / wsq)[:, pad:length - pad]
 
 
 def _with_magnitude(z: torch.Tensor, mag: torch.Tensor) -> torch.Tensor:
