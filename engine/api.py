@@ -16,7 +16,8 @@ from tqdm import tqdm
 from .audio.features import log_mel_range
 from .audio.vocoders import make_vocoder
 from .audio.wav import wav_bytes
-from .backends import DEFAULT_BACKEND, backend_can_be_captured, resolve_backend, score_backend
+from .backends import (DEFAULT_BACKEND, backend_can_be_captured, batch_invariant_by_construction, resolve_backend,
+                       score_backend)
 from .bundle import Bundle, default_model, load_bundle
 from .diffusion.captured import CapturedSampler, can_capture
 from .diffusion.guidance import DEFAULT_GUIDANCE, conditioned
@@ -98,7 +99,7 @@ class Engine:
     def __init__(self, checkpoint: str | Path | None = None, model: str | None = None, vocoder: str | None = None,
                  batch_size: int = 16, progress: bool = False, hifigan_dir: str | Path | None = None,
                  device: str = "cpu", backend: str = DEFAULT_BACKEND, artifacts: str | Path | None = None,
-                 limits: Limits | None = None, batch_invariant: bool = False):
+                 limits: Limits | None = None, batch_invariant: bool | None = None):
         """``model``: the score network (``engine.models.registry``); None: the checkpoint's default
         (``engine.bundle.default_model``: tapdiff, or its distilled student once that met the quality rule);
         ``backend``: which runtime evaluates the score (``engine.backends``: torch, onnxruntime, tensorrt, or
@@ -106,10 +107,12 @@ class Engine:
         ``artifacts``: the folder of exported graphs and engines (default ``$TAPDIFF_CACHE`` or
         ``~/.cache/tapdiff``), built there on first use;
         ``limits``: how much one request may ask for (``engine.limits.Limits``; its defaults unless given);
-        ``batch_invariant``: every score evaluation runs the guided graph on exactly ``batch_size`` rows (a
-        short chunk is padded with copies of its last clip, unguided clips get gamma 0), so a clip's bytes do
-        not depend on what it was batched with: kernels here give a row the same result at any position of a
-        batch of one size, not across sizes. It costs the padding: a lone clip is evaluated at the full batch."""
+        ``batch_invariant``: a clip's bytes do not depend on what it was batched with: every evaluation runs the
+        guided graph (unguided clips get gamma 0) and each clip is vocoded alone. On a backend that is
+        batch-invariant by construction (``backends.batch_invariant_by_construction``: onnxruntime on a CPU) that
+        is all it takes; elsewhere (eager torch) every evaluation is also padded to exactly ``batch_size`` rows
+        with copies of the last clip, which costs a lone clip the full batch. None (the default): on where it
+        costs no padding, off elsewhere."""
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"device {device!r} requested but CUDA is not available to torch")
@@ -118,7 +121,6 @@ class Engine:
         if limits is not None and not isinstance(limits, Limits):
             raise ValueError(f"limits must be an engine.limits.Limits, got {type(limits).__name__}")
         self.limits = limits or Limits()
-        self.batch_invariant = bool(batch_invariant)
         checkpoint = checkpoint or DEFAULT_CHECKPOINT
         if model is None:
             model = default_model(read_config(checkpoint))
@@ -130,6 +132,9 @@ class Engine:
         self.denoiser = score_backend(self.backend, self.torch_denoiser, self.bundle, self.device, artifacts,
                                       max_batch=batch_size)
         self._artifacts = artifacts
+        free = batch_invariant_by_construction(self.backend, self.device)
+        self.batch_invariant = free if batch_invariant is None else bool(batch_invariant)
+        self.pads_batches = self.batch_invariant and not free  # the padding only where kernels need it
         self._denoisers = {self.torch_denoiser.fade_sigma: self.denoiser}  # per guidance fade (denoiser_for)
         self._denoisers_lock = threading.Lock()
         # static-buffer runners (CapturedSampler) per (spec, batch, guided): on CUDA for backends that run on the
@@ -243,7 +248,7 @@ class Engine:
         for start in chunks:
             chunk = list(clips[start:start + self.batch_size])
             real = len(chunk)
-            if self.batch_invariant:  # one batch size for every evaluation: pad with copies of the last clip
+            if self.pads_batches:  # one batch size for every evaluation: pad with copies of the last clip
                 chunk += [chunk[-1]] * (self.batch_size - real)
             noise = draw_noise([clip_seed(c.seed, c.index) for c in chunk], (1, feats.n_mels, feats.frames),
                                spec.steps, solver.noise_per_step, self.device)

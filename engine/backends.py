@@ -38,6 +38,16 @@ def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
     return "onnxruntime" if all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")) else "torch"
 
 
+def batch_invariant_by_construction(name: str, device: torch.device | str = "cpu") -> bool:
+    """Whether a backend gives a row of a score evaluation the same bits at any batch size and position with no
+    padding: onnxruntime's CPU provider, whose only batch-dependent kernels (dense layers as GEMMs; log, sin and
+    cos by SIMD packets with a scalar tail) the score path replaces with ``kernels.rowwise`` forms (checked op by
+    op for every model, guided and unguided, by ``tests/test_batch_invariance.py``). Not eager torch on a CPU:
+    oneDNN runs a 1x1 convolution as one GEMM over batch x positions, and picks another 3x3 kernel for one
+    row at small maps. Not CUDA: cuDNN and cuBLAS choose kernels by shape (never measured here)."""
+    return name == "onnxruntime" and torch.device(device).type == "cpu"
+
+
 def backend_can_be_captured(name: str) -> bool:
     """Whether a backend's score evaluation can sit inside a CUDA graph: eager torch, and TensorRT (enqueued
     on torch's current stream, which is the capturing one); not onnxruntime, which runs on its own stream and

@@ -14,6 +14,7 @@ until a CUDA tensor asks for one. They are verified on CPU only, under TRITON_IN
 """
 from .attention import multi_head_attention, tap_attention, tap_attention_reference
 from .dispatch import SUPPORTED_DTYPES, backend_for, may_overwrite, needs_grad, triton_available
+from .rowwise import per_row, row_linear
 from .silu_adjoint import (
     silu_affine_adjoint,
     silu_affine_adjoint_reference,
@@ -35,6 +36,8 @@ __all__ = [
     "may_overwrite",
     "multi_head_attention",
     "needs_grad",
+    "per_row",
+    "row_linear",
     "silu_affine_adjoint",
     "silu_affine_adjoint_reference",
     "silu_derivative",

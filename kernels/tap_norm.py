@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .rowwise import per_row
+
 from .dispatch import backend_for, may_overwrite, needs_grad, on_device_of, triton_available  # noqa: F401  (backend_for, triton_available: re-exported)
 
 EPS = 1e-12
@@ -25,7 +27,7 @@ def tap_mean_square(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
 
 def log_rms(mean_square: torch.Tensor) -> torch.Tensor:
     """``tap_mean_square``'s (B, 1, 1, 1) -> the log RMS (B,), the normalisations' second output."""
-    return 0.5 * torch.log(mean_square.flatten())
+    return 0.5 * per_row(torch.log, mean_square.flatten())  # batch-invariant (kernels.rowwise)
 
 
 def tap_rms_norm_reference(x: torch.Tensor, eps: float = EPS, mean_square: torch.Tensor | None = None

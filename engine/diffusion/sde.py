@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels import per_row
+
 from ..storage.config import SDEConfig
 
 
@@ -26,7 +28,7 @@ def precondition(sigma: torch.Tensor, cfg: SDEConfig) -> tuple[torch.Tensor, tor
     c_skip = sd2 / (s ** 2 + sd2)
     c_out = s * cfg.sigma_data / torch.sqrt(s ** 2 + sd2)
     c_in = 1.0 / torch.sqrt(s ** 2 + sd2)
-    c_noise = torch.log(sigma) / 4.0
+    c_noise = per_row(torch.log, sigma) / 4.0  # batch-invariant (kernels.rowwise)
     return c_skip, c_out, c_in, c_noise
 
 

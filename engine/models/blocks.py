@@ -9,6 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import per_row, row_linear
+
+
+class RowLinear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) evaluated by ``kernels.rowwise.row_linear``:
+    batch-invariant. Every small dense layer of the score path is one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return row_linear(x, self.weight, self.bias)
+
 
 def group_count(channels: int) -> int:
     """GroupNorm groups used throughout: 8 where the channels divide, else 1."""
@@ -21,11 +31,11 @@ class SigmaEmbedding(nn.Module):
     def __init__(self, dim: int, n_freqs: int = 16):
         super().__init__()
         self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(100.0), n_freqs)), persistent=False)
-        self.mlp = nn.Sequential(nn.Linear(2 * n_freqs, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU())
+        self.mlp = nn.Sequential(RowLinear(2 * n_freqs, dim), nn.SiLU(), RowLinear(dim, dim), nn.SiLU())
 
     def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
         a = c_noise[:, None] * self.freqs[None, :]
-        return self.mlp(torch.cat([torch.sin(a), torch.cos(a)], dim=1))
+        return self.mlp(torch.cat([per_row(torch.sin, a), per_row(torch.cos, a)], dim=1))
 
 
 class ConditionEmbedding(nn.Module):
@@ -37,14 +47,14 @@ class ConditionEmbedding(nn.Module):
         super().__init__()
         self.n_classes = n_classes
         self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(20.0), n_freqs)), persistent=False)
-        self.mlp = nn.Sequential(nn.Linear(n_classes + 2 * n_freqs + 1, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.mlp = nn.Sequential(RowLinear(n_classes + 2 * n_freqs + 1, dim), nn.SiLU(), RowLinear(dim, dim))
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, onehot: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         g = gamma[:, None] / 4.0
         a = g * self.freqs[None, :]
-        return self.mlp(torch.cat([onehot, torch.sin(a), torch.cos(a), g], dim=1))
+        return self.mlp(torch.cat([onehot, per_row(torch.sin, a), per_row(torch.cos, a), g], dim=1))
 
 
 def condition_term(embed: "ConditionEmbedding | None", cond, like: torch.Tensor) -> torch.Tensor | int:
@@ -79,7 +89,7 @@ class FiLMResBlock(nn.Module):
             raise ValueError(f"film_at must be 'input' or 'hidden', got {film_at!r}")
         self.film_at = film_at
         self.norm1 = norm(c_in)
-        self.film = nn.Linear(emb_dim, 2 * (c_in if film_at == "input" else c_out))
+        self.film = RowLinear(emb_dim, 2 * (c_in if film_at == "input" else c_out))
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.norm2 = norm(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)

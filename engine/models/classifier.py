@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import may_overwrite, silu_affine_adjoint, silu_derivative
+from kernels import may_overwrite, row_linear, silu_affine_adjoint, silu_derivative
 
 from ..storage.config import ClassifierConfig
-from .blocks import FiLMResBlock, SigmaEmbedding
+
+from .blocks import FiLMResBlock, RowLinear, SigmaEmbedding
 
 
 def conv_transpose(conv: nn.Conv2d, g: torch.Tensor, in_hw: tuple[int, int]) -> torch.Tensor:
@@ -144,7 +145,7 @@ class NoiseConditionedClassifier(nn.Module):
         self.stages = nn.ModuleList(
             Stage(cfg.widths[i - 1], cfg.widths[i], cfg.blocks[i], cfg.emb_dim, cfg.norm) for i in range(1, len(cfg.widths))
         )
-        self.head = nn.Linear(cfg.widths[-1], cfg.n_classes)
+        self.head = RowLinear(cfg.widths[-1], cfg.n_classes)
 
     @property
     def tap_channels(self) -> tuple[int, ...]:
@@ -183,7 +184,7 @@ class NoiseConditionedClassifier(nn.Module):
         tape = fp.tape
         S = cotangent.shape[0]
         h_last = tape.pop()
-        g = torch.einsum("sbk,kc->sbc", cotangent, self.head.weight)
+        g = row_linear(cotangent, self.head.weight.t())  # (S, B, classes) -> (S, B, channels)
         g = g[..., None, None] / (h_last.shape[-1] * h_last.shape[-2]) * silu_derivative(h_last)
         del h_last
         grads = []

@@ -19,7 +19,7 @@ from kernels import log_rms, tap_attention, tap_mean_square, tap_pair_norm, tap_
 
 from ..stages import stage
 from ..storage.config import SubnetConfig
-from .blocks import ConditionEmbedding, FiLMResBlock, SigmaEmbedding, condition_term, group_count
+from .blocks import ConditionEmbedding, FiLMResBlock, RowLinear, SigmaEmbedding, condition_term, group_count
 
 
 class TapAttention(nn.Module):
@@ -77,7 +77,7 @@ class ScoreSubnet(nn.Module):
         in_ch[0] += 2 if cfg.use_taps else 0
         n_scales = 2 * depths + 1 if cfg.use_taps else 0
         self.embed = SigmaEmbedding(cfg.emb_dim)
-        self.scale_embed = nn.Linear(n_scales, cfg.emb_dim) if n_scales else None
+        self.scale_embed = RowLinear(n_scales, cfg.emb_dim) if n_scales else None
         self.cond_embed = ConditionEmbedding(cfg.label_classes, cfg.emb_dim) if cfg.label_classes else None
         self.proj = nn.ModuleList(nn.Conv2d(in_ch[d], cfg.widths[d], 1) for d in range(depths))
         # 1x1 projection at the coarse resolution, then nearest upsampling: a 3x3 conv here would cost 9x
