@@ -109,9 +109,25 @@ def cmd_distill(args) -> int:
     from .training.distill import TrajectorySettings
     from .training.workflows import DistillRun, distill_student
 
+    if args.method == "dmd":
+        from .training.dmd import DMDSettings
+        from .training.workflows import DMDRun, distill_student_dmd
+
+        settings = DMDSettings(steps=args.steps, batch_size=args.batch_size or DMDSettings.batch_size, generator_lr=args.generator_lr,
+                               fake_lr=args.fake_lr, fake_updates=args.fake_updates, warmup=args.warmup,
+                               ema=args.generator_ema, seed=args.seed)
+        from .bundle import load_bundle
+        from .evaluation.quality import QualityJudge, student_curve_point
+
+        evaluator = load_bundle(args.checkpoint, model=None, need_evaluator=True)
+        judge = student_curve_point(QualityJudge(evaluator, args.data, evaluator.labels), args.eval_clips)
+        summary = distill_student_dmd(DMDRun(args.checkpoint, args.model, args.seconds, args.max_generator_updates,
+                                             settings, args.eval_every, _command(args)), judge)
+        print(json.dumps({k: v for k, v in summary.items() if k != "curve"}))
+        return 0
     trajectories = TrajectorySettings(count=args.trajectories, steps=args.teacher_steps, seed=args.seed)
     print(json.dumps(distill_student(DistillRun(
-        args.checkpoint, args.model, args.seconds, trajectories, args.held_out, args.steps, args.rho, args.batch_size,
+        args.checkpoint, args.model, args.seconds, trajectories, args.held_out, args.steps, args.rho, args.batch_size or DistillRun.batch_size,
         args.lr, snapshot_every=args.snapshot_every, guided_taps=args.guided_taps,
         condition_lr_scale=args.condition_lr_scale, seed=args.seed, command=_command(args)))))
     return 0

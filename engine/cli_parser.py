@@ -121,8 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-mels", action="store_true", help="also write mels.npy (de-normalised log-Mel)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--batch-size", type=int, default=16, help="clips per sampler batch")
-    g.add_argument("--batch-invariant", action="store_true",
-                   help="evaluate every batch at exactly --batch-size rows, so the bytes match tapdiff serve's")
+    g.add_argument("--batch-invariant", action="store_true", default=None,
+                   help="a clip's bytes independent of its batch, as tapdiff serve gives them (default: on with "
+                        "onnxruntime on a CPU, where it costs no padding; with --backend torch this pads every "
+                        "evaluation to --batch-size rows)")
     _add_backend(g)
     g.set_defaults(run="generate")
 
@@ -180,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .models.registry import SCORE_NETWORKS
     from .training.distill import TrajectorySettings
+    from .training.dmd import DMDSettings
     from .training.workflows import DistillRun
 
     d = sub.add_parser("distill", help="distil a guided teacher into a few-step student that takes the label and "
@@ -194,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--held-out", type=int, default=DistillRun.held_out, help="trajectories held out for the held-out loss")
     d.add_argument("--steps", type=int, default=DistillRun.steps, help="the student's sampling steps (multistep, 1 evaluation each)")
     d.add_argument("--rho", type=float, default=None, help="its schedule's rho (default: the SDE's)")
-    d.add_argument("--batch-size", type=int, default=DistillRun.batch_size)
+    d.add_argument("--batch-size", type=int, default=None,
+                   help=f"default: {DistillRun.batch_size} (trajectories), {DMDSettings.batch_size} (dmd)")
     d.add_argument("--lr", type=float, default=DistillRun.lr)
     d.add_argument("--snapshot-every", type=float, default=DistillRun.snapshot_every)
     d.add_argument("--condition-lr-scale", type=float, default=DistillRun.condition_lr_scale,
@@ -203,6 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tapdiff's student: taps from logsumexp's cotangent alone, the label only in its embedding "
                         "(default: the guidance cotangent steered into the one adjoint, TapExtractor.steered)")
     d.add_argument("--seed", type=int, default=0)
+    from .audio.datasets import DEFAULT_DATA
+
+    dm = d.add_argument_group("--method dmd (distribution matching, DMD2; starts from the bundle's student)")
+    d.add_argument("--method", choices=["trajectories", "dmd"], default="trajectories",
+                   help="trajectories: regress onto the teacher's guided ODE endpoints; dmd: match the guided "
+                        "teacher's distribution with an online fake score (engine.training.dmd)")
+    dm.add_argument("--data", default=DEFAULT_DATA, help="FSDD folder: the real test clips the curve is judged against")
+    dm.add_argument("--generator-lr", type=float, default=DMDSettings.generator_lr)
+    dm.add_argument("--fake-lr", type=float, default=DMDSettings.fake_lr)
+    dm.add_argument("--fake-updates", type=int, default=DMDSettings.fake_updates,
+                    help="fake-score updates per generator update")
+    dm.add_argument("--warmup", type=int, default=DMDSettings.warmup,
+                    help="fake-score updates on the generator's samples before it first moves")
+    dm.add_argument("--generator-ema", type=float, default=DMDSettings.ema)
+    dm.add_argument("--max-generator-updates", type=int, default=10**9)
+    dm.add_argument("--eval-every", type=int, default=100, help="generator updates between points of the curve")
+    dm.add_argument("--eval-clips", type=int, default=3, help="clips per digit judged at each point of the curve")
     d.set_defaults(run="distill")
 
     e = sub.add_parser("train-evaluator", help="train the independent evaluation classifier on clean speech")
@@ -291,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch", type=int, default=16, help="clips per sampler batch (1: no batching)")
     sv.add_argument("--max-delay-ms", type=float, default=10.0, help="how long a batch waits for more requests")
     sv.add_argument("--batch-dependent", action="store_true",
-                    help="let answers depend on the batch in their last bits (default: every evaluation at --max-batch "
-                         "rows, so a request's bytes are the same alone or batched; this option skips the padding)")
+                    help="let answers depend on the batch in their last bits (default: a request's bytes are the same "
+                         "alone or batched; free with onnxruntime on a CPU, padding to --max-batch rows with torch)")
     sv.add_argument("--max-clips", type=int, default=64, help="clips per request before 429")
     sv.add_argument("--max-nfe", type=int, default=Limits.max_nfe, help="score evaluations per clip before 422")
     sv.add_argument("--max-queued", type=int, default=ServerLimits.max_queued, help="clips waiting or running before 429")

@@ -122,3 +122,20 @@ def classifier_accuracy(bundle: Bundle, data: str, digits: Sequence[int] | None,
     acc = accuracy_by_sigma(bundle.classifier, bundle.normaliser.normalise(test.mels)[:, None], test.labels,
                             bundle.sde, sigmas=tuple(sigmas))
     return {f"{k:g}": v for k, v in acc.items()}
+
+
+def student_curve_point(judge: QualityJudge, clips_per_digit: int, guidance: float = 3.0
+                        ) -> Callable[[object, str, int], dict]:
+    """A training curve's judge of a few-step student: ``point(bundle folder, model, steps)`` samples
+    ``clips_per_digit`` clips of each digit (seed 0, multistep, eager torch) and gives their recognised fraction
+    and FD by the standard evaluator."""
+    from ..api import Engine
+
+    def point(checkpoint, model: str, steps: int) -> dict:
+        engine = Engine(checkpoint, model=model, backend="torch", batch_size=32)
+        report = evaluate_quality(engine, judge, clips_per_digit, guidance, seed=0,
+                                  spec=engine.sampler_spec("multistep", steps=steps))
+        return {"recognised": round(report.recognised, 4), "fd": round(report.fd, 2),
+                "eval_clips_per_digit": clips_per_digit}
+
+    return point

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -26,6 +28,7 @@ from ..storage.state_file import legacy_state_error, state_path
 from .classifier import accuracy_by_sigma, adapt_normalisation, normalisation_parameters, train_classifier
 from .distill import (HeldOutDistillation, TrajectorySettings, batch_draw, condition_parameters, distillation_loss,
                       init_from_teacher, teacher_trajectories)
+from .dmd import DMDSettings
 from .loop import train_loop
 from .evaluator import train_eval_classifier
 from .heldout import HeldOutDSM
@@ -351,3 +354,74 @@ def train_evaluator(run: EvaluatorRun) -> dict:
         "arch": {"n_mels": feats.n_mels}, "command": run.command, "epochs": run.epochs,
         "seconds": round(time.monotonic() - t0, 1), "clean_test_accuracy": acc}}, files=files)
     return {"clean_test_accuracy": acc}
+
+
+@dataclass(frozen=True)
+class DMDRun:
+    checkpoint: str | Path  # a bundle holding the teacher and the student to start from; the student is replaced
+    model: str = "tapdiff-distilled"
+    seconds: float = 3600.0  # training-time budget, summed over resumes
+    max_g_updates: int = 10**9
+    settings: DMDSettings = DMDSettings()
+    eval_every: int = 100  # G updates between curve points
+    command: str = ""
+
+
+def distill_student_dmd(run: DMDRun, judge: Callable[[Path, str, int], dict] | None = None,
+                        progress: bool = True) -> dict:
+    """Distribution-matching distillation (``engine.training.dmd``) of the bundle's student against its guided
+    teacher, resumable from ``state/<student>_dmd``; every ``eval_every`` G updates the EMA student is written into
+    the bundle and ``judge(bundle folder, model, steps)`` gives the curve's point (the CLI's: recognised fraction
+    and FD of ``eval_clips`` clips per digit by the standard evaluator). Returns the summary."""
+    from .dmd import DMDTrainer, fake_network
+
+    kind = score_network_kind(run.model)
+    if kind.teacher is None:
+        raise ValueError(f"{run.model!r} is not a distilled student; students: "
+                         f"{[k for k, v in SCORE_NETWORKS.items() if v.teacher]}")
+    out = Path(run.checkpoint)
+    path = state_path(out / "state", f"{kind.weights}_dmd")
+    teacher_bundle = load_bundle(out, model=kind.teacher)
+    teacher = score_model(teacher_bundle)
+    student_bundle = load_bundle(out, model=kind.name)
+    student_net = student_bundle.score_net.train().requires_grad_(True)
+    student_cfg = from_dict(kind.config_cls, student_bundle.config[kind.config_key])
+    generator = build_score_model(teacher.extractor, student_net)
+    hw = teacher_bundle.input_hw
+    torch.manual_seed(run.settings.seed)
+    fake_net = fake_network(lambda cfg: kind.build(cfg, teacher_bundle.classifier.tap_channels, hw), student_cfg,
+                            teacher_bundle.score_net)
+    trainer = DMDTrainer(teacher, generator, fake_net, teacher_bundle.labels, hw, run.settings)
+    started_from = {"student_sha256": student_bundle.weights_sha256(kind.weights),
+                    "teacher_sha256": teacher_bundle.weights_sha256(score_network_kind(kind.teacher).weights)}
+    if path.exists():
+        trainer.resume(path)
+    trainer.log.setdefault("started_from", started_from)
+    trainer.log["stretches"] = [*trainer.log.get("stretches", []), {
+        "command": run.command, "from_g_updates": trainer.g_updates, "from_seconds": round(trainer.elapsed, 1),
+        "threads": torch.get_num_threads()}]
+
+    def write_student(t: DMDTrainer) -> None:
+        files = save_weights(out, kind.weights, t.ema.model, {})["files"]
+        record = {"method": "dmd", "command": run.command, "settings": run.settings.record(),
+                  "teacher": kind.teacher, "g_updates": t.g_updates, "iterations": t.iteration,
+                  "seconds": round(t.elapsed, 1), "threads": torch.get_num_threads(),
+                  "curve": t.log["curve"], "stretches": t.log["stretches"], "started_from": t.log["started_from"]}
+        update_config(out, {}, files=files, training={kind.weights: record})
+
+    def judged(t: DMDTrainer) -> dict | None:
+        if judge is None:
+            return None
+        write_student(t)
+        t0 = time.monotonic()
+        return {**judge(out, kind.name, run.settings.steps), "eval_seconds": round(time.monotonic() - t0, 1)}
+
+    def show(point: dict) -> None:
+        if progress:
+            print(json.dumps(point), flush=True)
+
+    trainer.train(run.seconds, run.max_g_updates, path, judged, run.eval_every, show)
+    write_student(trainer)
+    show({"curve": trainer.log["curve"][-1:]})
+    return {"g_updates": trainer.g_updates, "iterations": trainer.iteration, "seconds": round(trainer.elapsed, 1),
+            "curve": trainer.log["curve"]}

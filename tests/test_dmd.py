@@ -1,0 +1,84 @@
+"""Distribution-matching distillation (engine.training.dmd) on the shipped bundle's teacher and student."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.bundle import load_bundle
+from engine.diffusion.score_model import build_score_model, score_model
+from engine.models.registry import score_network_kind
+from engine.storage.checkpoint import DEFAULT_CHECKPOINT
+from engine.storage.config import from_dict
+from engine.training.dmd import DMDSettings, DMDTrainer, dmd_sigma, fake_network
+
+KIND = score_network_kind("tapdiff-distilled")
+
+
+def _trainer(settings: DMDSettings) -> DMDTrainer:
+    tb = load_bundle(DEFAULT_CHECKPOINT, model="tapdiff")
+    sb = load_bundle(DEFAULT_CHECKPOINT, model=KIND.name)
+    teacher = score_model(tb)
+    generator = build_score_model(teacher.extractor, sb.score_net.train().requires_grad_(True))
+    cfg = from_dict(KIND.config_cls, sb.config[KIND.config_key])
+    fake = fake_network(lambda c: KIND.build(c, tb.classifier.tap_channels, tb.input_hw), cfg, tb.score_net)
+    return DMDTrainer(teacher, generator, fake, tb.labels, tb.input_hw, settings)
+
+
+def _flat(net: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+def test_the_fake_score_starts_as_the_unguided_teacher_and_shares_its_taps():
+    t = _trainer(DMDSettings(batch_size=2))
+    x, sigma = torch.randn(3, 1, *t.input_hw) * 2, torch.tensor([0.1, 1.0, 20.0])
+    oh, gamma = torch.eye(10)[[1, 4, 7]], torch.tensor([3.0, 0.0, 6.0])
+    with torch.no_grad():
+        unguided = t.teacher(x, sigma)
+        assert torch.equal(t.fake(x, sigma, torch.zeros(3, 10), torch.zeros(3)), unguided)
+        real, fake = t.real_and_fake(x, sigma, oh, gamma)  # one classifier pass for both
+        torch.testing.assert_close(real, t.teacher(x, sigma, oh, gamma), rtol=0, atol=1e-5)
+        torch.testing.assert_close(fake, t.fake(x, sigma, oh, gamma), rtol=0, atol=1e-5)
+    assert not torch.equal(real, unguided)  # gamma > 0 rows are guided
+
+
+def test_levels_follow_dmd2s_timestep_range():
+    t = _trainer(DMDSettings(batch_size=2))
+    s = dmd_sigma(4000, t.sde, 0.02, 0.98, torch.Generator().manual_seed(0))
+    assert t.sde.sigma_min < float(s.min()) and float(s.max()) < t.sde.sigma_max
+    inv = 1 / t.sde.rho
+    at_half = (0.5 * (t.sde.sigma_max ** inv + t.sde.sigma_min ** inv)) ** t.sde.rho  # u = 0.5 of the index
+    assert abs(float(s.median()) / at_half - 1) < 0.05
+    assert t.levels.tolist()[-1] == 0 and len(t.levels) == t.settings.steps + 1
+
+
+def test_the_generator_moves_only_after_warmup_and_every_kth_iteration():
+    t = _trainer(DMDSettings(batch_size=2, warmup=2, fake_updates=2))
+    g0, f0 = _flat(t.generator.denoiser.net), _flat(t.fake.denoiser.net)
+    moved = []
+    for _ in range(5):
+        before = _flat(t.generator.denoiser.net)
+        out = t.iteration_step()
+        moved.append(not torch.equal(before, _flat(t.generator.denoiser.net)))
+        assert ("g_loss" in out) == moved[-1] and torch.isfinite(torch.tensor(out["fake_loss"]))
+    assert moved == [False, False, True, False, True]
+    assert t.g_updates == 2 and t.iteration == 5
+    assert not torch.equal(f0, _flat(t.fake.denoiser.net))
+    assert not torch.equal(_flat(t.ema.model), g0)  # the EMA follows G
+
+
+def test_a_resumed_run_continues_exactly(tmp_path):
+    settings = DMDSettings(batch_size=2, warmup=1, fake_updates=2)
+    a = _trainer(settings)
+    path = tmp_path / "dmd.state.safetensors"
+    a.train(seconds=1e9, max_g_updates=1, state_path=path)  # 2 iterations: the warm-up, then G's first update
+    assert a.g_updates == 1 and path.exists()
+    b = _trainer(settings)
+    b.resume(path)
+    a.iteration_step(), b.iteration_step()
+    a.iteration_step(), b.iteration_step()
+    assert a.g_updates == b.g_updates == 2
+    assert torch.equal(_flat(a.generator.denoiser.net), _flat(b.generator.denoiser.net))
+    assert torch.equal(_flat(a.fake.denoiser.net), _flat(b.fake.denoiser.net))
+    c = _trainer(DMDSettings(batch_size=2, warmup=1, fake_updates=3))
+    with pytest.raises(Exception, match="other DMD settings"):
+        c.resume(path)
