@@ -82,6 +82,13 @@ class Clip:
         return self.label is not None and self.guidance > 0
 
 
+FADE_LIMIT = 1000.0  # the largest guidance fade, in units of sigma_max: beyond it guidance weighs < 1e-6 everywhere
+
+
+class FadeNotBuilt(ValueError):
+    """A request needs a guidance fade whose graphs this engine has not built (and was told not to build)."""
+
+
 MAX_RUNNERS = 8  # static-buffer runners an Engine keeps (each holds its batch's buffers and, on CUDA, graphs)
 
 
@@ -99,7 +106,7 @@ class Engine:
     def __init__(self, checkpoint: str | Path | None = None, model: str | None = None, vocoder: str | None = None,
                  batch_size: int = 16, progress: bool = False, hifigan_dir: str | Path | None = None,
                  device: str = "cpu", backend: str = DEFAULT_BACKEND, artifacts: str | Path | None = None,
-                 limits: Limits | None = None, batch_invariant: bool | None = None):
+                 limits: Limits | None = None, batch_invariant: bool | None = None, fades: Sequence[float] = ()):
         """``model``: the score network (``engine.models.registry``); None: the checkpoint's default
         (``engine.bundle.default_model``: tapdiff, or its distilled student once that met the quality rule);
         ``backend``: which runtime evaluates the score (``engine.backends``: torch, onnxruntime, tensorrt, or
@@ -112,7 +119,9 @@ class Engine:
         batch-invariant by construction (``backends.batch_invariant_by_construction``: onnxruntime on a CPU) that
         is all it takes; elsewhere (eager torch) every evaluation is also padded to exactly ``batch_size`` rows
         with copies of the last clip, which costs a lone clip the full batch. None (the default): on where it
-        costs no padding, off elsewhere."""
+        costs no padding, off elsewhere;
+        ``fades``: guidance fades whose denoisers are built at load, besides the checkpoint's (a service that must
+        never export while it answers names the fades it allows here; at most ``limits.max_fades`` in all)."""
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"device {device!r} requested but CUDA is not available to torch")
@@ -150,6 +159,11 @@ class Engine:
                                                float(sampling["guidance_fade_sigma"]))
         except ValueError as e:
             raise CheckpointError(f"{self.bundle.directory / 'config.json'}: its sampling section is invalid: {e}") from e
+        if len(set(map(float, fades)) | {self.torch_denoiser.fade_sigma}) > self.limits.max_fades:
+            raise ValueError(f"{len(fades)} fades asked to be built; this engine keeps at most {self.limits.max_fades} "
+                             "(Limits.max_fades, the checkpoint's included)")
+        for fade in fades:
+            self.denoiser_for(self.sampler_spec(fade_sigma=float(fade)))
         self.vocoder_name = vocoder or sampling["vocoder"]
         self.vocoder = make_vocoder(self.vocoder_name, self.bundle.features, hifigan_dir)
 
@@ -193,19 +207,42 @@ class Engine:
                              f"{self.limits.max_nfe} (Limits.max_nfe)")
         if spec.fade_sigma is None:
             spec = dataclasses.replace(spec, fade_sigma=self.default_sampler.fade_sigma)
+        top = FADE_LIMIT * self.bundle.sde.sigma_max
+        if spec.fade_sigma > top:
+            raise ValueError(f"guidance fade {spec.fade_sigma:g} is above {top:g} ({FADE_LIMIT:g} x sigma_max), where "
+                             "guidance would weigh under 1e-6 at every noise level; use guidance 0 instead")
+        spec.schedule(self.bundle.sde)  # a schedule the arithmetic survives (rho), refused here if not
         return spec
 
-    def denoiser_for(self, spec: SamplerSpec):
+    def built_fades(self) -> list[float]:
+        """The guidance fades this engine holds a built denoiser for (the loaded one first)."""
+        with self._denoisers_lock:
+            return list(self._denoisers)
+
+    def denoiser_for(self, spec: SamplerSpec, build: bool = True):
         """What the solvers call for ``spec``: the engine's denoiser as its backend runs it, for the spec's guidance
-        fade. A fade other than the loaded one gets its own denoiser, built once (for an exported backend, graphs
-        exported with that fade baked in, from the artifact cache)."""
+        fade. A fade other than the loaded one gets its own denoiser (for an exported backend, graphs exported
+        with that fade baked in, from the artifact cache), built outside the lock that sampling takes, and kept
+        among the ``limits.max_fades`` most recently used (the loaded one always). ``build=False``: a fade not
+        built yet is refused (``FadeNotBuilt``) instead, which is what a service does."""
         fade = float(self.default_sampler.fade_sigma if spec.fade_sigma is None else spec.fade_sigma)
         with self._denoisers_lock:
-            if fade not in self._denoisers:
-                model = score_model(self.bundle, fade).to(self.device)
-                self._denoisers[fade] = score_backend(self.backend, model, self.bundle, self.device, self._artifacts,
-                                                      max_batch=self.batch_size)
-            return self._denoisers[fade]
+            if fade in self._denoisers:
+                self._denoisers[fade] = self._denoisers.pop(fade)  # most recently used last
+                return self._denoisers[fade]
+        if not build:
+            raise FadeNotBuilt(f"guidance fade {fade:g} has no built graph here; built: "
+                               f"{', '.join(f'{f:g}' for f in self.built_fades())}")
+        model = score_model(self.bundle, fade).to(self.device)
+        built = score_backend(self.backend, model, self.bundle, self.device, self._artifacts,
+                              max_batch=self.batch_size)
+        with self._denoisers_lock:
+            built = self._denoisers.setdefault(fade, built)
+            loaded = self.torch_denoiser.fade_sigma
+            while len(self._denoisers) > self.limits.max_fades:
+                oldest = next(f for f in self._denoisers if f != loaded)
+                del self._denoisers[oldest]
+            return built
 
     def _check(self, labels, n, guidance, seed) -> None:
         for y in labels:

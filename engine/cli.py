@@ -232,7 +232,7 @@ def cmd_serve(args) -> int:
     engine_kwargs = dict(checkpoint=args.checkpoint, model=args.model, backend=args.backend, artifacts=args.artifacts,
                          batch_size=args.max_batch, device=args.device,
                          limits=Limits(max_clips=args.max_clips, max_nfe=args.max_nfe),
-                         batch_invariant=not args.batch_dependent)
+                         batch_invariant=not args.batch_dependent, fades=args.fades)
     if args.replicas != 1:
         from .serve_replicas import serve_replicas
 

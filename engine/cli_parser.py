@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--batch-dependent", action="store_true",
                     help="let answers depend on the batch in their last bits (default: a request's bytes are the same "
                          "alone or batched; free with onnxruntime on a CPU, padding to --max-batch rows with torch)")
+    sv.add_argument("--fades", type=numbers, default=(),
+                    help="guidance fades (comma-separated sigmas) to build before serving, besides the checkpoint's; a "
+                         "request for any other fade gets 422 (default: none)")
     sv.add_argument("--max-clips", type=int, default=64, help="clips per request before 429")
     sv.add_argument("--max-nfe", type=int, default=Limits.max_nfe, help="score evaluations per clip before 422")
     sv.add_argument("--max-queued", type=int, default=ServerLimits.max_queued, help="clips waiting or running before 429")

@@ -28,6 +28,7 @@ class Limits:
     max_nfe: int = 100  # score evaluations per clip (the solver sweeps went up to 100)
     max_guidance: float = 100.0  # classifier guidance strength gamma (the shipped default is 3)
     max_seed: int = 2**63 - 1  # request seeds are mixed into 63-bit clip seeds
+    max_fades: int = 4  # guidance fades an Engine keeps a built denoiser for (each an exported graph pair)
 
     __post_init__ = _all_positive
 

@@ -224,6 +224,7 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
             queued[0] += clips
         try:
             spec = engine.sampler_spec(req.sampler, nfe=req.nfe, rho=req.rho, fade_sigma=req.guidance_fade)
+            engine.denoiser_for(spec, build=False)  # never an export while serving: only the fades built at start
             future = batcher.submit(req.digit, req.n, req.guidance, req.seed, spec=spec)
         except ValueError as e:
             release(clips)(None)

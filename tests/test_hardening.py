@@ -322,3 +322,30 @@ def test_mels_npy_is_written_with_the_clips(tiny_checkpoint, tmp_path):
     mels = np.load(tmp_path / "mels.npy")
     want = Engine(tiny_checkpoint, backend="torch").generate(7, n=3, nfe=2).mels.numpy()
     assert mels.shape == (3, 80, 72) and np.allclose(mels, want)
+
+
+@pytest.mark.parametrize("flags,reason", [(("--rho", "0.001"), "no usable noise schedule"),
+                                          (("--guidance-fade", "1e308"), "guidance fade")])
+def test_a_rho_or_fade_the_arithmetic_cannot_take_is_exit_2_not_a_traceback(tiny_checkpoint, tmp_path, flags, reason):
+    run = _run_cli("generate", "--checkpoint", str(tiny_checkpoint), "--digit", "7", "--nfe", "2", *flags,
+                   "--out", str(tmp_path / "o"), "--quiet")
+    assert run.returncode == 2 and reason in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_built_guidance_fades_are_bounded_and_a_service_never_builds_one():
+    """Each new fade builds a denoiser; an engine keeps at most Limits.max_fades of them (the checkpoint's always),
+    and ``build=False`` (what the server asks) refuses a fade not built instead of exporting."""
+    from engine.api import Engine, FadeNotBuilt
+    from engine.limits import Limits
+
+    engine = Engine(backend="torch", limits=Limits(max_fades=2), fades=(0.5,))
+    loaded = engine.torch_denoiser.fade_sigma
+    assert engine.built_fades() == [loaded, 0.5]
+    for fade in (1.0, 2.0, 4.0):
+        engine.denoiser_for(engine.sampler_spec(nfe=2, fade_sigma=fade))
+        assert len(engine.built_fades()) == 2 and loaded in engine.built_fades() and fade in engine.built_fades()
+    with pytest.raises(FadeNotBuilt, match="no built graph here; built: "):
+        engine.denoiser_for(engine.sampler_spec(nfe=2, fade_sigma=8.0), build=False)
+    assert 8.0 not in engine.built_fades()
+    with pytest.raises(ValueError, match="keeps at most 2"):
+        Engine(backend="torch", limits=Limits(max_fades=2), fades=(0.5, 1.0))

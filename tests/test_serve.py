@@ -138,6 +138,8 @@ def _raw(url: str, data: bytes, headers: dict | None = None, timeout: float = 30
     (b'{"digit": 7, "seed": 99999999999999999999999}', "seed"),
     (b'[7]', "valid dictionary"),
     (b'{"digit": 7', "json_invalid"),
+    (b'{"digit": 7, "nfe": 2, "rho": 0.001}', "no usable noise schedule"),
+    (b'{"digit": 7, "nfe": 2, "guidance_fade": 0.5}', "no built graph here"),
 ])
 def test_bad_values_are_422_with_the_reason_never_500(strict, body, reason):
     r = _raw(strict, body)

@@ -8,6 +8,8 @@ levels. Both matter most on a small training budget.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from kernels import per_row
@@ -68,5 +70,16 @@ def karras_schedule(steps: int, cfg: SDEConfig, sigma_max: float | None = None, 
     i = torch.arange(steps, dtype=torch.float64)
     inv = 1.0 / rho
     denom = max(steps - 1, 1)
-    sig = (smax ** inv + i / denom * (cfg.sigma_min ** inv - smax ** inv)) ** rho
+    top = torch.tensor(smax, dtype=torch.float64) ** inv  # a tensor: overflows to inf where a float would raise
+    sig = (top + i / denom * (torch.tensor(cfg.sigma_min, dtype=torch.float64) ** inv - top)) ** rho
+    # what float64 survives: sigma_max ** (1 / rho) overflows below rho = ln(sigma_max) / ln(float64 max); near it the
+    # levels collapse. A usable schedule is finite and strictly decreasing from sigma_max.
+    if not (torch.isfinite(sig).all() and (steps == 1 or bool((sig[1:] < sig[:-1]).all()))):
+        raise ValueError(f"rho {rho:g} gives no usable noise schedule over [{cfg.sigma_min:g}, {smax:g}] "
+                         f"(it needs rho > {min_rho(smax):.4g}; 1 to 10 is the useful range)")
     return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
+
+
+def min_rho(sigma_max: float) -> float:
+    """The smallest rho whose schedule float64 can compute: sigma_max ** (1 / rho) must stay finite."""
+    return math.log(sigma_max) / math.log(torch.finfo(torch.float64).max)
