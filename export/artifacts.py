@@ -27,9 +27,10 @@ from engine.diffusion.score_model import GuidedDenoiser
 from engine.provenance import code_version
 from engine.models.registry import score_network_kind
 from engine.bundle import Bundle
-from engine.errors import warn
+from engine.errors import CheckpointError, warn
 
 from engine.storage.hashing import file_sha256
+from engine.storage.safe_files import load_json
 from engine.storage.paths import cache_root
 
 from .graphs import SCORE_INPUTS, SCORE_OUTPUTS, score_inputs
@@ -95,9 +96,9 @@ def stale_reason(onnx_path: Path, spec: GraphSpec) -> str | None:
     if not manifest_path.exists():
         return f"{manifest_path.name} is missing (an interrupted export?)"
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = load_json(manifest_path, max_bytes=1 << 20)
         built_for, recorded = manifest["artifact"], manifest["onnx_sha256"]
-    except (ValueError, KeyError, TypeError, OSError) as e:
+    except (ValueError, KeyError, TypeError, OSError, CheckpointError) as e:
         return f"{manifest_path.name} is unreadable ({type(e).__name__}: {e})"
     if not isinstance(built_for, dict) or not isinstance(recorded, str):
         return f"{manifest_path.name} is unreadable (its artifact or onnx_sha256 entry has the wrong type)"

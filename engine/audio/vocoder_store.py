@@ -7,11 +7,12 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import VocoderCacheError, VocoderMissing
+from ..errors import CheckpointError, VocoderCacheError, VocoderMissing
 from ..models.hifigan import HiFiGANConfig, HiFiGANGenerator, load_state_dict_checked
 from ..storage.atomic import atomic_write_bytes
 from ..storage.hashing import bytes_sha256
 from ..storage.paths import cache_root
+from ..storage.safe_files import load_json
 
 WEIGHTS_FILE = "hifigan.safetensors"
 CONFIG_FILE = "hifigan.json"
@@ -43,11 +44,11 @@ def read_vocoder_meta(directory: str | os.PathLike) -> dict:
     if not path.is_file():
         raise VocoderMissing(f"{path}: no vocoder here; create it with `tapdiff vocoder import`")
     try:
-        meta = json.loads(path.read_text())
+        meta = load_json(path, within=directory, max_bytes=1 << 20)
         if meta.get("format") != FORMAT:
             raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
         meta["config"] = HiFiGANConfig.from_dict(meta["config"])
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, CheckpointError) as e:
         raise VocoderCacheError(f"{path}: corrupt vocoder config ({type(e).__name__}: {e})") from e
     return meta
 

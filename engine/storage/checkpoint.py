@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import CheckpointError
 from .atomic import atomic_write
 from .hashing import file_sha256
+from .safe_files import load_json, regular_file
 
 FORMAT = "tapdiff/1"
 DEFAULT_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "fsdd"
@@ -31,10 +32,7 @@ def read_config(directory: str | Path) -> dict:
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     if not path.exists():
         raise CheckpointError(f"{path} is missing: not a tapdiff checkpoint")
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is corrupt: {e}") from e
+    cfg = load_json(path, within=directory)
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown checkpoint format {cfg.get('format') if isinstance(cfg, dict) else cfg!r}, expected {FORMAT}")
     why = config_problem(cfg)
@@ -141,9 +139,10 @@ def save_weights(directory: str | Path, name: str, module: torch.nn.Module, cfg:
 def load_weights(directory: str | Path, name: str, module: torch.nn.Module, cfg: dict) -> torch.nn.Module:
     directory = Path(directory)
     path = directory / f"{name}.safetensors"
-    if not path.exists():
-        raise CheckpointError(f"{path} is missing")
+    regular_file(path, within=directory)  # not a FIFO, device or link out of the folder (before hashing it)
     expected = cfg.get("files", {}).get(path.name)
+    if expected is None and cfg:
+        raise CheckpointError(f"{path} is not listed in config.json's files (its sha256): refused unverified")
     if expected is not None and file_sha256(path) != expected:
         raise CheckpointError(f"{path} is corrupt or was replaced: its sha256 does not match config.json")
     try:
@@ -154,6 +153,10 @@ def load_weights(directory: str | Path, name: str, module: torch.nn.Module, cfg:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    cast = sorted(k for k in set(own) & set(state) if own[k].dtype != state[k].dtype)
+    if cast:
+        raise CheckpointError(f"{path}: tensors {cast[:4]} are {state[cast[0]].dtype}, the network holds "
+                              f"{own[cast[0]].dtype}: refused rather than cast")
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"{path} does not fit {type(module).__name__}: missing {missing[:4]}, unexpected {unexpected[:4]}, "

@@ -5,12 +5,18 @@ import hashlib
 import os
 from pathlib import Path
 
+from ..errors import CheckpointError
+
 
 def bytes_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of regular file ``path`` (a FIFO or a link to a device is refused: it would never end)."""
+    from .safe_files import regular_file
+
+    regular_file(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -41,7 +47,7 @@ def sidecar_problem(path: str | os.PathLike) -> str | None:
         return f"its sha256 sidecar {sidecar.name} does not hold a sha256"
     try:
         have = file_sha256(path)
-    except OSError as e:
+    except (OSError, CheckpointError) as e:
         return f"it is unreadable ({type(e).__name__}: {e})"
     if have != want:
         return "its bytes differ from the sha256 recorded when it was written (corrupt or replaced)"

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_write
 from .checkpoint import CheckpointError
+from .safe_files import parse_json, regular_file
 
 FORMAT = "tapdiff-state/1"
 SUFFIX = ".state.safetensors"
@@ -106,7 +107,7 @@ def save_state(path: str | os.PathLike, state: dict) -> Path:
 def load_state(path: str | os.PathLike) -> dict:
     """The state saved at ``path``; a file that is not one (corrupt, truncated, another format) raises a
     ``CheckpointError`` naming it."""
-    path = Path(path)
+    path = regular_file(path)  # not a FIFO or a device: an open would block, a read never end
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -115,10 +116,7 @@ def load_state(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} is not a readable training state: {e}") from e
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    try:
-        packed = json.loads(meta.get("state", ""))
-    except ValueError as e:
-        raise CheckpointError(f"{path}: its metadata is not valid JSON ({e})") from e
+    packed = parse_json(meta.get("state", ""), f"{path}'s metadata")
     state = _unpack(packed, tensors, path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
