@@ -34,7 +34,7 @@ from engine.storage.safe_files import load_json
 from engine.storage.paths import cache_root
 
 from .graphs import SCORE_INPUTS, SCORE_OUTPUTS, score_inputs
-from .onnx_export import DEFAULT_OPSET, export_onnx
+from .onnx_export import DEFAULT_OPSET, export_onnx, graph_identity
 
 Log = Callable[[str], None]
 
@@ -108,7 +108,20 @@ def stale_reason(onnx_path: Path, spec: GraphSpec) -> str | None:
         return f"{onnx_path.name} was built for other {', '.join(diff)}"
     if file_sha256(onnx_path) != recorded:
         return f"{onnx_path.name} is corrupt (its sha256 differs from its manifest's)"
+    guided, batch = built_for_graph(onnx_path)
+    try:
+        stamped = graph_identity(onnx_path)
+    except Exception as e:  # noqa: BLE001 - onnx's own decode errors
+        return f"{onnx_path.name} is unreadable as ONNX ({type(e).__name__})"
+    if stamped != graph_identity_of(spec, guided, batch):
+        return f"{onnx_path.name} is another graph (stamped {stamped!r}): copied over this one"
     return None
+
+
+def built_for_graph(onnx_path: Path) -> tuple[bool, int | None]:
+    """(guided, batch) that a graph's file name says it is (``graph_name``)."""
+    kind, _, size = onnx_path.stem.partition("_")
+    return kind == "guided", None if size == "dyn" else int(size.removeprefix("b"))
 
 
 def export_score_graph(model: GuidedDenoiser, hw: tuple[int, int], out_dir: Path, guided: bool, batch: int | None,
@@ -121,7 +134,14 @@ def export_score_graph(model: GuidedDenoiser, hw: tuple[int, int], out_dir: Path
     dynamic = None if batch is not None else {n: {0: "batch"} for n in names + SCORE_OUTPUTS}
     return export_onnx(model.eval(), score_inputs(model, traced_at, hw, guided), out_dir, graph_name(guided, batch),
                        names, SCORE_OUTPUTS, lambda: score_inputs(model, checked_at, hw, guided, seed=1),
-                       dynamic_axes=dynamic, opset=spec.opset, extra={"artifact": asdict(spec)})
+                       dynamic_axes=dynamic, opset=spec.opset, extra={"artifact": asdict(spec)},
+                       identity=graph_identity_of(spec, guided, batch))
+
+
+def graph_identity_of(spec: GraphSpec, guided: bool, batch: int | None) -> str:
+    """What a score graph is: its model, weights, fade, code version and the like (the spec's key) and which of the
+    spec's graphs (guided or not, its batch), stamped into the graph at export."""
+    return f"{spec.model}|{spec.key()}|{graph_name(guided, batch)}"
 
 
 def ensure_score_graphs(model: GuidedDenoiser, bundle: Bundle, spec: GraphSpec, cache_dir: str | os.PathLike,

@@ -41,12 +41,33 @@ def ort_session(path: str | os.PathLike, providers: Sequence[str] = ("CPUExecuti
     return sess
 
 
+IDENTITY_KEY = "tapdiff_identity"
+
+
+def stamp_identity(path: str | os.PathLike, identity: str) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    model.metadata_props.append(onnx.StringStringEntryProto(key=IDENTITY_KEY, value=identity))
+    onnx.save(model, str(path))
+
+
+def graph_identity(path: str | os.PathLike) -> str | None:
+    """The identity stamped into the ONNX graph at ``path`` (None: none)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in model.metadata_props if p.key == IDENTITY_KEY), None)
+
+
 def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], out_dir: str | os.PathLike, name: str,
                 input_names: list[str], output_names: list[str], fresh: Callable[[], tuple[torch.Tensor, ...]],
                 dynamic_axes: dict | None = None, opset: int = DEFAULT_OPSET, rtol: float = 1e-4,
-                extra: dict | None = None) -> Path:
+                extra: dict | None = None, identity: str | None = None) -> Path:
     """Export ``module`` traced on ``example``, check it on ``fresh()`` inputs, write artifact + manifest
     (``extra`` entries are added to the manifest; the artifact's own sha256 is recorded as ``onnx_sha256``).
+    ``identity`` is stamped into the graph itself (``IDENTITY_KEY`` in its metadata, which onnxruntime keeps in the
+    optimised graphs it saves), so a graph copied over another's, manifest and all, is told apart on load.
 
     The legacy TorchScript-based exporter is used (dynamo=False): the torch.export-based one needs
     onnxscript, which this project does not depend on. Raises if the parity check fails; nothing is left
@@ -61,6 +82,8 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], out_
         with torch.no_grad():
             torch.onnx.export(module, example, tmp, dynamo=False, opset_version=opset, input_names=input_names,
                               output_names=output_names, dynamic_axes=dynamic_axes or {})
+            if identity is not None:
+                stamp_identity(tmp, identity)
             inputs = fresh()
             ref = module(*inputs)
         ref = ref if isinstance(ref, (tuple, list)) else (ref,)

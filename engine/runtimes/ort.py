@@ -27,6 +27,7 @@ import torch
 from engine.errors import BackendError
 from engine.provenance import cpu_model
 from engine.storage.atomic import atomic_write_bytes
+from export.onnx_export import IDENTITY_KEY, graph_identity
 from engine.storage.hashing import file_sha256, sidecar_of, sidecar_problem
 
 from engine.errors import warn
@@ -129,7 +130,11 @@ class OrtScoreModel:
         reason = saved_graph_problem(optimized)
         if reason is None:
             try:
-                return checked_session(optimized, session_options(threads, "disable"), providers)
+                sess = checked_session(optimized, session_options(threads, "disable"), providers)
+                held = sess.get_modelmeta().custom_metadata_map.get(IDENTITY_KEY)
+                if held == graph_identity(path):
+                    return sess
+                reason = f"it holds another graph (stamped {held!r}): copied over this one"
             except BackendError:
                 raise
             except Exception as e:  # noqa: BLE001 - onnxruntime's own error types (InvalidGraph, Fail, ...)
