@@ -128,6 +128,10 @@ def load_bundle(directory: str | Path, model: str | None = DEFAULT_MODEL, need_e
     bundle = Bundle(directory, cfg, features, sde, norm, clf)
     if kind is not None:
         bundle.score_net, bundle.model = load_score_network(bundle, kind), kind.name
+    beyond = [y for y in bundle.labels if y >= clf.cfg.n_classes]
+    if beyond:
+        raise CheckpointError(f"{directory / 'config.json'}: labels {beyond} are beyond the classifier's "
+                              f"{clf.cfg.n_classes} classes")
     if need_evaluator:
         if "evaluator" not in cfg:
             raise CheckpointError(f"{directory} has no evaluation classifier; run `tapdiff train-evaluator` first")

@@ -239,7 +239,8 @@ def cmd_serve(args) -> int:
         serve_replicas(engine_kwargs, args.replicas, args.host, args.port, args.max_batch, args.max_delay_ms, limits,
                        args.threads)
         return 0
-    serve(Engine(**engine_kwargs), args.host, args.port, args.max_batch, args.max_delay_ms, limits)
+    serve(Engine(**engine_kwargs), args.host, args.port, args.max_batch, args.max_delay_ms, limits,
+          set(args.allowed_hosts) if args.allowed_hosts else None)
     return 0
 
 

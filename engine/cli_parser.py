@@ -303,8 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="HTTP service with request batching (needs tapdiff[serve])")
     sv.add_argument("--checkpoint", default=None)
     _add_model(sv)
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port to bind (default: 8000)")
+    sv.add_argument("--allowed-hosts", type=names, default=None,
+                    help="Host headers answered, comma-separated (default: a loopback bind answers only its loopback "
+                         "names, refusing DNS rebinding; any other bind answers every host)")
     sv.add_argument("--replicas", type=int, default=1,
                     help="Engine replicas: 1 serves in this process; N > 1 serves N replicas under Ray Serve "
                          "(needs tapdiff[replicas]), each on --threads torch threads")

@@ -23,6 +23,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import sys
 import threading
 import time
@@ -101,6 +102,35 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a client's X-Request-ID is kept only if it is this
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"), (b"cross-origin-resource-policy", b"same-origin")]
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def allowed_hosts_for(bind_host: str, port: int) -> set[str] | None:
+    """The Host headers a server bound to ``bind_host`` answers: a loopback bind only its own loopback names (so
+    a web page cannot reach it by DNS rebinding); any other bind, None (every host: name them with
+    ``--allowed-hosts`` where that matters)."""
+    if bind_host not in LOOPBACK:
+        return None
+    return {h for name in LOOPBACK for h in (name, f"{name}:{port}")}
+
+
+class HostCheck:
+    """ASGI middleware: a request whose Host header is not among ``allowed`` gets 421 (Misdirected Request)."""
+
+    def __init__(self, app, allowed: set[str]):
+        self.app, self.allowed = app, {h.lower() for h in allowed}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1").lower()
+            if host not in self.allowed:
+                return await _plain(send, 421, f"host {host[:100]!r} is not served here")
+        return await self.app(scope, receive, send)
+
+
 class Observed:
     """ASGI middleware: every HTTP answer gets a request id (the client's X-Request-ID, else a new one), is
     counted in the metrics by status, and is logged as one JSON line on stderr (id, method, path, status,
@@ -113,13 +143,16 @@ class Observed:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers", []))
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex[:16]
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")
+        if not REQUEST_ID.fullmatch(rid):  # never echo what an HTTP layer may refuse (spaces, controls, length)
+            rid = uuid.uuid4().hex[:16]
         t0, status = time.monotonic(), [500]
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]}
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1")),
+                                                  *SECURITY_HEADERS]}
             await send(message)
 
         try:
@@ -140,9 +173,12 @@ async def _plain(send, status: int, detail: str) -> None:
 
 
 def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLimits(),
-               metrics: ServiceMetrics | None = None):
+               metrics: ServiceMetrics | None = None, allowed_hosts: set[str] | None = None):
     """The FastAPI app over ``engine`` and ``batcher``; the per-request bounds are ``engine.limits``; ``metrics``
-    (give the one whose ``on_batch`` the batcher reports to) is served at ``/metrics``."""
+    (give the one whose ``on_batch`` the batcher reports to) is served at ``/metrics``; ``allowed_hosts``: the
+    Host headers answered (None: any). Every answer, refusals included, carries a request id and security
+    headers, is counted and logged. No interactive docs pages (they load third-party scripts): the schema is at
+    ``/openapi.json``."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -164,7 +200,7 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
         format: Literal["wav", "json"] = Field("wav", description="wav: a WAV or a zip of WAVs; json: each clip's "
                                                                   "WAV in base64 and its log-Mel")
 
-    app = FastAPI(title="tapdiff", version="0.1.0",
+    app = FastAPI(title="tapdiff", version="0.1.0", docs_url=None, redoc_url=None,
                   description=f"Limits: {bounds.max_clips} clips per request, {bounds.max_nfe} score evaluations per "
                               f"clip, {limits.max_queued} clips queued, {limits.max_body_bytes}-byte bodies, "
                               f"{limits.request_timeout_s:g} s per request.")
@@ -257,17 +293,22 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
         body, media = clips_to_response_body(out)
         return Response(body, media_type=media)
 
-    return BodyLimit(Observed(app, metrics), limits.max_body_bytes, limits.body_timeout_s), app
+    asgi = BodyLimit(app, limits.max_body_bytes, limits.body_timeout_s)
+    if allowed_hosts is not None:
+        asgi = HostCheck(asgi, allowed_hosts)
+    return Observed(asgi, metrics), app
 
 
 def serve(engine: Engine, host: str, port: int, max_batch: int, max_delay_ms: float,
-          limits: ServerLimits = ServerLimits()) -> None:
+          limits: ServerLimits = ServerLimits(), allowed_hosts: set[str] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; ``allowed_hosts`` default: ``allowed_hosts_for(host, port)``."""
     try:
         import uvicorn
     except ImportError as e:
         raise ImportError("tapdiff serve needs FastAPI and uvicorn: pip install 'tapdiff[serve]'") from e
     metrics = ServiceMetrics(engine.model_name, engine.backend)
     with Batcher(engine, max_batch=max_batch, max_delay_ms=max_delay_ms, on_batch=metrics.on_batch) as batcher:
-        asgi, _ = create_app(engine, batcher, limits, metrics)
+        asgi, _ = create_app(engine, batcher, limits, metrics,
+                             allowed_hosts if allowed_hosts is not None else allowed_hosts_for(host, port))
         print(f"tapdiff: serving on http://{host}:{port}", file=sys.stderr)
         uvicorn.run(asgi, host=host, port=port, log_level="warning")

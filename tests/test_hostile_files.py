@@ -117,3 +117,12 @@ def test_a_training_state_that_is_a_fifo_is_refused(tmp_path):
 def test_the_shipped_bundle_still_loads():
     assert load_bundle(DEFAULT_CHECKPOINT, model="tapdiff").score_net is not None
     assert torch.isfinite(next(load_bundle(DEFAULT_CHECKPOINT, model="two-model").score_net.parameters())).all()
+
+
+def test_labels_beyond_the_classifiers_classes_are_refused(bundle_copy):
+    cfg = json.loads((bundle_copy / "config.json").read_text())
+    cfg["labels"] = [*cfg["labels"], 50]
+    cfg["training"]["score_subnet"]["config"]["labels"] = cfg["labels"]
+    (bundle_copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"labels \[50\] are beyond the classifier's 10 classes"):
+        load_bundle(bundle_copy, model="tapdiff")

@@ -160,7 +160,7 @@ def test_a_large_body_is_413_and_a_short_body_408_without_holding_the_connection
     r = httpx.post(f"{strict}/generate", content=chunks(), headers={"content-type": "application/json"}, timeout=30)
     assert r.status_code == 413  # no Content-Length: counted as it arrives
     with socket.create_connection(("127.0.0.1", int(strict.rsplit(":", 1)[1])), timeout=20) as s:
-        s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        s.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
                   b'{"digit": 7}')  # 12 of the 100 bytes announced
         t0 = time.monotonic()
         answer = s.recv(4096).decode()
@@ -331,3 +331,31 @@ def test_sigterm_finishes_the_requests_in_flight_before_the_server_exits(tiny_ch
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_refusals_carry_an_id_and_security_headers_are_logged_and_counted(strict):
+    """413 (and every other refusal) passes through the same request id, headers, log line and counter as a 200;
+    a client's X-Request-ID that an HTTP layer could refuse (a space, over 64 characters) is replaced, never
+    echoed, so the client always gets its answer."""
+    before = httpx.get(f"{strict}/metrics").text
+    r = _raw(strict, b"x" * 5000, headers={"x-request-id": "big-body-1"})
+    assert r.status_code == 413 and r.headers["x-request-id"] == "big-body-1"
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+    for hostile in ("a" * 63 + " x", "a b", "a" * 65, "caf\u00e9"):
+        h = httpx.get(f"{strict}/health", headers={"x-request-id": hostile.encode("utf-8")}, timeout=10)
+        assert h.status_code == 200 and h.headers["x-request-id"] != hostile and len(h.headers["x-request-id"]) == 16
+    after = httpx.get(f"{strict}/metrics").text
+    assert _metric(after, "tapdiff_requests_total", status="413") - _metric(before, "tapdiff_requests_total", status="413") == 1
+    log = [json.loads(line) for line in open(strict.log_path) if line.startswith("{")]
+    assert any(e["request_id"] == "big-body-1" and e["status"] == 413 for e in log)
+
+
+def test_a_foreign_host_header_is_refused_and_docs_load_no_third_party_script(strict):
+    """A loopback server answers only its loopback names (no DNS rebinding from a web page), and serves no
+    interactive docs pages (they load scripts from a CDN); its schema stays at /openapi.json."""
+    r = httpx.get(f"{strict}/health", headers={"host": "evil.example"}, timeout=10)
+    assert r.status_code == 421 and "evil.example" in r.text and "x-request-id" in r.headers
+    assert httpx.get(f"{strict}/health", headers={"host": "localhost"}, timeout=10).status_code == 200
+    assert httpx.get(f"{strict}/docs", timeout=10).status_code == 404
+    assert httpx.get(f"{strict}/redoc", timeout=10).status_code == 404
+    assert "/generate" in httpx.get(f"{strict}/openapi.json", timeout=10).json()["paths"]
