@@ -130,6 +130,9 @@ class Engine:
         if limits is not None and not isinstance(limits, Limits):
             raise ValueError(f"limits must be an engine.limits.Limits, got {type(limits).__name__}")
         self.limits = limits or Limits()
+        if batch_size > self.limits.max_batch:
+            raise ValueError(f"batch_size {batch_size} is above this engine's limit of {self.limits.max_batch} "
+                             "(Limits.max_batch)")
         checkpoint = checkpoint or DEFAULT_CHECKPOINT
         if model is None:
             model = default_model(read_config(checkpoint))

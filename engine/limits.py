@@ -29,6 +29,7 @@ class Limits:
     max_guidance: float = 100.0  # classifier guidance strength gamma (the shipped default is 3)
     max_seed: int = 2**63 - 1  # request seeds are mixed into 63-bit clip seeds
     max_fades: int = 4  # guidance fades an Engine keeps a built denoiser for (each an exported graph pair)
+    max_batch: int = 256  # clips per sampler batch: its noise alone is nfe x batch x 23 KB, 0.6 GB at 256 and 100 NFE
 
     __post_init__ = _all_positive
 

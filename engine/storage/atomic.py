@@ -5,8 +5,10 @@ the permissions an ordinary ``open(path, "w")`` would (mkstemp's files are priva
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -44,7 +46,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def check_output_folder(folder: str | os.PathLike) -> Path:
     """``folder`` if files can be written in it (it exists as a folder, or can be created); else an
     ``OutputFolderError`` naming why. Called before any work whose result goes there."""
+    if not str(folder).strip():
+        raise OutputFolderError("output folder is empty: name one (\".\" for the current folder)")
     folder = Path(folder)
+    if folder.is_symlink() and not folder.exists():
+        raise OutputFolderError(f"output folder {folder} is a link to {os.readlink(folder)}, which does not exist")
     if folder.exists() and not folder.is_dir():
         raise OutputFolderError(f"output folder {folder} is a file, not a folder")
     existing = folder
@@ -55,6 +61,43 @@ def check_output_folder(folder: str | os.PathLike) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputFolderError(f"output folder {folder} cannot be written: no write permission in {existing}")
     return folder
+
+
+STAGING_PREFIX = ".tapdiff-staged-"  # then the writing process's id
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_orphaned_staging(folder: Path) -> list[Path]:
+    """Remove the staging folders in ``folder`` whose writer is gone (killed before it could clean up: SIGKILL,
+    a power cut); returns them. One whose writer still runs is left alone."""
+    removed = []
+    for p in folder.glob(f"{STAGING_PREFIX}*"):
+        pid = p.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if p.is_dir() and not p.is_symlink() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """SIGINT and SIGTERM held back for the block (delivered when it ends), so that a short sequence of steps
+    is done whole."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class StagedFolder:
@@ -69,7 +112,8 @@ class StagedFolder:
 
     def __enter__(self) -> "StagedFolder":
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(dir=self.folder, prefix=".tapdiff-staged-"))
+        remove_orphaned_staging(self.folder)
+        self._tmp = Path(tempfile.mkdtemp(dir=self.folder, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
         return self
 
     def write(self, name: str, data: bytes) -> Path:
@@ -83,8 +127,9 @@ class StagedFolder:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
-                for name in self.names:  # renames within one folder: they do not fail for want of space
-                    os.replace(self._tmp / name, self.folder / name)
+                with signals_deferred():  # SIGINT or SIGTERM midway would leave some files in place, not all
+                    for name in self.names:  # renames within one folder: they do not fail for want of space
+                        os.replace(self._tmp / name, self.folder / name)
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
