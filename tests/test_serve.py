@@ -233,9 +233,11 @@ REQUEST_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 12), st.int
                            st.lists(st.integers(-2, 11), max_size=3), st.sampled_from(["heun", "dpmpp_2m", "x"]))
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.dictionaries(st.sampled_from(["digit", "n", "seed", "guidance", "nfe", "sampler", "extra"]),
-                            REQUEST_VALUES, max_size=6))
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.dictionaries(st.sampled_from(["digit", "n", "seed", "guidance", "nfe", "sampler", "rho",
+                                             "guidance_fade", "format", "extra"]),
+                            st.one_of(REQUEST_VALUES, st.floats(0, 0.02), st.sampled_from(["wav", "json"])),
+                            max_size=7))
 def test_any_request_gets_valid_audio_or_a_4xx_with_a_reason(strict, body):
     body.setdefault("nfe", 2)  # keep accepted requests cheap; other values of nfe are still drawn
     if isinstance(body.get("nfe"), int) and not isinstance(body["nfe"], bool) and body["nfe"] > 3:
@@ -243,7 +245,9 @@ def test_any_request_gets_valid_audio_or_a_4xx_with_a_reason(strict, body):
     data = json.dumps(body, allow_nan=True).encode()
     r = _raw(strict, data, timeout=60)  # never a hang: a timeout raises and fails the test
     assert r.status_code < 500, (body, r.status_code, r.text)
-    if r.status_code == 200:
+    if r.status_code == 200 and body.get("format") == "json":
+        assert r.json()["clips"]
+    elif r.status_code == 200:
         digits = body.get("digit")
         clips = body.get("n", 1) * (len(digits) if isinstance(digits, list) else 1)
         if clips == 1:
