@@ -65,7 +65,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/gpu_check.py` from a source 
 import torch  # noqa: E402
 
 PASS, FAIL, SKIP = "pass", "fail", "skipped"
-SECTIONS = ("engine", "captured", "kernels", "onnxruntime", "timing")
+SECTIONS = ("engine", "captured", "kernels", "onnxruntime", "batch_invariance", "timing")
 U32 = 2.0 ** -24  # unit roundoff of each dtype (half an ulp at 1)
 UNIT = {torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -905,8 +905,39 @@ def _timing_result(kit: Kit, what: str, res: dict, cut: list[str], key: str, uni
     return (FAIL if errors else PASS), detail, {"modes": res, "cut": cut}
 
 
+# --------------------------------------------------------------------------------------------------------------
+# 6. Batch invariance on CUDA (reported, not judged: the engine claims it only for onnxruntime on a CPU)
+# --------------------------------------------------------------------------------------------------------------
+def section_batch_invariance(kit: Kit) -> None:
+    kit.check("batch_invariance", "score rows across batch sizes, eager torch on CUDA (cuDNN, cuBLAS, Triton)",
+              lambda: _batch_invariance_check(kit), limit_s=120)
+
+
+def _batch_invariance_check(kit: Kit):
+    """Each row of a guided evaluation at batch 1, 3, 5, 16 against the same row at batch 32, with the Triton
+    kernels on: which sizes differ, and by how much (no TF32)."""
+    if not kit.cuda:
+        raise Skip(NO_CUDA)
+    from engine.diffusion.taps import onehot
+
+    eng = kit.engine("cuda")
+    model = eng.torch_denoiser
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(32, 1, *eng.bundle.input_hw, generator=g) * 3).cuda()
+    sig = torch.full((32,), 1.0, device="cuda")
+    oh, gamma = onehot(torch.arange(32) % 10, 10).cuda(), torch.full((32,), 3.0, device="cuda")
+    with tf32(False), torch.no_grad():
+        full = model(x, sig, oh, gamma)
+        diffs = {n: float((model(x[:n], sig[:n], oh[:n], gamma[:n]) - full[:n]).abs().max()) for n in (1, 3, 5, 16)}
+    invariant = all(v == 0 for v in diffs.values())
+    detail = (f"rows bitwise equal to batch 32 at every size: {invariant}; max |difference| per size "
+              f"{ {n: f'{v:.3g}' for n, v in diffs.items()} } (reported, not judged)")
+    return PASS, detail, {"invariant": invariant, "max_abs_by_batch": diffs}
+
+
 SECTION_FUNCS = {"engine": section_engine, "captured": section_captured, "kernels": section_kernels,
-                 "onnxruntime": section_onnxruntime, "timing": section_timing}
+                 "onnxruntime": section_onnxruntime, "timing": section_timing,
+                 "batch_invariance": section_batch_invariance}
 
 
 # --------------------------------------------------------------------------------------------------------------
