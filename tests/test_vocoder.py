@@ -1,4 +1,6 @@
-"""Griffin-Lim and HiFi-GAN inside the engine: copy-synthesis quality, interface, bad input."""
+"""Griffin-Lim (from zero phase or from PGHI) and HiFi-GAN inside the engine: copy-synthesis quality, interface,
+bad input."""
+import numpy as np
 import pytest
 import torch
 
@@ -7,8 +9,8 @@ from engine.storage.config import FeatureConfig
 from engine.audio.datasets import list_items
 from engine.audio.features import fit_to_window, log_mel, peak_normalise
 from engine.audio.hifigan_import import ts_package_installed
-from engine.audio.vocoders import GriffinLim, make_vocoder
-from engine.audio.vocoder_compare import compare_vocoders
+from engine.audio.vocoders import GriffinLim, PGHIGriffinLim, make_vocoder
+from engine.audio.vocoder_compare import compare_vocoders, spectral_convergence
 
 CFG = FeatureConfig()
 
@@ -33,32 +35,35 @@ def hifigan_dir(tmp_path_factory):
 
 
 def test_griffin_lim_copy_synthesis_is_intelligible(test_clips):
-    (row,) = compare_vocoders({"griffin-lim": GriffinLim(CFG)}, test_clips, CFG)
+    (row,) = compare_vocoders({"griffin-lim": GriffinLim(CFG)}, test_clips, CFG, rounds=1)
     assert row["stoi"] >= 0.85, row
 
 
 def test_hifigan_copy_synthesis_is_intelligible(test_clips, hifigan_dir):
-    (row,) = compare_vocoders({"hifigan": make_vocoder("hifigan", CFG, hifigan_dir)}, test_clips, CFG)
+    (row,) = compare_vocoders({"hifigan": make_vocoder("hifigan", CFG, hifigan_dir)}, test_clips, CFG, rounds=1)
     assert row["stoi"] >= 0.85, row
 
 
 def test_vocoders_return_frames_times_hop_samples(hifigan_dir):
     mel = log_mel(torch.randn(2, 11520) * 0.1, CFG)
-    for name in ("griffin-lim", "hifigan"):
+    for name in ("griffin-lim", "pghi", "hifigan"):
         wave = make_vocoder(name, CFG, hifigan_dir)(mel)
         assert wave.shape == (2, 72 * 160) and torch.isfinite(wave).all() and wave.abs().max() <= 1.0
 
 
-def test_griffin_lim_rejects_bad_mels():
-    gl = GriffinLim(CFG)
+@pytest.mark.parametrize("name", ["griffin-lim", "pghi"])
+def test_griffin_lim_and_pghi_reject_bad_mels(name):
+    gl = make_vocoder(name, CFG)
     with pytest.raises(ValueError, match="80"):
         gl(torch.zeros(1, 64, 10))
     with pytest.raises(ValueError, match="NaN"):
         gl(torch.full((1, 80, 10), float("nan")))
+    with pytest.raises(ValueError, match="batch"):
+        gl(torch.zeros(80, 10))
 
 
 def test_unknown_or_unimported_vocoder_is_named(tmp_path):
-    with pytest.raises(ValueError, match="unknown vocoder"):
+    with pytest.raises(ValueError, match="unknown vocoder.*pghi"):
         make_vocoder("wavenet", CFG)
     with pytest.raises(FileNotFoundError, match="tapdiff vocoder import"):
         make_vocoder("hifigan", CFG, tmp_path)
@@ -134,3 +139,76 @@ def test_griffin_lim_matches_the_textbook_loop_on_real_speech(test_clips):
     mag = torch.tensor([[2.0, 10.0, 5.0]])
     out = _with_magnitude(z, mag)
     assert torch.allclose(out, torch.tensor([[0j, 6 + 8j, -5e-4j]], dtype=torch.complex64), rtol=1e-6, atol=1e-9)
+
+
+def _chirp_and_tone(seconds: float = 0.72) -> torch.Tensor:
+    t = np.arange(int(seconds * CFG.sample_rate)) / CFG.sample_rate
+    x = 0.5 * np.sin(2 * np.pi * (300 * t + 1000 * t ** 2 / t[-1])) + 0.3 * np.sin(2 * np.pi * 1234 * t)
+    return torch.tensor(x, dtype=torch.float32)[None]
+
+
+def test_pghi_recovers_the_phase_of_a_chirp():
+    """A chirp (300 to 2300 Hz) plus a steady tone: the waveform rebuilt from its STFT magnitude with the PGHI phase,
+    no iteration, has the magnitudes asked of it to a spectral convergence of 0.08 (measured 0.079); with zero
+    phase 0.91, and with PGHI's phase left in the window-centred convention (no pi per bin) 0.86."""
+    from engine.audio import vocoders
+    from engine.audio.features import stft
+    from engine.audio.pghi import pghi_phase
+
+    window = torch.hann_window(CFG.win_length)
+    spec = stft(_chirp_and_tone(), CFG, window)
+    mag = spec.abs()
+    wsq = vocoders.window_sum(CFG, window, mag.shape[-1])
+
+    def convergence(phase: torch.Tensor) -> float:
+        wave = vocoders._istft(torch.polar(mag, phase), CFG, window, wsq)
+        return float(spectral_convergence(wave, mag, CFG))
+
+    assert convergence(spec.angle()) < 1e-5  # the true phase: the inverse is exact
+    assert convergence(torch.from_numpy(pghi_phase(mag[0].numpy(), CFG, tol=1e-2)).float()[None]) < 0.1
+    assert convergence(torch.zeros_like(mag)) > 0.8
+
+
+def test_pghi_clip_is_bitwise_the_same_alone_and_batched():
+    """PGHI integrates clip by clip and keeps its spectra frames-major, the layout in which the inverse FFTs do not
+    depend on the batch: three different clips vocoded together give each clip's waveform alone, bit for bit, at
+    the engine's 72 frames and at an odd 37."""
+    rng = np.random.default_rng(0)
+    noise = torch.tensor(rng.standard_normal(11520) * 0.1, dtype=torch.float32)[None]
+    waves = torch.cat([_chirp_and_tone(), noise, _chirp_and_tone().flip(-1) * 0.3])
+    pghi = make_vocoder("pghi", CFG)
+    for frames in (72, 37):
+        mels = log_mel(waves[:, :frames * CFG.hop_length], CFG)
+        together = pghi(mels)
+        assert together.shape == (3, frames * CFG.hop_length) and together.abs().max() <= 1.0
+        for i in range(3):
+            assert torch.equal(together[i], pghi(mels[i:i + 1])[0]), (frames, i)
+
+
+def test_pghi_of_silence_is_silent():
+    """A Mel at the log floor everywhere, and magnitudes of exactly 0, leave nothing to integrate."""
+    from engine.audio.pghi import pghi_phase
+
+    wave = make_vocoder("pghi", CFG)(torch.full((1, CFG.n_mels, CFG.frames), float(np.log(CFG.log_floor))))
+    assert torch.isfinite(wave).all() and wave.abs().max() < 1e-3
+    assert np.isfinite(pghi_phase(np.zeros((321, 10)), CFG, tol=1e-2)).all()
+
+
+@pytest.mark.parametrize("n_iter", [0, 4, 16])
+def test_pghi_then_k_iterations_beats_griffin_lim_with_k_on_real_speech(test_clips, n_iter):
+    """Started from PGHI, fast Griffin-Lim meets the Mel's magnitudes better than from zero phase after the same
+    number of iterations (mean spectral convergence over the 10 clips, measured: 0 iterations 0.185 against 0.925,
+    4: 0.135 against 0.288, 16: 0.124 against 0.157; 64 from zero phase reach 0.123)."""
+    mel = log_mel(torch.stack([torch.as_tensor(w, dtype=torch.float32) for w in test_clips]), CFG)
+    target = GriffinLim(CFG).magnitudes(mel)
+    pghi = spectral_convergence(PGHIGriffinLim(CFG, n_iter)(mel), target, CFG).mean()
+    zero_phase = spectral_convergence(GriffinLim(CFG, n_iter)(mel), target, CFG).mean()
+    assert pghi < zero_phase, (float(pghi), float(zero_phase))
+
+
+def test_pghi_copy_synthesis_is_as_good_as_64_griffin_lim_iterations(test_clips):
+    """The registered ``pghi`` (PGHI and 2 iterations) against 64 iterations from zero phase on the same clips:
+    STOI measured 0.9835 against 0.9812, log-spectral distance 14.71 dB against 14.81."""
+    gl, pghi = compare_vocoders({"griffin-lim": GriffinLim(CFG), "pghi": make_vocoder("pghi", CFG)}, test_clips,
+                                CFG, rounds=1)
+    assert pghi["stoi"] >= gl["stoi"] - 0.002 and pghi["lsd"] <= gl["lsd"] + 0.1, (pghi, gl)

@@ -1,6 +1,8 @@
-"""Copy-synthesis quality and speed of a vocoder: STOI, log-spectral distance, real-time factor."""
+"""Copy-synthesis quality and speed of a vocoder: STOI, log-spectral distance, spectral convergence, time per
+clip."""
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from typing import Callable
@@ -58,42 +60,40 @@ def copy_synthesis_metrics(reference_wave: np.ndarray, vocoded_wave: np.ndarray,
     return {"stoi": _stoi(ref, voc, sample_rate), "lsd": log_spectral_distance(ref, voc), "samples": n}
 
 
-def real_time_factor(fn: Callable[[torch.Tensor], torch.Tensor], mel: torch.Tensor, n_repeat: int = 5,
-                     sample_rate: int = SAMPLE_RATE, warmup: int = 1) -> dict[str, float]:
-    """Wall time of ``fn(mel)`` over the audio duration it produces (RTF < 1: faster than real time).
+def spectral_convergence(wave: torch.Tensor, target_mag: torch.Tensor, feature_cfg) -> torch.Tensor:
+    """Per clip ||(|STFT(wave)| - target_mag)|| / ||target_mag|| (Frobenius norms, the engine's STFT): how far a
+    (B, samples) waveform's magnitudes are from the (B, bins, frames) ones it was made from; 0 meets them all."""
+    from .features import stft_magnitude
 
-    Runs ``warmup`` untimed calls, then ``n_repeat`` timed ones under inference_mode (synchronising CUDA
-    when the mel is on a GPU). Returns the median RTF and its min/max, the median seconds per call and
-    the audio seconds per call (output samples / sample_rate, summed over the batch).
-    """
-    if n_repeat < 1:
-        raise ValueError("n_repeat must be >= 1")
+    return (stft_magnitude(wave, feature_cfg) - target_mag).norm(dim=(1, 2)) / target_mag.norm(dim=(1, 2))
 
-    def sync():
-        if mel.is_cuda:
-            torch.cuda.synchronize(mel.device)
 
+def seconds_per_clip(vocoders: dict[str, Callable[[torch.Tensor], torch.Tensor]], mels: torch.Tensor,
+                     batches: tuple[int, ...] = (1, 16), rounds: int = 3) -> dict[str, dict[int, list[float]]]:
+    """Wall seconds per clip of each vocoder vocoding all of ``mels`` in consecutive batches of each size, for
+    every round: one untimed warm-up round, then ``rounds`` rounds that each run every vocoder at every batch size
+    once, interleaved so that a drift in the machine's speed falls on all of them alike."""
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    times = {name: {b: [] for b in batches} for name in vocoders}
     with torch.inference_mode():
-        out = None
-        for _ in range(max(warmup, 0)):
-            out = fn(mel)
-        times = []
-        for _ in range(n_repeat):
-            sync()
-            t0 = time.perf_counter()
-            out = fn(mel)
-            sync()
-            times.append(time.perf_counter() - t0)
-    audio_s = out.numel() / sample_rate
-    return {"rtf_median": statistics.median(times) / audio_s, "rtf_min": min(times) / audio_s,
-            "rtf_max": max(times) / audio_s, "seconds_median": statistics.median(times),
-            "audio_seconds": audio_s, "n_repeat": n_repeat}
+        for r in range(rounds + 1):
+            for name, fn in vocoders.items():
+                for b in batches:
+                    t0 = time.perf_counter()
+                    for i in range(0, len(mels), b):
+                        fn(mels[i:i + b])
+                    if r:
+                        times[name][b].append((time.perf_counter() - t0) / len(mels))
+    return times
 
 
 def compare_vocoders(vocoders: dict[str, Callable[[torch.Tensor], torch.Tensor]], waves: list[np.ndarray],
-                     feature_cfg) -> list[dict]:
+                     feature_cfg, batches: tuple[int, ...] = (1, 16), rounds: int = 3) -> list[dict]:
     """Copy-synthesis of real clips through each vocoder: STOI and LSD on the clips' windows joined end to
-    end (single 0.7 s clips are too short for STOI's 30-frame segments), and the real-time factor.
+    end (single 0.7 s clips are too short for STOI's 30-frame segments), and the milliseconds per clip at each
+    batch size (``seconds_per_clip`` on the first ``max(batches)`` clips: median, min and max over ``rounds``),
+    with the real-time factor of the median at the first batch size.
 
     ``waves`` are 16 kHz clips already peak-normalised and fitted to the feature window.
     """
@@ -101,12 +101,18 @@ def compare_vocoders(vocoders: dict[str, Callable[[torch.Tensor], torch.Tensor]]
 
     ref = np.concatenate(waves)
     mels = log_mel(torch.from_numpy(np.stack(waves)), feature_cfg).float()
+    times = seconds_per_clip(vocoders, mels[:max(batches)], batches, rounds)
+    clip_seconds = mels.shape[-1] * feature_cfg.hop_length / feature_cfg.sample_rate
     rows = []
     for name, fn in vocoders.items():
         with torch.no_grad():
             out = np.concatenate([fn(mels[i:i + 8]).numpy().reshape(-1) for i in range(0, len(mels), 8)])
-        rtf = real_time_factor(fn, mels[:1], n_repeat=3)
-        rows.append({"vocoder": name, **copy_synthesis_metrics(ref, out), "rtf_median": rtf["rtf_median"]})
+        row = {"vocoder": name, **copy_synthesis_metrics(ref, out),
+               "rtf_median": statistics.median(times[name][batches[0]]) / clip_seconds}
+        for b, ts in times[name].items():
+            row.update({f"ms_b{b}": 1e3 * statistics.median(ts), f"ms_b{b}_min": 1e3 * min(ts),
+                        f"ms_b{b}_max": 1e3 * max(ts)})
+        rows.append(row)
     return rows
 
 
@@ -126,7 +132,11 @@ def test_clip_waves(data: str, clips: int, cfg) -> list[np.ndarray]:
 
 
 def render_rows(rows: list[dict]) -> str:
-    """The comparison as a fixed-width table: STOI, log-spectral distance (dB), real-time factor."""
-    lines = [f"{'vocoder':<12} {'STOI':>6} {'LSD dB':>7} {'RTF':>7}"]
-    lines += [f"{r['vocoder']:<12} {r['stoi']:6.3f} {r['lsd']:7.2f} {r['rtf_median']:7.3f}" for r in rows]
+    """The comparison as a fixed-width table: STOI, log-spectral distance (dB), real-time factor and the median
+    milliseconds per clip at each batch size timed."""
+    timed = [k for k in rows[0] if re.fullmatch(r"ms_b\d+", k)] if rows else []
+    lines = [f"{'vocoder':<12} {'STOI':>6} {'LSD dB':>7} {'RTF':>7}"
+             + "".join(f" {'ms/clip ' + k[3:]:>12}" for k in timed)]
+    lines += [f"{r['vocoder']:<12} {r['stoi']:6.3f} {r['lsd']:7.2f} {r['rtf_median']:7.3f}"
+              + "".join(f" {r[k]:12.2f}" for k in timed) for r in rows]
     return "\n".join(lines)
