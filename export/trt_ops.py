@@ -1,7 +1,8 @@
 """Check an ONNX graph against TensorRT's ONNX-parser operator support matrix, without TensorRT.
 
 The matrix is the onnx-tensorrt ``docs/operators.md`` table (TensorRT 10.0, opsets 9-20; Apache-2.0), shipped
-as ``export/data/onnx-operators-trt10.md``; ``TAPDIFF_TRT_OPERATORS`` or a path picks another.
+as ``export/data/onnx-operators-trt10.md`` (package data; source and licence in ``export/data/NOTICE``), so
+nothing outside the package is read; ``TAPDIFF_TRT_OPERATORS`` or a path picks another.
 What this cannot check: per-operator restrictions that depend on values (the table's last column is
 returned for the operators used, to read), plugin availability, and the build itself.
 """
