@@ -25,7 +25,7 @@ from .diffusion.noise import clip_seed, draw_noise
 from .diffusion.score_model import score_model
 from .diffusion.solvers import SamplerSpec, get_solver, sample
 from .diffusion.taps import onehot
-from .errors import BackendError, CheckpointError
+from .errors import BackendError, CheckpointError, TapdiffError
 from .limits import Limits
 from .stages import stage
 from .storage.atomic import write_files_or_none
@@ -85,7 +85,7 @@ class Clip:
 FADE_LIMIT = 1000.0  # the largest guidance fade, in units of sigma_max: beyond it guidance weighs < 1e-6 everywhere
 
 
-class FadeNotBuilt(ValueError):
+class FadeNotBuilt(TapdiffError, ValueError):
     """A request needs a guidance fade whose graphs this engine has not built (and was told not to build)."""
 
 
@@ -169,6 +169,14 @@ class Engine:
             self.denoiser_for(self.sampler_spec(fade_sigma=float(fade)))
         self.vocoder_name = vocoder or sampling["vocoder"]
         self.vocoder = make_vocoder(self.vocoder_name, self.bundle.features, hifigan_dir)
+
+    def __repr__(self) -> str:
+        """What this engine runs: checkpoint (its folder's name), score model, backend (resolved), the default
+        solver and its score evaluations per clip, batch size, and the device when it is not the CPU."""
+        d = self.default_sampler
+        device = "" if self.device.type == "cpu" else f", device={str(self.device)!r}"
+        return (f"Engine(checkpoint={Path(self.bundle.directory).name!r}, model={self.model_name!r}, "
+                f"backend={self.backend!r}, sampler={d.solver!r}, nfe={d.nfe}, batch_size={self.batch_size}{device})")
 
     @property
     def labels(self) -> tuple[int, ...]:

@@ -24,13 +24,14 @@ import torch
 
 from .api import DEFAULT_GUIDANCE, Clip, Engine, Generation
 from .diffusion.solvers import SamplerSpec
+from .errors import TapdiffError
 
 
-class BatcherClosed(RuntimeError):
+class BatcherClosed(TapdiffError, RuntimeError):
     """A request submitted to, or still waiting in, a closed batcher."""
 
 
-class RequestCancelled(RuntimeError):
+class RequestCancelled(TapdiffError, RuntimeError):
     """A request cancelled (``Batcher.cancel``) before all its clips ran."""
 
 

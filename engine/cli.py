@@ -1,8 +1,9 @@
 """The ``tapdiff`` console script: dispatch only (the parser is ``engine.cli_parser``). Each command calls the function that does the
 job (``engine.api``, ``engine.training.workflows``, ``engine.evaluation``, ``engine.backends``,
-``engine.serve``); every expected failure becomes one line on stderr and exit status 2.
+``engine.serve``); every expected failure becomes one line on stderr and exit status 2 (``EXPECTED``).
 
-Choices (solvers, models, vocoders, backends) are read from the engine's registries."""
+Before the arguments are parsed only ``engine.cli_parser`` and ``engine.errors`` are imported, neither of which
+imports torch, so ``--help`` and usage errors stay quick; each command imports what it runs."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,19 @@ import time
 from pathlib import Path
 
 from .cli_parser import build_parser
+from .errors import TapdiffError
+
+# What a command may fail with that is the user's to fix, printed as one line with exit status 2 (anything else is
+# a bug and keeps its traceback):
+# - TapdiffError: every error class the engine defines (engine.errors: checkpoints, backends, output folders, audio
+#   files, vocoder caches; engine.api.FadeNotBuilt; ...);
+# - ValueError: a value the engine refuses past the parser (batch sizes, sampler specs, limits, configs), raised as
+#   a plain ValueError throughout;
+# - OSError: files and folders (a missing --data or --checkpoint, no permission, a full disk);
+# - FloatingPointError: a run that diverged (training loss or sampled clips not finite), raised on purpose;
+# - ImportError: an optional dependency that is not installed (serve, replicas, onnxruntime), named with its
+#   pip install.
+EXPECTED = (TapdiffError, ValueError, OSError, FloatingPointError, ImportError)
 
 
 def _command(args) -> str:
@@ -222,6 +236,22 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_memory(args) -> int:
+    from .evaluation.memory import RUNTIME_NAMES, memory_report, render
+    from .provenance import markdown_header, run_record
+    from .storage.atomic import atomic_write_bytes
+
+    record = run_record(_command(args))
+    report = memory_report(args.checkpoint, args.models, args.batch, args.guidance, args.processes, args.threads,
+                           runtimes=[RUNTIME_NAMES[r] for r in args.runtimes], artifacts=args.artifacts)
+    out = Path(args.out)
+    atomic_write_bytes(out / "memory.json", (json.dumps({**record, **report}, indent=1) + "\n").encode())
+    text = render(report, markdown_header(record))
+    atomic_write_bytes(out / "memory.md", text.encode())
+    print(text)
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .api import Engine
     from .limits import Limits, ServerLimits
@@ -271,23 +301,18 @@ COMMANDS = {name.removeprefix("cmd_"): fn for name, fn in dict(globals()).items(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import BackendError, CheckpointError
-
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["memory"]:  # its own parser takes every option (argparse's REMAINDER would not take --help)
-        from .evaluation.memory import main as memory_main
-
-        return memory_main(argv[1:])
     args = build_parser().parse_args(argv)
     args.argv = argv
     run = COMMANDS[args.run]
-    if getattr(args, "checkpoint", None) is None and args.command in ("evaluate", "export", "profile", "bench"):
+    if getattr(args, "checkpoint", None) is None and args.command in ("evaluate", "export", "profile", "bench",
+                                                                       "memory"):
         from .storage.checkpoint import DEFAULT_CHECKPOINT
 
         args.checkpoint = str(DEFAULT_CHECKPOINT)
     try:
         return run(args)
-    except (ValueError, CheckpointError, OSError, FloatingPointError, ImportError, BackendError) as e:
+    except EXPECTED as e:
         print(f"tapdiff: error: {e}", file=sys.stderr)
         return 2
 

@@ -9,6 +9,7 @@ from engine.api import Engine
 from engine.audio.datasets import list_items
 from engine.audio.wav import read_wav
 from engine.storage.checkpoint import CheckpointError
+from engine.storage.hashing import file_sha256
 from engine.cli import main
 
 
@@ -103,9 +104,9 @@ def test_missing_and_corrupt_checkpoints_are_named(tiny_checkpoint, tmp_path):
         Engine(flipped)
     truncated = copy_checkpoint(tiny_checkpoint, tmp_path / "trunc")
     cfg = json.loads((truncated / "config.json").read_text())
-    cfg["files"].pop("classifier.safetensors")  # no hash to catch it: the reader must
-    (truncated / "config.json").write_text(json.dumps(cfg))
     (truncated / "classifier.safetensors").write_bytes(b"\x00" * 20)
+    cfg["files"]["classifier.safetensors"] = file_sha256(truncated / "classifier.safetensors")  # the reader must
+    (truncated / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="classifier.safetensors is not a readable safetensors"):
         Engine(truncated)
     other = copy_checkpoint(tiny_checkpoint, tmp_path / "other")
