@@ -44,7 +44,8 @@ ADAPT_RUN = {"seconds": 150.0, "batch_size": 32, "lr": 1e-3, "ema": 0.99}
 DISTILL_RUN = {"seconds": 1800.0, "held_out": 128, "steps": 4, "batch_size": 16, "lr": 2e-4, "snapshot_every": 300.0,
                "guided_taps": True, "condition_lr_scale": 1.0}
 TRAJECTORY_SETTINGS = {"count": 2048, "steps": 12}
-DMD_SETTINGS = {"batch_size": 8, "generator_lr": 2e-5, "fake_lr": 1e-4, "fake_updates": 5, "warmup": 100, "ema": 0.99}
+DMD_SETTINGS = {"batch_size": 8, "generator_lr": 2e-5, "fake_lr": 1e-4, "fake_updates": 5, "warmup": 100, "ema": 0.99,
+                "gan_weight": 0.0}
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "fsdd"  # engine.storage.checkpoint.DEFAULT_CHECKPOINT
 CACHE = "$TAPDIFF_CACHE or ~/.cache/tapdiff"
 DOCS_WIDTH = 100  # columns of the help in docs/cli.md, whatever the terminal
@@ -330,7 +331,7 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
                    help="trajectories: regress onto the teacher's guided ODE endpoints; dmd: match the guided "
                         "teacher's distribution with an online fake score (engine.training.dmd)")
     dm = d.add_argument_group("--method dmd (distribution matching, DMD2; starts from the bundle's student)")
-    _add_data(dm, "FSDD folder: the real test clips the curve is judged against")
+    _add_data(dm, "FSDD folder: the real test clips the curve is judged against, and the GAN term's training clips")
     dm.add_argument("--generator-lr", type=float, default=DMD_SETTINGS["generator_lr"],
                     help="learning rate of the student (the generator)")
     dm.add_argument("--fake-lr", type=float, default=DMD_SETTINGS["fake_lr"], help="learning rate of the fake score")
@@ -338,6 +339,9 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
                     help="fake-score updates per generator update")
     dm.add_argument("--warmup", type=int, default=DMD_SETTINGS["warmup"],
                     help="fake-score updates on the generator's samples before it first moves")
+    dm.add_argument("--gan-weight", type=float, default=DMD_SETTINGS["gan_weight"],
+                    help="weight of DMD2's GAN term on the generator, a head on the frozen classifier's taps trained on "
+                         "the real training clips of --data against the generator's samples (0: off)")
     dm.add_argument("--generator-ema", type=float, default=DMD_SETTINGS["ema"], help="EMA decay of the student's weights")
     dm.add_argument("--max-generator-updates", type=int, default=10**9,
                     help="stop after this many generator updates (or at --seconds, whichever comes first)")

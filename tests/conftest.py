@@ -96,3 +96,23 @@ def tiny_with_baselines(tiny_checkpoint, fsdd_root):
     assert main(["train-score", *ck, "--model", "two-model", "--widths", "8,8,16,16", *data]) == 0
     assert main(["train-score", *ck, "--model", "ablation", "--widths", "8,8,16,16", *data]) == 0
     return tiny_checkpoint
+
+
+# Tiers: whole modules by what they cost or need (``pytest -m "not slow and not browser and not ray"`` is the quick
+# tier for the edit-test loop; the README's command runs everything).
+SLOW_MODULES = {"test_concurrency", "test_faults", "test_serve", "test_output_folder", "test_distill",
+                "test_width_sweep", "test_learning_curve", "test_quality_table", "test_choose_sampling",
+                "test_shift_study", "test_hardening", "test_gpu_check", "test_serve_replicas",
+                "test_batch_invariance"}
+MODULE_MARKERS = {"test_serve_page": "browser", "test_serve_replicas": "ray"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.path.stem
+        if module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+        if module in MODULE_MARKERS:
+            item.add_marker(getattr(pytest.mark, MODULE_MARKERS[module]))
+        if "gpu" in item.path.parts:
+            item.add_marker(pytest.mark.gpu)

@@ -14,14 +14,14 @@ from engine.training.dmd import DMDSettings, DMDTrainer, dmd_sigma, fake_network
 KIND = score_network_kind("tapdiff-distilled")
 
 
-def _trainer(settings: DMDSettings) -> DMDTrainer:
+def _trainer(settings: DMDSettings, real=None) -> DMDTrainer:
     tb = load_bundle(DEFAULT_CHECKPOINT, model="tapdiff")
     sb = load_bundle(DEFAULT_CHECKPOINT, model=KIND.name)
     teacher = score_model(tb)
     generator = build_score_model(teacher.extractor, sb.score_net.train().requires_grad_(True))
     cfg = from_dict(KIND.config_cls, sb.config[KIND.config_key])
     fake = fake_network(lambda c: KIND.build(c, tb.classifier.tap_channels, tb.input_hw), cfg, tb.score_net)
-    return DMDTrainer(teacher, generator, fake, tb.labels, tb.input_hw, settings)
+    return DMDTrainer(teacher, generator, fake, tb.labels, tb.input_hw, settings, real)
 
 
 def _flat(net: torch.nn.Module) -> torch.Tensor:
@@ -82,3 +82,30 @@ def test_a_resumed_run_continues_exactly(tmp_path):
     c = _trainer(DMDSettings(batch_size=2, warmup=1, fake_updates=3))
     with pytest.raises(Exception, match="other DMD settings"):
         c.resume(path)
+
+
+def test_the_gan_term_trains_its_head_and_reaches_the_generator_through_the_classifier(fsdd_root, tmp_path):
+    """With ``gan_weight`` > 0 the head (on the frozen classifier's deepest taps) is trained on real clips against
+    the generator's samples, its loss reaches the generator (the generator's step differs from the run without
+    it), and its weights and optimiser resume with the rest."""
+    from engine.audio.datasets import list_items, load_features
+
+    tb = load_bundle(DEFAULT_CHECKPOINT, model=None)
+    clips = load_features(list_items(fsdd_root, "train", (3, 7))[:8], tb.features)
+    real = (tb.normaliser.normalise(clips.mels)[:, None], clips.labels)
+    with_gan = DMDSettings(batch_size=2, warmup=0, fake_updates=1, gan_weight=1.0)
+    a = _trainer(with_gan, real)
+    b = _trainer(DMDSettings(batch_size=2, warmup=0, fake_updates=1))
+    head0 = _flat(a.disc)
+    out = a.iteration_step()
+    b.iteration_step()
+    assert "disc_loss" in out and not torch.equal(head0, _flat(a.disc))
+    assert not torch.equal(_flat(a.generator.denoiser.net), _flat(b.generator.denoiser.net))
+    assert all(not p.requires_grad for p in a.teacher.extractor.classifier.parameters())
+    path = tmp_path / "gan.state.safetensors"
+    a.checkpoint(path)
+    c = _trainer(with_gan, real)
+    c.resume(path)
+    assert torch.equal(_flat(c.disc), _flat(a.disc))
+    with pytest.raises(ValueError, match="needs real clips"):
+        _trainer(with_gan)

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from ..diffusion.guidance import apply_guidance
 from ..diffusion.score_model import DistilledDenoiser, GuidedDenoiser, build_score_model
-from ..diffusion.sde import loss_weight, perturb, sample_training_sigma
+from ..diffusion.sde import loss_weight, perturb, precondition, sample_training_sigma
 from ..diffusion.solvers import SamplerSpec
 from ..diffusion.taps import Taps, onehot
 from ..errors import CheckpointError
@@ -60,15 +61,19 @@ class DMDSettings:
     unconditional_share: float = 0.1
     default_gamma_share: float = 0.6  # the engine's default gamma: where the quality rule is judged
     seed: int = 0
+    gan_weight: float = 0.0  # DMD2's GAN term on the generator (0: off); its head reads the classifier's taps
 
     def __post_init__(self):
         if not (self.steps >= 1 and self.batch_size >= 1 and self.generator_lr > 0 and self.fake_lr > 0
                 and self.fake_updates >= 1 and self.warmup >= 0 and 0 <= self.ema < 1
-                and 0 <= self.min_level < self.max_level <= 1):
+                and 0 <= self.min_level < self.max_level <= 1 and self.gan_weight >= 0):
             raise ValueError(f"invalid DMD settings {self}")
 
     def record(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not self.gan_weight:  # runs without the GAN term keep the record they were written with
+            del out["gan_weight"]
+        return out
 
     def conditions(self) -> TrajectorySettings:
         return TrajectorySettings(unconditional_share=self.unconditional_share,
@@ -99,11 +104,30 @@ def fake_network(build: Callable[[object], torch.nn.Module], student_cfg, teache
     return fake
 
 
+class TapDiscriminator(torch.nn.Module):
+    """DMD2's GAN head, here on the frozen classifier's deepest feature map at a re-noised input (the classifier is
+    noise-conditioned, so its features at (x_t, sigma) are what the head reads): a convolution, mean pooling, a
+    logit, plus a projection onto the label (all-zero one-hot: no label term)."""
+
+    def __init__(self, channels: int, n_classes: int, width: int = 64):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, width, 3, padding=1)
+        self.out = torch.nn.Linear(width, 1)
+        self.label = torch.nn.Linear(n_classes, width, bias=False)
+
+    def forward(self, feature: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.conv(F.silu(feature))).mean(dim=(2, 3))
+        return self.out(h)[:, 0] + (self.label(onehot) * h).sum(-1)
+
+
 class DMDTrainer:
     """G, the fake score and the frozen teacher, with one ``iteration`` at a time and resumable state."""
 
     def __init__(self, teacher: GuidedDenoiser, generator: DistilledDenoiser, fake_net: torch.nn.Module,
-                 labels: tuple[int, ...], input_hw: tuple[int, int], settings: DMDSettings):
+                 labels: tuple[int, ...], input_hw: tuple[int, int], settings: DMDSettings,
+                 real: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """``real``: (normalised clips (N, 1, F, T), their labels (N,)), the real data of the GAN term (needed
+        when ``settings.gan_weight`` > 0, never used otherwise)."""
         if not isinstance(generator, DistilledDenoiser):
             raise TypeError("the generator must be a distilled student (label and gamma as inputs)")
         self.teacher, self.generator, self.settings = teacher.eval().requires_grad_(False), generator, settings
@@ -114,6 +138,14 @@ class DMDTrainer:
         self.fake_opt = torch.optim.AdamW(self.fake.denoiser.net.parameters(), lr=settings.fake_lr,
                                           betas=(0.0, 0.999), weight_decay=0.0)
         self.ema = EMA(generator.denoiser.net, settings.ema)
+        self.disc = self.disc_opt = None
+        if settings.gan_weight > 0:
+            if real is None:
+                raise ValueError("the GAN term needs real clips")
+            self.real_x, self.real_labels = real
+            self.disc = TapDiscriminator(teacher.extractor.tap_channels[-1], teacher.n_classes)
+            self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=settings.fake_lr, betas=(0.0, 0.999),
+                                              weight_decay=0.0)
         self.levels = SamplerSpec("multistep", settings.steps).schedule(self.sde).float()  # ends at 0
         self.gen = torch.Generator().manual_seed(settings.seed)
         self.iteration, self.g_updates, self.elapsed = 0, 0, 0.0
@@ -158,6 +190,24 @@ class DMDTrainer:
         grad = torch.nan_to_num((fake - real) / norm)
         return 0.5 * torch.nn.functional.mse_loss(x0, (x0 - grad).detach())
 
+    def disc_logits(self, x0: torch.Tensor, oh: torch.Tensor) -> torch.Tensor:
+        """The GAN head's logits at ``x0`` re-noised (DMD2's levels), with autograd through the frozen classifier
+        to ``x0`` (so the generator's GAN loss reaches its weights)."""
+        s = self.settings
+        sigma = dmd_sigma(len(x0), self.sde, s.min_level, s.max_level, self.gen)
+        x_t = perturb(x0, sigma, torch.randn(x0.shape, generator=self.gen))
+        _, _, c_in, c_noise = precondition(sigma, self.sde)
+        fp = self.teacher.extractor.classifier.forward_with_tape(c_in * x_t, c_noise,
+                                                                 keep_tape=False)
+        return self.disc(fp.taps[-1], oh)
+
+    def disc_loss(self, x0_fake: torch.Tensor, oh: torch.Tensor) -> torch.Tensor:
+        """Non-saturating GAN loss of the head: real training clips (with their labels) against the generator's."""
+        idx = torch.randint(len(self.real_x), (len(x0_fake),), generator=self.gen)
+        real_oh = onehot(self.real_labels[idx], self.teacher.n_classes)
+        return (F.softplus(-self.disc_logits(self.real_x[idx], real_oh)).mean()
+                + F.softplus(self.disc_logits(x0_fake.detach(), oh)).mean())
+
     def fake_loss(self, x0: torch.Tensor, oh, gamma) -> torch.Tensor:
         """Denoising score matching of the fake score on G's samples (EDM's weighting, conditioned like G)."""
         sigma = sample_training_sigma(len(x0), self.sde, self.gen)
@@ -185,7 +235,12 @@ class DMDTrainer:
         if self.generator_moves:
             net.train()
             x0 = self.generator(x, sigma_k, oh, gamma)
-            out["g_loss"] = self._descend(self.generator_loss(x0, oh, gamma), self.g_opt, net, "the generator")
+            loss = self.generator_loss(x0, oh, gamma)
+            if self.disc is not None:
+                self.disc.requires_grad_(False)
+                loss = loss + s.gan_weight * F.softplus(-self.disc_logits(x0, oh)).mean()
+                self.disc.requires_grad_(True)
+            out["g_loss"] = self._descend(loss, self.g_opt, net, "the generator")
             self.ema.update(net, self.g_updates)
             self.g_updates += 1
             x0 = x0.detach()
@@ -194,6 +249,8 @@ class DMDTrainer:
                 x0 = self.generator(x, sigma_k, oh, gamma)
         fake_net = self.fake.denoiser.net.train()
         out["fake_loss"] = self._descend(self.fake_loss(x0, oh, gamma), self.fake_opt, fake_net, "the fake score")
+        if self.disc is not None:
+            out["disc_loss"] = self._descend(self.disc_loss(x0, oh), self.disc_opt, self.disc, "the GAN head")
         self.iteration += 1
         self.elapsed += time.monotonic() - t0
         return out
@@ -248,7 +305,8 @@ class DMDTrainer:
                 "fake": self.fake.denoiser.net.state_dict(), "g_opt": self.g_opt.state_dict(),
                 "fake_opt": self.fake_opt.state_dict(), "rng": self.gen.get_state(), "iteration": self.iteration,
                 "g_updates": self.g_updates, "elapsed": self.elapsed, "log": self.log,
-                "settings": self.settings.record()}
+                "settings": self.settings.record(),
+                **({"disc": self.disc.state_dict(), "disc_opt": self.disc_opt.state_dict()} if self.disc else {})}
 
     def resume(self, path: Path) -> None:
         st = load_state(path)
@@ -261,6 +319,9 @@ class DMDTrainer:
             self.fake.denoiser.net.load_state_dict(st["fake"])
             self.g_opt.load_state_dict(st["g_opt"])
             self.fake_opt.load_state_dict(st["fake_opt"])
+            if self.disc is not None:
+                self.disc.load_state_dict(st["disc"])
+                self.disc_opt.load_state_dict(st["disc_opt"])
             self.gen.set_state(st["rng"])
             self.iteration, self.g_updates = int(st["iteration"]), int(st["g_updates"])
             self.elapsed, self.log = float(st["elapsed"]), dict(st["log"])

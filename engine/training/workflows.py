@@ -364,6 +364,7 @@ class DMDRun:
     max_g_updates: int = 10**9
     settings: DMDSettings = DMDSettings()
     eval_every: int = 100  # G updates between curve points
+    data: str = DEFAULT_DATA  # the real training clips of the GAN term (read only when settings.gan_weight > 0)
     command: str = ""
 
 
@@ -391,7 +392,12 @@ def distill_student_dmd(run: DMDRun, judge: Callable[[Path, str, int], dict] | N
     torch.manual_seed(run.settings.seed)
     fake_net = fake_network(lambda cfg: kind.build(cfg, teacher_bundle.classifier.tap_channels, hw), student_cfg,
                             teacher_bundle.score_net)
-    trainer = DMDTrainer(teacher, generator, fake_net, teacher_bundle.labels, hw, run.settings)
+    real = None
+    if run.settings.gan_weight > 0:
+        clips = load_features(list_items(run.data, "train", teacher_bundle.labels), teacher_bundle.features,
+                              progress=progress)
+        real = (teacher_bundle.normaliser.normalise(clips.mels)[:, None], clips.labels)
+    trainer = DMDTrainer(teacher, generator, fake_net, teacher_bundle.labels, hw, run.settings, real)
     started_from = {"student_sha256": student_bundle.weights_sha256(kind.weights),
                     "teacher_sha256": teacher_bundle.weights_sha256(score_network_kind(kind.teacher).weights)}
     if path.exists():
