@@ -225,6 +225,15 @@ class Engine:
         spec.schedule(self.bundle.sde)  # a schedule the arithmetic survives (rho), refused here if not
         return spec
 
+    def warmup(self) -> list[float]:
+        """Run one clip through every built guidance fade's denoiser and the vocoder (first-run allocations,
+        sessions, the vocoder's tables), so a service's first request waits for none of it; returns the fades."""
+        fades = self.built_fades()
+        for fade in fades:
+            spec = self.sampler_spec(steps=1, fade_sigma=fade)
+            self.generate(self.labels[0], n=1, spec=spec)
+        return fades
+
     def built_fades(self) -> list[float]:
         """The guidance fades this engine holds a built denoiser for (the loaded one first)."""
         with self._denoisers_lock:

@@ -186,6 +186,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_warmup(args) -> int:
+    from .api import Engine
+
+    t0 = time.monotonic()
+    engine = Engine(args.checkpoint, model=args.model, backend=args.backend, artifacts=args.artifacts,
+                    device=args.device, batch_size=args.batch_size, fades=args.fades)
+    built = engine.warmup()
+    print(json.dumps({"engine": repr(engine), "fades": built, "seconds": round(time.monotonic() - t0, 2)}))
+    return 0
+
+
 def cmd_export(args) -> int:
     from .backends import export_artifacts
 
@@ -269,7 +280,9 @@ def cmd_serve(args) -> int:
         serve_replicas(engine_kwargs, args.replicas, args.host, args.port, args.max_batch, args.max_delay_ms, limits,
                        args.threads)
         return 0
-    serve(Engine(**engine_kwargs), args.host, args.port, args.max_batch, args.max_delay_ms, limits,
+    engine = Engine(**engine_kwargs)
+    engine.warmup()  # every graph built and run once before the server reports ready
+    serve(engine, args.host, args.port, args.max_batch, args.max_delay_ms, limits,
           set(args.allowed_hosts) if args.allowed_hosts else None)
     return 0
 

@@ -247,6 +247,16 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     _add_backend(g)
     g.set_defaults(run="generate")
 
+    w = command(sub, "warmup", "build every graph a service will need (exports, optimised graphs, the vocoder) and "
+                               "run one clip through each, so the first request waits for none of it")
+    _add_checkpoint(w)
+    _add_model(w)
+    w.add_argument("--fades", type=numbers, default=(),
+                   help="guidance fades to build besides the checkpoint's (comma-separated sigmas)")
+    w.add_argument("--batch-size", type=int, default=16, help="clips per sampler batch, as the service will run")
+    _add_backend(w)
+    w.set_defaults(run="warmup")
+
     c = command(sub, "train-classifier", "train the noise-conditioned classifier into a new checkpoint folder")
     _add_data(c)
     c.add_argument("--out", required=True, help="checkpoint folder to write (resumes from OUT/state/)")

@@ -189,7 +189,7 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
     class GenerateRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
         digit: Optional[Union[int, list[int]]] = Field(None, description="a digit, a list of digits, or null")
-        n: int = Field(1, ge=1, le=bounds.max_clips, description="clips per digit")
+        n: int = Field(1, ge=1, description=f"clips per digit (429 above {bounds.max_clips} clips in all)")
         seed: int = Field(0, ge=0, le=bounds.max_seed)
         guidance: float = Field(DEFAULT_GUIDANCE, ge=0, le=bounds.max_guidance, allow_inf_nan=False)
         nfe: Optional[int] = Field(None, ge=1, le=bounds.max_nfe, description="score evaluations per clip")
@@ -284,7 +284,10 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
                 raise HTTPException(504, f"the request ran past {limits.request_timeout_s:g} s; its clips were dropped")
         try:
             out = waiting.result()
-        except (ValueError, FloatingPointError) as e:
+        except FloatingPointError:  # the request was valid: a fault of the server's, not the client's
+            raise HTTPException(500, "sampling produced NaN or inf; the request id names it in the server's log") \
+                from None
+        except ValueError as e:
             raise HTTPException(422, str(e)) from None
         except (RequestCancelled, asyncio.CancelledError):
             raise HTTPException(503, "the request was cancelled") from None

@@ -227,3 +227,18 @@ def test_engine_repr():
     d = engine.default_sampler
     assert repr(engine) == (f"Engine(checkpoint='fsdd', model={engine.model_name!r}, backend='torch', "
                             f"sampler={d.solver!r}, nfe={d.nfe}, batch_size=4)")
+
+
+def test_warmup_builds_every_fade_and_runs_a_clip_through_each(capsys):
+    import json
+
+    from engine.api import Engine
+    from engine.cli import main
+
+    assert main(["warmup", "--backend", "torch", "--fades", "0.5,2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["fades"] == [0.0, 0.5, 2.0] and "model='tapdiff'" in out["engine"]
+    engine = Engine(backend="torch", fades=(1.0,))
+    calls = []
+    engine.generate = lambda *a, **k: calls.append(k["spec"].fade_sigma)  # what warmup runs, per fade
+    assert engine.warmup() == [0.0, 1.0] and calls == [0.0, 1.0]

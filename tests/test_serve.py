@@ -90,6 +90,7 @@ def test_answers_equal_the_engine_alone_one_wav_or_a_zip(server, tiny_checkpoint
     ({"digit": 7, "sampler": "ddim"}, 422, "Input should be 'dpmpp_2m'"),
     ({"digit": 7, "seed": "x"}, 422, "seed"),
     ({"digit": [1, 7], "n": 3}, 429, "at most 4 per request"),
+    ({"digit": 7, "n": 100}, 429, "at most 4 per request"),
 ])
 def test_bad_requests_are_refused_with_the_reason(server, body, status, reason):
     r = httpx.post(f"{server}/generate", json=body, timeout=60)
@@ -363,3 +364,35 @@ def test_a_foreign_host_header_is_refused_and_docs_load_no_third_party_script(st
     assert httpx.get(f"{strict}/docs", timeout=10).status_code == 404
     assert httpx.get(f"{strict}/redoc", timeout=10).status_code == 404
     assert "/generate" in httpx.get(f"{strict}/openapi.json", timeout=10).json()["paths"]
+
+
+def test_a_nan_from_sampling_is_a_500_with_a_request_id_not_a_422():
+    """A valid request whose sampling fails numerically is the server's fault: 500, its request id, no trace."""
+    import asyncio
+    from concurrent.futures import Future
+
+    from engine.api import Engine
+    from engine.metrics import ServiceMetrics
+    from engine.serve import create_app
+
+    class FailingBatcher:
+        clips_sampled, max_batch, max_delay = 0, 1, 0.0
+
+        def submit(self, *args, **kwargs):
+            f = Future()
+            f.set_exception(FloatingPointError("sampling produced NaN or inf"))
+            return f
+
+        def cancel(self, future):
+            pass
+
+    engine = Engine(backend="torch")
+    asgi, _ = create_app(engine, FailingBatcher(), metrics=ServiceMetrics(engine.model_name, engine.backend))
+
+    async def post():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://127.0.0.1") as c:
+            return await c.post("/generate", json={"digit": 7, "nfe": 2}, headers={"x-request-id": "nan-1"})
+
+    r = asyncio.run(post())
+    assert r.status_code == 500 and r.headers["x-request-id"] == "nan-1"
+    assert "NaN" in r.json()["detail"] and "Traceback" not in r.text
