@@ -118,3 +118,30 @@ def test_engine_bytes_do_not_depend_on_the_batch(tmp_path):
     assert torch.equal(alone[0], batched[2])
     a, b = engine.finish([7], alone), engine.finish([3, None, 7, 1], batched)
     assert torch.equal(a.waves[0], b.waves[2])
+
+
+def test_the_cli_writes_the_bytes_the_api_gives_the_same_request_batched_with_others(tmp_path):
+    """The same request (digit 7, seed 5, 2 evaluations) through the CLI alone and through the API inside a larger
+    batch: the same WAV bytes (onnxruntime, the default backend, one thread each)."""
+    import os
+    import subprocess
+    import sys
+
+    from engine.api import Clip, Engine
+    from engine.audio.wav import wav_bytes
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TAPDIFF_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-m", "engine.cli", "generate", "--digit", "7", "--seed", "5", "--nfe", "2",
+                          "--out", str(tmp_path / "cli"), "--quiet"], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CLI's thread count: the same kernels
+    try:
+        engine = Engine(batch_size=8, artifacts=tmp_path / "cache")
+        spec = engine.sampler_spec(nfe=2)
+        clips = [Clip(3, 3.0, 1, 0), Clip(7, 3.0, 5, 0), Clip(None, 0.0, 9, 4)]
+        out = engine.finish([c.label for c in clips], engine.sample_clips(clips, spec))
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "cli" / "7_0.wav").read_bytes() == wav_bytes(out.waves[1].numpy(), out.sample_rate)
