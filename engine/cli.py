@@ -248,18 +248,13 @@ def cmd_bench(args) -> int:
 
 
 def cmd_memory(args) -> int:
-    from .evaluation.memory import RUNTIME_NAMES, memory_report, render
-    from .provenance import markdown_header, run_record
-    from .storage.atomic import atomic_write_bytes
+    from .evaluation.memory import RUNTIME_NAMES, memory_report, write_report
+    from .provenance import run_record
 
     record = run_record(_command(args))
     report = memory_report(args.checkpoint, args.models, args.batch, args.guidance, args.processes, args.threads,
                            runtimes=[RUNTIME_NAMES[r] for r in args.runtimes], artifacts=args.artifacts)
-    out = Path(args.out)
-    atomic_write_bytes(out / "memory.json", (json.dumps({**record, **report}, indent=1) + "\n").encode())
-    text = render(report, markdown_header(record))
-    atomic_write_bytes(out / "memory.md", text.encode())
-    print(text)
+    print(write_report(args.out, record, report))
     return 0
 
 

@@ -72,7 +72,7 @@ def heap_integrate(mag: np.ndarray, per_frame: np.ndarray, per_bin: np.ndarray, 
             continue
         done[root] = 1
         heap.append(root)
-        while heap:
+        while heap:  # the four neighbours unrolled: this loop is PGHI's sequential core, run once per bin
             k = pop(heap)
             p, hf, hb = phase[k], half_frame[k], half_bin[k]
             j = next_frame[k]

@@ -858,20 +858,27 @@ def main(argv=None) -> int:
     if args.probe:
         print(json.dumps(_probe(json.loads(args.probe))))
         return 0
-    from ..storage.atomic import atomic_write_bytes
-    from ..provenance import markdown_header, run_record
+    from ..provenance import run_record
 
     command = "python -m engine.evaluation.memory " + " ".join(argv if argv is not None else sys.argv[1:])
     record = run_record(command)
     report = memory_report(args.checkpoint, [m for m in args.models.split(",") if m],
                            [int(b) for b in args.batch.split(",")], args.guidance, args.processes, args.threads,
                            runtimes=[RUNTIME_NAMES[r] for r in args.runtimes.split(",") if r], artifacts=args.artifacts)
-    out = Path(args.out)
+    print(write_report(args.out, record, report))
+    return 0
+
+
+def write_report(out: str | Path, record: dict, report: dict) -> str:
+    """``memory.json`` and ``memory.md`` of ``report`` (with its run record) into folder ``out``; the markdown."""
+    from ..provenance import markdown_header
+    from ..storage.atomic import atomic_write_bytes
+
+    out = Path(out)
     atomic_write_bytes(out / "memory.json", (json.dumps({**record, **report}, indent=1) + "\n").encode())
     text = render(report, markdown_header(record))
     atomic_write_bytes(out / "memory.md", text.encode())
-    print(text)
-    return 0
+    return text
 
 
 if __name__ == "__main__":
