@@ -5,7 +5,8 @@ server on loopback, every answer checked byte for byte against the same request 
 
 Settings: one process with the in-process batcher on all the machine's threads; one process on one thread;
 ``--replicas 2`` (Ray Serve, ``@serve.batch``) with one thread per replica, waiting 20 ms and 200 ms for a batch to
-fill. All batch-invariant (the default: every evaluation at --max-batch rows) with batches of up to 16 clips. Each client sends one
+fill. All batch-invariant (the default; free of padding with onnxruntime, the default backend) with batches of up to 16
+clips. Each client sends one
 request (one clip: digit i mod 10, seed i, the checkpoint's default solver); all start together. Per setting:
 answers, how many are byte-identical to the same request made alone through the Python API at the server's
 thread count (the WAV bytes; a batch-invariant Engine with the same batch size and backend), the largest sample
