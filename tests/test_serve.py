@@ -216,10 +216,12 @@ def test_a_short_request_is_not_stuck_behind_a_long_one(strict):
 
 
 def test_a_request_past_its_timeout_is_504_and_its_clips_are_dropped(tiny_checkpoint):
-    url, proc = _start(tiny_checkpoint, *STRICT[:-2], "--request-timeout-s", "1")
+    args = [("1000" if a == "100" and STRICT[i - 1] == "--max-nfe" else a) for i, a in enumerate(STRICT[:-2])]
+    url, proc = _start(tiny_checkpoint, *args, "--request-timeout-s", "1")
     try:
         before = _health(url)["clips_sampled"]
-        r = httpx.post(f"{url}/generate", json={"digit": 7, "n": 4, "nfe": 100, "sampler": "euler_maruyama"},
+        # 4 batches of one clip at 1,000 evaluations: each takes seconds, far past the 1 s timeout
+        r = httpx.post(f"{url}/generate", json={"digit": 7, "n": 4, "nfe": 1000, "sampler": "euler_maruyama"},
                        timeout=60)
         assert r.status_code == 504 and "1 s" in r.text
         assert _settled(url)["queued_clips"] == 0
