@@ -235,7 +235,7 @@ class Engine:
         return fades
 
     def built_fades(self) -> list[float]:
-        """The guidance fades this engine holds a built denoiser for (the loaded one first)."""
+        """The guidance fades this engine holds a built denoiser for, least recently used first."""
         with self._denoisers_lock:
             return list(self._denoisers)
 

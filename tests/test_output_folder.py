@@ -22,7 +22,14 @@ def test_sigint_is_held_back_until_the_block_ends():
     assert got == ["finished the block"]
 
 
-def test_sigint_during_the_final_renames_leaves_all_files_not_some(tmp_path, monkeypatch):
+@pytest.mark.parametrize("other_thread", [False, True])
+def test_sigint_during_the_final_renames_leaves_all_files_not_some(tmp_path, monkeypatch, other_thread):
+    """Also with another thread alive (a runtime's worker), which the kernel may hand the signal to."""
+    import threading
+
+    stop = threading.Event()
+    if other_thread:
+        threading.Thread(target=stop.wait, daemon=True).start()
     real_replace, done = os.replace, []
 
     def replace_then_interrupt(a, b):
@@ -34,6 +41,7 @@ def test_sigint_during_the_final_renames_leaves_all_files_not_some(tmp_path, mon
     monkeypatch.setattr(atomic.os, "replace", replace_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         write_files_or_none(tmp_path / "out", {f"{k}.wav": b"x" * 10 for k in range(20)})
+    stop.set()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{k}.wav" for k in range(20))
 
 

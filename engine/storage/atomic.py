@@ -9,6 +9,7 @@ import contextlib
 import os
 import shutil
 import signal
+import threading
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -90,14 +91,23 @@ def remove_orphaned_staging(folder: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def signals_deferred():
-    """SIGINT and SIGTERM held back for the block (delivered when it ends), so that a short sequence of steps
-    is done whole."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """SIGINT and SIGTERM held back for the block and delivered when it ends, so that a short sequence of steps is
+    done whole. Python runs signal handlers in the main thread whichever thread the signal reached, so the
+    handlers are swapped for ones that only record the signal (a per-thread signal mask would not do: any other
+    thread, such as a runtime's worker, can take it). Off the main thread, where handlers cannot be set, the
+    block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(got):
+            signal.raise_signal(s)  # now, to the handlers that were in place
 
 
 class StagedFolder:
