@@ -189,7 +189,8 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
     class GenerateRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
         digit: Optional[Union[int, list[int]]] = Field(None, description="a digit, a list of digits, or null")
-        n: int = Field(1, ge=1, description=f"clips per digit (429 above {bounds.max_clips} clips in all)")
+        n: int = Field(1, ge=1, description=f"clips per digit (429 above {bounds.max_clips} clips in all)",
+                       json_schema_extra={"maximum": bounds.max_clips})  # stated, and answered 429 by the handler
         seed: int = Field(0, ge=0, le=bounds.max_seed)
         guidance: float = Field(DEFAULT_GUIDANCE, ge=0, le=bounds.max_guidance, allow_inf_nan=False)
         nfe: Optional[int] = Field(None, ge=1, le=bounds.max_nfe, description="score evaluations per clip")
