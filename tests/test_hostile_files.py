@@ -22,7 +22,7 @@ from engine.storage.state_file import load_state
 @pytest.fixture
 def bundle_copy(tmp_path):
     out = tmp_path / "ck"
-    shutil.copytree(DEFAULT_CHECKPOINT, out, ignore=shutil.ignore_patterns("state", "resume", "*_distilled*", "unet*",
+    shutil.copytree(DEFAULT_CHECKPOINT, out, ignore=shutil.ignore_patterns("state", "*_distilled*", "unet*",
                                                                              "score_ablation*"))
     return out
 
