@@ -129,14 +129,16 @@ def cmd_distill(args) -> int:
 
         settings = DMDSettings(steps=args.steps, batch_size=args.batch_size or DMDSettings.batch_size, generator_lr=args.generator_lr,
                                fake_lr=args.fake_lr, fake_updates=args.fake_updates, warmup=args.warmup,
-                               ema=args.generator_ema, seed=args.seed, gan_weight=args.gan_weight)
+                               ema=args.generator_ema, seed=args.seed, gan_weight=args.gan_weight,
+                               recognition_weight=args.recognition_weight)
         from .bundle import load_bundle
         from .evaluation.quality import QualityJudge, student_curve_point
 
         evaluator = load_bundle(args.checkpoint, model=None, need_evaluator=True)
         judge = student_curve_point(QualityJudge(evaluator, args.data, evaluator.labels), args.eval_clips)
         summary = distill_student_dmd(DMDRun(args.checkpoint, args.model, args.seconds, args.max_generator_updates,
-                                             settings, args.eval_every, args.data, _command(args)), judge)
+                                             settings, args.eval_every, args.data, _command(args),
+                                             args.start_from), judge)
         print(json.dumps({k: v for k, v in summary.items() if k != "curve"}))
         return 0
     trajectories = TrajectorySettings(count=args.trajectories, steps=args.teacher_steps, seed=args.seed)

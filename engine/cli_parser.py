@@ -45,7 +45,7 @@ DISTILL_RUN = {"seconds": 1800.0, "held_out": 128, "steps": 4, "batch_size": 16,
                "guided_taps": True, "condition_lr_scale": 1.0}
 TRAJECTORY_SETTINGS = {"count": 2048, "steps": 12}
 DMD_SETTINGS = {"batch_size": 8, "generator_lr": 2e-5, "fake_lr": 1e-4, "fake_updates": 5, "warmup": 100, "ema": 0.99,
-                "gan_weight": 0.0}
+                "gan_weight": 0.0, "recognition_weight": 0.0}
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "fsdd"  # engine.storage.checkpoint.DEFAULT_CHECKPOINT
 CACHE = "$TAPDIFF_CACHE or ~/.cache/tapdiff"
 DOCS_WIDTH = 100  # columns of the help in docs/cli.md, whatever the terminal
@@ -352,6 +352,12 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     dm.add_argument("--gan-weight", type=float, default=DMD_SETTINGS["gan_weight"],
                     help="weight of DMD2's GAN term on the generator, a head on the frozen classifier's taps trained on "
                          "the real training clips of --data against the generator's samples (0: off)")
+    dm.add_argument("--recognition-weight", type=float, default=DMD_SETTINGS["recognition_weight"],
+                    help="weight of DMOSpeech's recognition loss on the generator: the frozen training classifier's "
+                         "cross-entropy for the label at its lightly re-noised sample (0: off)")
+    dm.add_argument("--start-from", default=None, metavar="STATE",
+                    help="start the networks and optimisers from another DMD run's state file (its settings may "
+                         "differ), when this run has no state yet")
     dm.add_argument("--generator-ema", type=float, default=DMD_SETTINGS["ema"], help="EMA decay of the student's weights")
     dm.add_argument("--max-generator-updates", type=int, default=10**9,
                     help="stop after this many generator updates (or at --seconds, whichever comes first)")

@@ -109,3 +109,51 @@ def test_the_gan_term_trains_its_head_and_reaches_the_generator_through_the_clas
     assert torch.equal(_flat(c.disc), _flat(a.disc))
     with pytest.raises(ValueError, match="needs real clips"):
         _trainer(with_gan)
+
+
+def test_the_recognition_term_reaches_the_generator_only_through_labelled_rows():
+    """DMOSpeech's recognition loss: the frozen training classifier's cross-entropy at the generator's lightly
+    re-noised sample. It is low for a clip of the right label and high for another label, it reaches the
+    generator (its step differs from the run without it), unlabelled rows add nothing, and the record names it
+    only when it is on (runs without it resume as before)."""
+    t = _trainer(DMDSettings(batch_size=2, warmup=0, fake_updates=1, recognition_weight=1.0))
+    oh, gamma = t.conditions(4)
+    oh[:] = 0
+    oh[:, 3] = 1.0
+    x = torch.randn(4, 1, *t.input_hw, generator=torch.Generator().manual_seed(0)) * t.levels[0]
+    with torch.no_grad():
+        for j in range(t.settings.steps):  # the student samples 4 clips of label 3
+            x0 = t.generator(x, t.levels[j].expand(4), oh, torch.full((4,), 3.0))
+            x = x0 + t.levels[j + 1] * torch.randn(x.shape, generator=t.gen)
+    right = t.recognition_loss(x0, oh)
+    wrong = t.recognition_loss(x0, torch.roll(oh, 1, dims=1))  # label 4 asked of clips of 3
+    assert float(right) < 1.0 < float(wrong)
+    assert float(t.recognition_loss(x0, torch.zeros_like(oh))) == 0.0
+    a = _trainer(DMDSettings(batch_size=2, warmup=0, fake_updates=1, recognition_weight=1.0))
+    b = _trainer(DMDSettings(batch_size=2, warmup=0, fake_updates=1))
+    a.iteration_step(), b.iteration_step()
+    assert not torch.equal(_flat(a.generator.denoiser.net), _flat(b.generator.denoiser.net))
+    assert "recognition_weight" in a.settings.record() and "recognition_weight" not in b.settings.record()
+
+
+def test_a_run_can_start_from_another_runs_state_with_other_settings(tmp_path):
+    """``start_from``: the networks and optimisers of a run written with other settings, this run's learning
+    rates, counters and curve afresh; a state that does not fit is refused by name."""
+    a = _trainer(DMDSettings(batch_size=2, warmup=0, fake_updates=1))
+    a.iteration_step()
+    path = tmp_path / "a.state.safetensors"
+    a.checkpoint(path)
+    b = _trainer(DMDSettings(batch_size=2, warmup=0, fake_updates=1, recognition_weight=0.5, generator_lr=1e-6))
+    with pytest.raises(Exception, match="other DMD settings"):
+        b.resume(path)
+    origin = b.start_from(path)
+    assert origin["g_updates"] == 1 and origin["settings"] == a.settings.record() and not origin["gan_head"]
+    assert torch.equal(_flat(b.generator.denoiser.net), _flat(a.generator.denoiser.net))
+    assert torch.equal(_flat(b.ema.model), _flat(a.ema.model))
+    assert torch.equal(_flat(b.fake.denoiser.net), _flat(a.fake.denoiser.net))
+    assert b.g_updates == 0 and b.g_opt.param_groups[0]["lr"] == 1e-6
+    assert b.g_opt.state_dict()["state"].keys() == a.g_opt.state_dict()["state"].keys()
+    bad = tmp_path / "bad.state.safetensors"
+    bad.write_bytes(b"not a state")
+    with pytest.raises(Exception, match="bad.state"):
+        b.start_from(bad)

@@ -17,7 +17,9 @@ noise produce the input of a random step k, as ``multistep`` samples), and train
 Every ``fake_updates``-th iteration after ``warmup`` (the two time-scale rule) G also moves: its sample is
 re-noised to a level drawn as DMD2 draws timesteps (uniform in the Karras index between 2% and 98%), and
 G's update is the per-sample normalised difference of the fake and real denoisers there, applied as
-``0.5 * ||x - sg(x - grad)||^2``.
+``0.5 * ||x - sg(x - grad)||^2``. Two optional terms on G, each weighted by its setting: DMD2's GAN term (a head
+on the frozen classifier's deepest taps, trained on real clips against G's samples) and DMOSpeech's recognition
+loss (the frozen training classifier's cross-entropy for the label at G's lightly re-noised sample).
 
 ``DMDTrainer`` holds all of it and its resumable state (all three networks' trainable weights, G's EMA,
 both optimisers and the generator); ``engine.training.workflows.distill_student_dmd`` runs it for the CLI.
@@ -62,17 +64,20 @@ class DMDSettings:
     default_gamma_share: float = 0.6  # the engine's default gamma: where the quality rule is judged
     seed: int = 0
     gan_weight: float = 0.0  # DMD2's GAN term on the generator (0: off); its head reads the classifier's taps
+    recognition_weight: float = 0.0  # DMOSpeech's recognition loss: the frozen classifier's cross-entropy (0: off)
 
     def __post_init__(self):
         if not (self.steps >= 1 and self.batch_size >= 1 and self.generator_lr > 0 and self.fake_lr > 0
                 and self.fake_updates >= 1 and self.warmup >= 0 and 0 <= self.ema < 1
-                and 0 <= self.min_level < self.max_level <= 1 and self.gan_weight >= 0):
+                and 0 <= self.min_level < self.max_level <= 1 and self.gan_weight >= 0
+                and self.recognition_weight >= 0):
             raise ValueError(f"invalid DMD settings {self}")
 
     def record(self) -> dict:
         out = dataclasses.asdict(self)
-        if not self.gan_weight:  # runs without the GAN term keep the record they were written with
-            del out["gan_weight"]
+        for optional_term in ("gan_weight", "recognition_weight"):  # runs without it keep the record they wrote
+            if not out[optional_term]:
+                del out[optional_term]
         return out
 
     def conditions(self) -> TrajectorySettings:
@@ -85,6 +90,11 @@ def dmd_sigma(n: int, sde: SDEConfig, low: float, high: float, gen: torch.Genera
     u = low + (high - low) * torch.rand(n, generator=gen, dtype=torch.float64)
     inv = 1.0 / sde.rho
     return ((sde.sigma_max ** inv + u * (sde.sigma_min ** inv - sde.sigma_max ** inv)) ** sde.rho).float()
+
+
+# The recognition loss reads the generator's sample lightly re-noised: levels in this range of the Karras index
+# (1 is sigma_min), so the classifier judges nearly clean speech at a noise level it was trained on.
+RECOGNITION_LEVELS = (0.75, 0.98)
 
 
 def _copy(taps: Taps) -> Taps:
@@ -201,6 +211,20 @@ class DMDTrainer:
                                                                  keep_tape=False)
         return self.disc(fp.taps[-1], oh)
 
+    def recognition_loss(self, x0: torch.Tensor, oh: torch.Tensor) -> torch.Tensor:
+        """DMOSpeech's recognition loss: the frozen (training) classifier's cross-entropy for each labelled row's
+        label at ``x0`` lightly re-noised, with autograd through the classifier to ``x0``; unlabelled rows add
+        nothing. The evaluation classifier is never used here."""
+        labelled = oh.sum(-1) > 0
+        if not bool(labelled.any()):
+            return x0.sum() * 0.0
+        x0, oh = x0[labelled], oh[labelled]
+        sigma = dmd_sigma(len(x0), self.sde, *RECOGNITION_LEVELS, self.gen)
+        x_t = perturb(x0, sigma, torch.randn(x0.shape, generator=self.gen))
+        _, _, c_in, c_noise = precondition(sigma, self.sde)
+        logits = self.teacher.extractor.classifier.forward_with_tape(c_in * x_t, c_noise, keep_tape=False).logits
+        return F.cross_entropy(logits, oh.argmax(-1))
+
     def disc_loss(self, x0_fake: torch.Tensor, oh: torch.Tensor) -> torch.Tensor:
         """Non-saturating GAN loss of the head: real training clips (with their labels) against the generator's."""
         idx = torch.randint(len(self.real_x), (len(x0_fake),), generator=self.gen)
@@ -240,6 +264,8 @@ class DMDTrainer:
                 self.disc.requires_grad_(False)
                 loss = loss + s.gan_weight * F.softplus(-self.disc_logits(x0, oh)).mean()
                 self.disc.requires_grad_(True)
+            if s.recognition_weight > 0:
+                loss = loss + s.recognition_weight * self.recognition_loss(x0, oh)
             out["g_loss"] = self._descend(loss, self.g_opt, net, "the generator")
             self.ema.update(net, self.g_updates)
             self.g_updates += 1
@@ -328,6 +354,31 @@ class DMDTrainer:
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path} does not fit this run ({type(e).__name__}: {e}); delete it to train "
                                   "afresh") from e
+
+    def start_from(self, path: Path) -> dict:
+        """Start this run's networks and optimisers from another DMD run's state (written with other settings,
+        e.g. before an extra term was added): G, its EMA, the fake score and both optimisers, and the GAN head
+        when both runs have one. Counters, the curve and the random state start afresh. Returns what it started
+        from, for the record."""
+        st = load_state(path)
+        try:
+            self.generator.denoiser.net.load_state_dict(st["generator"])
+            self.ema.model.load_state_dict(st["generator_ema"])
+            self.fake.denoiser.net.load_state_dict(st["fake"])
+            self.g_opt.load_state_dict(st["g_opt"])
+            self.fake_opt.load_state_dict(st["fake_opt"])
+            head = self.disc is not None and "disc" in st
+            if head:
+                self.disc.load_state_dict(st["disc"])
+                self.disc_opt.load_state_dict(st["disc_opt"])
+            for opt, lr in ((self.g_opt, self.settings.generator_lr), (self.fake_opt, self.settings.fake_lr),
+                            (self.disc_opt, self.settings.fake_lr)):
+                for group in (opt.param_groups if opt is not None else ()):
+                    group["lr"] = lr  # this run's learning rates, not the saved ones
+            return {"dmd_state": str(path), "g_updates": int(st["g_updates"]), "iterations": int(st["iteration"]),
+                    "seconds": round(float(st["elapsed"]), 1), "settings": st["settings"], "gan_head": head}
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path} cannot start this run ({type(e).__name__}: {e})") from e
 
     def ema_student(self) -> DistilledDenoiser:
         """G's EMA weights as a score model (what is shipped and judged)."""

@@ -366,6 +366,7 @@ class DMDRun:
     eval_every: int = 100  # G updates between curve points
     data: str = DEFAULT_DATA  # the real training clips of the GAN term (read only when settings.gan_weight > 0)
     command: str = ""
+    start_from: str | Path | None = None  # another DMD run's state to start from (used when this run has none yet)
 
 
 def distill_student_dmd(run: DMDRun, judge: Callable[[Path, str, int], dict] | None = None,
@@ -402,6 +403,8 @@ def distill_student_dmd(run: DMDRun, judge: Callable[[Path, str, int], dict] | N
                     "teacher_sha256": teacher_bundle.weights_sha256(score_network_kind(kind.teacher).weights)}
     if path.exists():
         trainer.resume(path)
+    elif run.start_from is not None:
+        started_from["dmd_run"] = trainer.start_from(Path(run.start_from))
     trainer.log.setdefault("started_from", started_from)
     trainer.log["stretches"] = [*trainer.log.get("stretches", []), {
         "command": run.command, "from_g_updates": trainer.g_updates, "from_seconds": round(trainer.elapsed, 1),
