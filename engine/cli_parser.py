@@ -357,7 +357,7 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
                          "cross-entropy for the label at its lightly re-noised sample (0: off)")
     dm.add_argument("--start-from", default=None, metavar="STATE",
                     help="start the networks and optimisers from another DMD run's state file (its settings may "
-                         "differ), when this run has no state yet")
+                         "differ), when this run has no state yet (default: none: start from the bundle's student)")
     dm.add_argument("--generator-ema", type=float, default=DMD_SETTINGS["ema"], help="EMA decay of the student's weights")
     dm.add_argument("--max-generator-updates", type=int, default=10**9,
                     help="stop after this many generator updates (or at --seconds, whichever comes first)")
