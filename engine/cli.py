@@ -263,10 +263,11 @@ def cmd_memory(args) -> int:
 def cmd_serve(args) -> int:
     from .api import Engine
     from .limits import Limits, ServerLimits
-    from .serve import serve
+    from .serve import listening_socket, serve
 
     limits = ServerLimits(max_queued=args.max_queued, max_body_bytes=args.max_body_bytes,
-                          body_timeout_s=args.body_timeout_s, request_timeout_s=args.request_timeout_s)
+                          body_timeout_s=args.body_timeout_s, request_timeout_s=args.request_timeout_s,
+                          idle_timeout_s=args.idle_timeout_s)
     engine_kwargs = dict(checkpoint=args.checkpoint, model=args.model, backend=args.backend, artifacts=args.artifacts,
                          batch_size=args.max_batch, device=args.device,
                          limits=Limits(max_clips=args.max_clips, max_nfe=args.max_nfe),
@@ -277,10 +278,12 @@ def cmd_serve(args) -> int:
         serve_replicas(engine_kwargs, args.replicas, args.host, args.port, args.max_batch, args.max_delay_ms, limits,
                        args.threads)
         return 0
-    engine = Engine(**engine_kwargs)
-    engine.warmup()  # every graph built and run once before the server reports ready
-    serve(engine, args.host, args.port, args.max_batch, args.max_delay_ms, limits,
-          set(args.allowed_hosts) if args.allowed_hosts else None)
+    sock = listening_socket(args.host, args.port)  # a taken port fails now, not after the engine has loaded
+    with sock:
+        engine = Engine(**engine_kwargs)
+        engine.warmup()  # every graph built and run once before the server reports ready
+        serve(engine, args.host, args.port, args.max_batch, args.max_delay_ms, limits,
+              set(args.allowed_hosts) if args.allowed_hosts else None, sock)
     return 0
 
 

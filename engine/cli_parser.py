@@ -461,7 +461,7 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     _add_checkpoint(sv)
     _add_model(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8000, help="port to bind")
+    sv.add_argument("--port", type=int, default=8000, help="port to bind (0: a free one, named in the line saying where it serves)")
     sv.add_argument("--allowed-hosts", type=names, default=None,
                     help="Host headers answered, comma-separated (default: a loopback bind answers only its loopback "
                          "names, refusing DNS rebinding; any other bind answers every host)")
@@ -485,6 +485,9 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
                     help="time to receive a request body before 408")
     sv.add_argument("--request-timeout-s", type=float, default=ServerLimits.request_timeout_s,
                     help="time a request may wait and run before 504 (its clips are dropped)")
+    sv.add_argument("--idle-timeout-s", type=float, default=ServerLimits.idle_timeout_s,
+                    help="close a connection with no request running and none begun in this time (idle clients, "
+                         "request heads that never complete)")
     _add_backend(sv)
     sv.set_defaults(run="serve")
 

@@ -37,11 +37,12 @@ class Limits:
 @dataclass(frozen=True)
 class ServerLimits:
     """What the HTTP service adds to the per-request ``Limits``: how much waits, how large and slow a request
-    body may be, how long a request may run."""
+    body may be, how long a request may run, how long a connection may sit idle."""
 
     max_queued: int = 256  # clips waiting or running in all before 429
     max_body_bytes: int = 16 * 1024  # a request's JSON body (a valid one is under 200 bytes)
     body_timeout_s: float = 10.0  # time to receive the whole body before 408
     request_timeout_s: float = 120.0  # time a request may wait and run before 504 (its clips are freed)
+    idle_timeout_s: float = 10.0  # a connection with no request running and none begun in this time is closed
 
     __post_init__ = _all_positive

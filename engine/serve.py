@@ -21,9 +21,11 @@ FastAPI + uvicorn).
 # and the model is defined inside create_app (FastAPI and pydantic are an optional extra).
 import asyncio
 import base64
+import importlib.util
 import io
 import json
 import re
+import socket
 import sys
 import threading
 import time
@@ -303,16 +305,83 @@ def create_app(engine: Engine, batcher: Batcher, limits: ServerLimits = ServerLi
     return Observed(asgi, metrics), app
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's bound socket (``port`` 0: a free one), made before anything says it serves, so a taken port or
+    a bad host fails here with an error naming them."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as e:
+        raise OSError(f"cannot listen on {host}:{port}: {e}") from e
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    return sock
+
+
+def closing_idle_connections(protocol_cls: type, idle_s: float) -> type:
+    """``protocol_cls`` (uvicorn's HTTP protocol) that closes a connection with no request running and none begun
+    in the last ``idle_s`` seconds: a client that connects and sends nothing, or trickles a request head that never
+    completes, holds a connection at most ``2 * idle_s`` (uvicorn alone times out only an idle connection after a
+    response). A request whose head has arrived is bounded by the body and request timeouts instead."""
+
+    class ClosingIdle(protocol_cls):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._seen_cycle = self.cycle
+            self._idle_check = self.loop.call_later(idle_s, self._close_if_idle)
+
+        def _close_if_idle(self) -> None:
+            running = self.cycle is not None and not self.cycle.response_complete
+            if not running and self.cycle is self._seen_cycle:  # nothing ran and no new request head arrived
+                self.transport.close()
+                return
+            self._seen_cycle = self.cycle
+            self._idle_check = self.loop.call_later(idle_s, self._close_if_idle)
+
+        def connection_lost(self, exc) -> None:
+            self._idle_check.cancel()
+            super().connection_lost(exc)
+
+    ClosingIdle.__name__ = ClosingIdle.__qualname__ = f"ClosingIdle{protocol_cls.__name__}"
+    return ClosingIdle
+
+
+def _http_protocol() -> type:
+    """The HTTP protocol uvicorn itself would choose: httptools' when installed, else h11's."""
+    if importlib.util.find_spec("httptools") is not None:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        return HttpToolsProtocol
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    return H11Protocol
+
+
 def serve(engine: Engine, host: str, port: int, max_batch: int, max_delay_ms: float,
-          limits: ServerLimits = ServerLimits(), allowed_hosts: set[str] | None = None) -> None:
-    """Serve until SIGTERM or SIGINT; ``allowed_hosts`` default: ``allowed_hosts_for(host, port)``."""
+          limits: ServerLimits = ServerLimits(), allowed_hosts: set[str] | None = None,
+          sock: socket.socket | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; ``port`` 0 takes a free port (the line saying where it serves names it);
+    ``sock``: ``listening_socket(host, port)`` made earlier (the CLI binds before it loads the engine);
+    ``allowed_hosts`` default: ``allowed_hosts_for(host, port)``."""
     try:
         import uvicorn
     except ImportError as e:
         raise ImportError("tapdiff serve needs FastAPI and uvicorn: pip install 'tapdiff[serve]'") from e
+    sock = sock if sock is not None else listening_socket(host, port)
+    port = sock.getsockname()[1]
     metrics = ServiceMetrics(engine.model_name, engine.backend)
-    with Batcher(engine, max_batch=max_batch, max_delay_ms=max_delay_ms, on_batch=metrics.on_batch) as batcher:
+    with sock, Batcher(engine, max_batch=max_batch, max_delay_ms=max_delay_ms, on_batch=metrics.on_batch) as batcher:
         asgi, _ = create_app(engine, batcher, limits, metrics,
                              allowed_hosts if allowed_hosts is not None else allowed_hosts_for(host, port))
-        print(f"tapdiff: serving on http://{host}:{port}", file=sys.stderr)
-        uvicorn.run(asgi, host=host, port=port, log_level="warning")
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets=None) -> None:
+                await super().startup(sockets)
+                if self.started:
+                    print(f"tapdiff: serving on http://{host}:{port}", file=sys.stderr, flush=True)
+
+        config = uvicorn.Config(asgi, log_level="warning",
+                                http=closing_idle_connections(_http_protocol(), limits.idle_timeout_s))
+        Server(config).run(sockets=[sock])

@@ -2,6 +2,7 @@
 bad requests get 422 with the reason, limits give 429."""
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -20,27 +21,23 @@ from engine.api import Engine
 from engine.audio.wav import wav_bytes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SERVING = re.compile(r"serving on (http://127\.0\.0\.1:\d+)")
 
 
 def _start(checkpoint, *args):
-    """A real ``tapdiff serve`` process on a free port: (url, process)."""
-    port = _free_port()
+    """A real ``tapdiff serve`` process on a port the server picks itself (``--port 0``; no port picked here and
+    bound later, which another process could take in between): (url, process), once it says where it serves."""
     log = tempfile.NamedTemporaryFile(prefix="tapdiff-serve-", suffix=".log", delete=False)  # a pipe could fill up
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--checkpoint", str(checkpoint),
-                             "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=log)
+                             "--port", "0", *args], stdout=subprocess.DEVNULL, stderr=log)
     proc.log_path = log.name
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
+    deadline = time.monotonic() + 120
+    while not (found := SERVING.search(open(log.name).read())):
         assert proc.poll() is None, open(log.name).read()[-2000:]
+        assert time.monotonic() < deadline, "the server never said where it serves"
+        time.sleep(0.1)
+    url = found.group(1)
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200
     return url, proc
 
 
@@ -110,7 +107,7 @@ def test_queued_clips_beyond_the_limit_get_429_and_nothing_is_lost(server):
 
 # ------------------------------------------------------------------------ hostile but honest clients (issue 20)
 STRICT = ("--max-clips", "4", "--max-nfe", "100", "--max-queued", "8", "--max-batch", "1", "--max-delay-ms", "0",
-          "--max-body-bytes", "2048", "--body-timeout-s", "1", "--request-timeout-s", "30")
+          "--max-body-bytes", "2048", "--body-timeout-s", "1", "--request-timeout-s", "30", "--idle-timeout-s", "1")
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +163,53 @@ def test_a_large_body_is_413_and_a_short_body_408_without_holding_the_connection
         t0 = time.monotonic()
         answer = s.recv(4096).decode()
         assert answer.startswith("HTTP/1.1 408") and time.monotonic() - t0 < 10
+
+
+def _closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> float | None:
+    """Seconds until the server closed ``sock`` (sending ``trickle`` every 0.2 s meanwhile), or None."""
+    t0 = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - t0 < seconds:
+        try:
+            if trickle:
+                sock.sendall(trickle)
+            if sock.recv(4096) == b"":
+                return time.monotonic() - t0
+        except socket.timeout:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - t0
+    return None
+
+
+def test_idle_connections_and_request_heads_that_never_complete_are_closed(strict):
+    """``--idle-timeout-s 1``: a connection that sends nothing, and one that trickles a request head a byte at a
+    time, are closed within two idle periods; a request that runs longer than that on a kept-alive connection
+    is answered in full (it is not idle while it runs), and the server serves on."""
+    address = ("127.0.0.1", int(strict.rsplit(":", 1)[1]))
+    with socket.create_connection(address) as idle:
+        assert (took := _closed_within(idle, 10)) is not None and took < 4, took
+    with socket.create_connection(address) as slow:
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        assert (took := _closed_within(slow, 10, trickle=b"X")) is not None and took < 4, took
+    body = json.dumps({"digit": 7, "n": 4, "nfe": 100}).encode()
+    with httpx.Client(timeout=60) as client:
+        t0 = time.monotonic()
+        r = client.post(f"{strict}/generate", content=body, headers={"content-type": "application/json"})
+        took = time.monotonic() - t0
+        assert r.status_code == 200 and len(zipfile.ZipFile(io.BytesIO(r.content)).namelist()) == 4
+        assert took > 2, f"the request ran {took:.1f} s: too short to show that a running request is not cut"
+        assert client.get(f"{strict}/health").status_code == 200  # the same connection, kept alive
+
+
+def test_a_taken_port_is_one_line_and_never_says_serving(tiny_checkpoint):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--checkpoint", str(tiny_checkpoint),
+                            "--port", str(taken.getsockname()[1])], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr and "serving on" not in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_info_does_not_expose_local_paths(strict, tiny_checkpoint):
