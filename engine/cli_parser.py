@@ -300,8 +300,9 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     s.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights saved")
     s.add_argument("--snapshot-every", type=float, default=600.0, help="seconds between EMA snapshots")
-    s.add_argument("--heldout-clips", type=int, default=250,
-                   help="test-split clips for the held-out DSM loss per sigma band at each snapshot (0: off)")
+    s.add_argument("--heldout-clips", type=int, default=None,
+                   help="test-split clips for the held-out DSM loss per sigma band at each snapshot, evaluated outside "
+                        "--seconds (0: off; default: as many as fit in 10%% of --seconds, at most 250)")
     s.add_argument("--continue", dest="continue_training", action="store_true",
                    help="continue the checkpoint's trained network (fresh optimiser; steps and seconds count on, "
                         "--seconds is the new total) when no resumable state exists")

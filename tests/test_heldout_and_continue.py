@@ -1,4 +1,5 @@
 """Held-out DSM loss per sigma band, and `train-score --continue` (issue 14's longer runs)."""
+import dataclasses
 import json
 import shutil
 
@@ -88,3 +89,55 @@ def test_continue_without_a_trained_network_is_refused(tiny_checkpoint, fsdd_roo
     assert main(["train-score", "--checkpoint", str(ck), "--model", "two-model", "--continue",
                  "--data", str(fsdd_root)]) != 0
     assert "no trained unet to continue" in capsys.readouterr().err
+
+
+def test_affordable_clips_fit_the_share_of_the_budget():
+    from engine.training.heldout import HELDOUT_MIN_CLIPS, affordable_clips
+
+    # 10 ms per clip and level, 12 levels, 3 points: 0.36 s per clip; 36 s buys 100 clips, 360 s the cap
+    assert affordable_clips(0.01, 12, 3, 36.0) == 100
+    assert affordable_clips(0.01, 12, 3, 360.0) == 250
+    assert affordable_clips(0.01, 12, 3, 360.0, most=40) == 40
+    assert affordable_clips(0.01, 12, 3, 0.36 * (HELDOUT_MIN_CLIPS - 1)) == 0
+    with pytest.raises(ValueError):
+        affordable_clips(0.0, 12, 3, 1.0)
+
+
+def test_a_short_run_spends_its_budget_training_not_on_the_held_out_loss(tiny_checkpoint, fsdd_root, tmp_path,
+                                                                         capsys, monkeypatch):
+    """``--seconds 2`` with the default held-out set: the held-out points may take 10% of the budget, so a tiny
+    budget evaluates none and says why (it used to evaluate 250 clips at 12 levels at the start and the end, many
+    times the budget); a larger one uses as many clips as fit, recorded."""
+    import time
+
+    from engine.cli_parser import build_parser
+    from engine.training import heldout
+
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_checkpoint, ck, ignore=shutil.ignore_patterns("state"))
+    t0 = time.monotonic()
+    assert main(["train-score", "--checkpoint", str(ck), "--seconds", "2", "--widths", "8,8,16,16",
+                 "--data", str(fsdd_root)]) == 0
+    took = time.monotonic() - t0
+    record = read_config(ck)["training"]["score_subnet"]
+    assert record["heldout_clips"] == 0 and all("heldout" not in p for p in record["curve"])
+    assert "no held-out loss" in capsys.readouterr().err
+    assert took < 60, took  # loading and writing included; the held-out loss alone took minutes before
+    # with a budget, as many clips as fit (the cost fixed here at 10 ms per clip and level): 10% of 100 s over
+    # 2 points at 12 levels is 41 clips
+    from engine.bundle import load_bundle
+    from engine.diffusion.taps import TapExtractor as Extractor
+    from engine.models.registry import score_network_kind
+    from engine.training import workflows
+
+    bundle = load_bundle(ck, model=None)
+    kind = score_network_kind("tapdiff")
+    monkeypatch.setattr(workflows, "seconds_per_clip_level", lambda *a: 0.01)
+    run = workflows.ScoreRun(ck, str(fsdd_root), seconds=100, snapshot_every=600)
+    held = workflows.held_out_loss(run, bundle, Extractor(bundle.classifier, bundle.sde), kind,
+                                   kind.default_config((8, 8, 16, 16)), bundle.labels)
+    assert sum(map(len, band_sigmas(bundle.sde).values())) == 12 and len(held.x0) == 41
+    asked = workflows.held_out_loss(dataclasses.replace(run, heldout_clips=6), bundle, None, kind, None, bundle.labels)
+    assert len(asked.x0) == 6  # an explicit count is taken as asked, without measuring
+    assert heldout.HELDOUT_SHARE == 0.1 and heldout.HELDOUT_MAX_CLIPS == 250  # what --heldout-clips' help says
+    assert build_parser().parse_args(["train-score", "--checkpoint", "x"]).heldout_clips is None

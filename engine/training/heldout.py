@@ -3,6 +3,7 @@ at fixed noise levels and fixed noise, so values are comparable across snapshots
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -14,6 +15,12 @@ from .score import dsm_loss
 # the EDM training density puts most of its mass, and the coarse/near-prior range.
 BAND_EDGES = (0.002, 0.1, 1.0, 10.0, 80.0)
 LEVELS_PER_BAND = 3
+
+# By default the held-out points of a run may take this share of its --seconds (they run outside the training
+# time): as many test clips as fit, at most HELDOUT_MAX_CLIPS, none when fewer than HELDOUT_MIN_CLIPS fit.
+HELDOUT_SHARE = 0.1
+HELDOUT_MAX_CLIPS = 250
+HELDOUT_MIN_CLIPS = 8
 
 
 def band_name(lo: float, hi: float) -> str:
@@ -70,3 +77,26 @@ class HeldOutDSM:
             model.train(was_training)
         out["all"] = sum(out.values()) / len(out)
         return out
+
+
+def affordable_clips(seconds_per_clip_level: float, levels: int, points: int, budget_s: float,
+                     most: int = HELDOUT_MAX_CLIPS) -> int:
+    """How many held-out clips ``points`` evaluations at ``levels`` noise levels each can use within ``budget_s``,
+    at ``seconds_per_clip_level`` (measured); 0 when fewer than ``HELDOUT_MIN_CLIPS`` fit."""
+    if seconds_per_clip_level <= 0 or levels <= 0 or points <= 0:
+        raise ValueError("held-out cost, levels and points must be positive")
+    n = min(most, int(budget_s / (seconds_per_clip_level * levels * points)))
+    return n if n >= HELDOUT_MIN_CLIPS else 0
+
+
+def seconds_per_clip_level(model: GuidedDenoiser, x0: torch.Tensor, sde: SDEConfig) -> float:
+    """The measured cost of one held-out clip at one noise level for ``model`` (``x0``: a few clips)."""
+    probe = HeldOutDSM(x0, sde)
+    was_training = model.training
+    model.eval()
+    try:
+        t0 = time.perf_counter()
+        probe.level_loss(model, 1.0, 0)
+        return (time.perf_counter() - t0) / len(x0)
+    finally:
+        model.train(was_training)

@@ -20,6 +20,7 @@ from ..bundle import load_bundle, normaliser_to_config
 from ..diffusion.score_model import build_score_model, score_model
 from ..diffusion.taps import TapExtractor
 from ..distributed import distributed_shard, finish_group
+from ..errors import warn
 from ..models.registry import SCORE_NETWORKS, score_network_kind
 from ..storage.checkpoint import read_config, save_weights, update_config, write_config
 from ..storage.config import (ClassifierConfig, DataRegime, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max,
@@ -31,7 +32,8 @@ from .distill import (HeldOutDistillation, TrajectorySettings, batch_draw, condi
 from .dmd import DMDSettings
 from .loop import train_loop
 from .evaluator import train_eval_classifier
-from .heldout import HeldOutDSM
+from .heldout import (HELDOUT_MAX_CLIPS, HELDOUT_MIN_CLIPS, HELDOUT_SHARE, HeldOutDSM, affordable_clips, band_sigmas,
+                      seconds_per_clip_level)
 from .score import continuation, train_score
 
 
@@ -171,11 +173,35 @@ class ScoreRun:
     lr: float = 1e-3
     ema: float = 0.999
     snapshot_every: float = 600.0
-    heldout_clips: int = 250
+    heldout_clips: int | None = None  # None: as many as fit in HELDOUT_SHARE of the seconds (heldout.affordable_clips)
     continue_training: bool = False
     seed: int = 0
     command: str = ""
     regime: DataRegime = DataRegime()  # speaker subset and corruption of the training and held-out clips
+
+
+def held_out_loss(run: ScoreRun, bundle, extractor: TapExtractor, kind, net_cfg, labels) -> HeldOutDSM | None:
+    """The held-out DSM loss of a score run on test-split clips spread over the split: ``run.heldout_clips`` of
+    them, or by default as many as its snapshots can evaluate in ``HELDOUT_SHARE`` of ``run.seconds`` (measured
+    on a few clips with a network of the run's shape); None when none fit."""
+    items = list_items(run.data, "test", labels, run.regime.speakers)
+    wanted = HELDOUT_MAX_CLIPS if run.heldout_clips is None else run.heldout_clips
+    items = items[::max(1, len(items) // wanted)][:wanted]
+    held = bundle.normaliser.normalise(load_features(items, bundle.features, progress=False,
+                                                     regime=run.regime).mels)[:, None]
+    if run.heldout_clips is None:
+        probe = build_score_model(extractor, kind.build(net_cfg, bundle.classifier.tap_channels, bundle.input_hw))
+        cost = seconds_per_clip_level(probe, held[:HELDOUT_MIN_CLIPS], bundle.sde)
+        points = 2 + int(run.seconds // run.snapshot_every)  # the opening point, each snapshot, the last
+        fit = affordable_clips(cost, sum(map(len, band_sigmas(bundle.sde).values())), points,
+                               HELDOUT_SHARE * run.seconds, len(held))
+        if fit == 0:
+            warn(f"no held-out loss: {points} evaluations of even {HELDOUT_MIN_CLIPS} clips would take more than "
+                 f"{HELDOUT_SHARE:.0%} of --seconds {run.seconds:g} (measured {cost * 1e3:.0f} ms per clip and "
+                 "level); ask for them with --heldout-clips")
+            return None
+        held = held[::max(1, len(held) // fit)][:fit]
+    return HeldOutDSM(held, bundle.sde)
 
 
 def train_score_network(run: ScoreRun) -> dict | None:
@@ -208,12 +234,10 @@ def train_score_network(run: ScoreRun) -> dict | None:
                        labels=labels, ema_decay=run.ema)
     snapshots = out / "state" / f"{name}_snapshots"
     extractor = TapExtractor(bundle.classifier, bundle.sde)
-    heldout = None
-    if run.heldout_clips > 0 and rank == 0:
-        items = list_items(run.data, "test", labels, run.regime.speakers)
-        items = items[::max(1, len(items) // run.heldout_clips)][:run.heldout_clips]
-        held = load_features(items, feats, progress=False, regime=run.regime)
-        heldout = HeldOutDSM(bundle.normaliser.normalise(held.mels)[:, None], bundle.sde)
+    heldout, heldout_clips = None, 0
+    if run.heldout_clips != 0 and rank == 0:
+        heldout = held_out_loss(run, bundle, extractor, kind, net_cfg, labels)
+        heldout_clips = len(heldout.x0) if heldout is not None else 0
     wall0 = time.monotonic()
 
     def snapshot(ema, step, elapsed):
@@ -238,6 +262,7 @@ def train_score_network(run: ScoreRun) -> dict | None:
     if rank == 0:
         files = save_weights(out, name, ema.model, {})["files"]
         record = {"command": run.command, "config": to_dict(tcfg), "regime": to_dict(run.regime), "processes": world,
+                  "heldout_clips": heldout_clips,
                   "threads": torch.get_num_threads(), "global_batch": tcfg.batch_size * world,
                   "steps": log["steps"], "seconds": round(log["seconds"], 1),
                   "final_loss": log["losses"][-1][2] if log["losses"] else None, "curve": log["curve"]}
