@@ -26,10 +26,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.errors import BackendError
+from engine.errors import BackendError, CheckpointError, warn
 from engine.storage.atomic import atomic_write_bytes
-from engine.errors import warn
 from engine.storage.hashing import file_sha256, sidecar_of, sidecar_problem
+from engine.storage.safe_files import read_limited
 
 if TYPE_CHECKING:  # annotations only: the module is imported lazily, by _tensorrt()
     import tensorrt as trt
@@ -201,12 +201,13 @@ def cached_engine(onnx_path: str | os.PathLike, cache_dir: str | os.PathLike, ba
         key = engine_cache_key(onnx_path, profile, fp16, trt.__version__, gpu)
         path = Path(cache_dir) / f"{Path(onnx_path).stem}-{key}.plan"
         timing = Path(cache_dir) / f"timing-{trt.__version__}-{gpu.replace(' ', '_')}.cache"
-        problem = plan_problem(path)
+        problem = plan_problem(path, key)
         if problem is None:
             return path
         if path.exists():
             warn(f"tapdiff: rebuilding {path}: {problem}")
         build_engine(onnx_path, path, profile, fp16, timing_cache=timing)
+        atomic_write_bytes(identity_path(path), key.encode())
         atomic_write_bytes(sidecar_path(path), file_sha256(path).encode())
     return path
 
@@ -215,12 +216,28 @@ def sidecar_path(plan: Path) -> Path:
     return sidecar_of(plan)
 
 
-def plan_problem(path: str | os.PathLike) -> str | None:
+def identity_path(plan: Path) -> Path:
+    """Beside a plan, the cache key it was built for (``engine_cache_key``: its graph, profile, precision,
+    TensorRT and GPU)."""
+    return Path(plan).with_suffix(".key")
+
+
+def plan_problem(path: str | os.PathLike, key: str | None = None) -> str | None:
     """Why the plan at ``path`` must not be deserialised, or None when its bytes match the sha256 written
     beside it after its build (a truncated or half-written plan, or one whose build was interrupted before
-    its sidecar was written, is rebuilt)."""
+    its sidecar was written, is rebuilt) and, given ``key``, it was built for that cache key (a plan copied
+    over another's name, its sidecar with it, is rebuilt)."""
     problem = sidecar_problem(path)
-    return "no plan" if problem == "missing" else problem
+    if problem is not None:
+        return "no plan" if problem == "missing" else problem
+    if key is not None:
+        try:
+            built_for = read_limited(identity_path(path), 256).decode("ascii").strip()
+        except (OSError, UnicodeDecodeError, CheckpointError) as e:
+            return f"its cache key {identity_path(path).name} is unreadable ({e})"
+        if built_for != key:
+            return f"it was built for another graph or setting (cache key {built_for[:32]!r}, not {key!r})"
+    return None
 
 
 def plan_is_intact(path: Path) -> bool:

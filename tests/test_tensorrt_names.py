@@ -618,6 +618,20 @@ def test_a_plan_with_a_missing_unreadable_or_wrong_sidecar_is_rebuilt_saying_why
         path, err = run()
         assert path == plan and len(builds) == n + 1 and tb.plan_is_intact(plan)
         assert err.count("\n") == 1 and err.startswith(f"tapdiff: rebuilding {plan}: ") and why in err, err
+    # identity, not only integrity: another graph's plan copied over this one's name, its sidecar with it
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"another graph")
+    other.with_suffix(".json").write_text(onnx.with_suffix(".json").read_text())
+    other_plan = tb.cached_engine(other, tmp_path / "trt")
+    capsys.readouterr()
+    n = len(builds)
+    for suffix in (".plan", ".sha256", ".key"):
+        plan.with_suffix(suffix).write_bytes(other_plan.with_suffix(suffix).read_bytes())
+    assert tb.plan_is_intact(plan)  # its bytes match its sidecar
+    path, err = run()
+    assert len(builds) == n + 1 and "built for another graph" in err, err
+    tb.identity_path(plan).unlink()
+    assert "cache key" in tb.plan_problem(plan, plan.stem.rsplit("-", 1)[1])
 
 
 def test_each_thread_gets_its_own_execution_context_per_graph(monkeypatch, tmp_path):
