@@ -276,7 +276,7 @@ def cmd_serve(args) -> int:
         from .serve_replicas import serve_replicas
 
         serve_replicas(engine_kwargs, args.replicas, args.host, args.port, args.max_batch, args.max_delay_ms, limits,
-                       args.threads)
+                       args.threads, set(args.allowed_hosts) if args.allowed_hosts else None)
         return 0
     sock = listening_socket(args.host, args.port)  # a taken port fails now, not after the engine has loaded
     with sock:

@@ -110,7 +110,8 @@ def deployment(replicas: int, threads: int = 1, max_ongoing: int = 64):
                       graceful_shutdown_timeout_s=120)
     @serve.ingress()
     class TapdiffReplica:
-        def __init__(self, engine_kwargs: dict, max_batch: int, max_delay_ms: float, limits: ServerLimits):
+        def __init__(self, engine_kwargs: dict, max_batch: int, max_delay_ms: float, limits: ServerLimits,
+                     allowed_hosts: set[str] | None = None):
             from ray import serve as ray_serve
 
             from .metrics import ServiceMetrics
@@ -120,12 +121,12 @@ def deployment(replicas: int, threads: int = 1, max_ongoing: int = 64):
             replica = ray_serve.get_replica_context().replica_id.unique_id
             self.metrics = ServiceMetrics(self.engine.model_name, self.engine.backend, replica=replica)
             self.batcher = ServeBatcher(self.engine, max_batch, max_delay_ms, self.metrics.on_batch)
-            self.limits = limits
+            self.limits, self.allowed_hosts = limits, allowed_hosts
 
         def __serve_build_asgi_app__(self):
             from .serve import create_app
 
-            asgi, _ = create_app(self.engine, self.batcher, self.limits, self.metrics)
+            asgi, _ = create_app(self.engine, self.batcher, self.limits, self.metrics, self.allowed_hosts)
             return asgi
 
         async def check_health(self) -> None:
@@ -135,9 +136,14 @@ def deployment(replicas: int, threads: int = 1, max_ongoing: int = 64):
 
 
 def serve_replicas(engine_kwargs: dict, replicas: int, host: str, port: int, max_batch: int, max_delay_ms: float,
-                   limits: ServerLimits = ServerLimits(), threads: int = 1) -> None:
+                   limits: ServerLimits = ServerLimits(), threads: int = 1, allowed_hosts: set[str] | None = None
+                   ) -> None:
     """Start a local Ray instance, serve ``replicas`` replicas on ``host:port`` until SIGTERM or Ctrl-C, then shut
-    Serve down (each replica finishes its requests in flight, up to the graceful shutdown timeout)."""
+    Serve down (each replica finishes its requests in flight, up to the graceful shutdown timeout). Each replica's
+    app answers the Host headers ``allowed_hosts`` (default: ``engine.serve.allowed_hosts_for(host, port)``), as
+    the single-process server does."""
+    from .serve import allowed_hosts_for
+
     try:
         import ray
         from ray import serve
@@ -156,7 +162,8 @@ def serve_replicas(engine_kwargs: dict, replicas: int, host: str, port: int, max
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(deployment(replicas, threads).bind(engine_kwargs, max_batch, max_delay_ms, limits),
+        hosts = allowed_hosts if allowed_hosts is not None else allowed_hosts_for(host, port)
+        serve.run(deployment(replicas, threads).bind(engine_kwargs, max_batch, max_delay_ms, limits, hosts),
                   name="tapdiff", route_prefix="/")
         print(f"tapdiff: serving {replicas} replicas on http://{host}:{port}", file=sys.stderr, flush=True)
         stop.wait()

@@ -91,6 +91,14 @@ def test_bad_requests_are_refused_as_by_one_process(replicas, body, status, reas
     assert r.status_code == status and reason in r.text and r.headers.get("x-request-id")
 
 
+def test_a_foreign_host_header_is_refused_by_every_replica(replicas):
+    """Bound to loopback, the replicas answer only loopback Host names (DNS rebinding), as one process does."""
+    url = replicas[0]
+    answers = [httpx.get(f"{url}/health", headers={"host": "rebound.example"}, timeout=30) for _ in range(6)]
+    assert {r.status_code for r in answers} == {421} and all("rebound.example" in r.text for r in answers)
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+
+
 def test_sigterm_stops_the_replicas_and_ray(replicas):
     url, proc = replicas
     proc.send_signal(signal.SIGTERM)
