@@ -157,3 +157,24 @@ def test_a_run_can_start_from_another_runs_state_with_other_settings(tmp_path):
     bad.write_bytes(b"not a state")
     with pytest.raises(Exception, match="bad.state"):
         b.start_from(bad)
+
+
+def test_the_two_model_student_trains_the_same_way():
+    """The two-model pipeline's student against its guided U-Net teacher: the fake score is a U-Net copy, G and the
+    fake both move, and the GAN and recognition terms read the two-model pipeline's own classifier."""
+    kind = score_network_kind("two-model-distilled")
+    tb = load_bundle(DEFAULT_CHECKPOINT, model=kind.teacher)
+    sb = load_bundle(DEFAULT_CHECKPOINT, model=kind.name)
+    teacher = score_model(tb)
+    assert not teacher.uses_taps
+    generator = build_score_model(teacher.extractor, sb.score_net.train().requires_grad_(True))
+    cfg = from_dict(kind.config_cls, sb.config[kind.config_key])
+    fake = fake_network(lambda c: kind.build(c, tb.classifier.tap_channels, tb.input_hw), cfg, tb.score_net)
+    x = torch.randn(4, 1, *tb.input_hw)
+    real = (x, torch.tensor([1, 3, 5, 7]))
+    t = DMDTrainer(teacher, generator, fake, tb.labels, tb.input_hw,
+                   DMDSettings(batch_size=2, warmup=0, fake_updates=1, gan_weight=0.01, recognition_weight=0.002), real)
+    g0, f0 = _flat(t.generator.denoiser.net), _flat(t.fake.denoiser.net)
+    out = t.iteration_step()
+    assert {"g_loss", "fake_loss", "disc_loss"} <= set(out) and all(torch.isfinite(torch.tensor(v)) for v in out.values())
+    assert not torch.equal(g0, _flat(t.generator.denoiser.net)) and not torch.equal(f0, _flat(t.fake.denoiser.net))
