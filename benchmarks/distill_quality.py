@@ -82,7 +82,12 @@ def main() -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--json", default=None)
     p.add_argument("--write", action="store_true", help="store each student's best setting in its sampling entry")
+    p.add_argument("--students", default=None,
+                   help="comma-separated students to judge (default: every student the bundle holds with its teacher)")
     args = p.parse_args()
+    wanted = None if args.students is None else set(args.students.split(","))
+    if wanted is not None and not wanted <= {k for k, v in SCORE_NETWORKS.items() if v.teacher}:
+        p.error(f"--students {args.students}: students are {[k for k, v in SCORE_NETWORKS.items() if v.teacher]}")
     record(__file__)
     seeds = [int(s) for s in args.seeds.split(",")]
     config = load_bundle(args.checkpoint, model=None).config
@@ -91,6 +96,8 @@ def main() -> int:
     systems = []
     for student_name, kind in SCORE_NETWORKS.items():
         if kind.teacher is None or not has_model(config, student_name) or not has_model(config, kind.teacher):
+            continue
+        if wanted is not None and student_name not in wanted:
             continue
         teacher_engine = Engine(args.checkpoint, model=kind.teacher, backend=args.backend)
         judge = judge or QualityJudge(load_bundle(args.checkpoint, model=None, need_evaluator=True), args.data,

@@ -63,10 +63,11 @@ def train(bundle: Path, widths: tuple[int, ...], args) -> None:
     if done.get("seconds", 0) >= args.seconds:
         return
     cmd = ["train-score", "--checkpoint", str(bundle), "--data", args.data, "--widths", ",".join(map(str, widths)),
-           "--seconds", str(args.seconds), "--snapshot-every", str(args.snapshot_every), "--seed", str(args.seed)]
+           "--seconds", str(args.seconds), "--snapshot-every", str(args.snapshot_every), "--seed", str(args.seed),
+           "--heldout-clips", str(args.heldout_clips)]
     # the command recorded beside the weights is the one that reproduces this run on its own
     train_score_network(ScoreRun(bundle, args.data, "tapdiff", args.seconds, widths, snapshot_every=args.snapshot_every,
-                                 seed=args.seed, command="tapdiff " + " ".join(shlex.quote(a) for a in cmd)))
+                                 heldout_clips=args.heldout_clips, seed=args.seed, command="tapdiff " + " ".join(shlex.quote(a) for a in cmd)))
 
 
 def judge(bundle: Path, args, cache: dict) -> dict:
@@ -124,6 +125,8 @@ def main() -> int:
     p.add_argument("--widths", type=cli_parser.widths, nargs="+", required=True, help="one comma-separated list per run")
     p.add_argument("--seconds", type=float, default=3000.0, help="training seconds per width")
     p.add_argument("--snapshot-every", type=float, default=600.0)
+    p.add_argument("--heldout-clips", type=int, default=250,
+                   help="test clips of the held-out loss, the same for every width so the column compares them")
     p.add_argument("--work", default="runs/widths", help="folder of the sweep's bundles")
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("-n", type=int, default=10, help="clips per digit")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 import threading
@@ -11,7 +12,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .audio.features import log_mel_range
 from .audio.vocoders import make_vocoder
@@ -19,6 +19,7 @@ from .audio.wav import wav_bytes
 from .backends import (DEFAULT_BACKEND, backend_can_be_captured, batch_invariant_by_construction, resolve_backend,
                        score_backend)
 from .bundle import Bundle, default_model, load_bundle
+from .deprecation import renamed_keyword
 from .diffusion.captured import CapturedSampler, can_capture
 from .diffusion.guidance import DEFAULT_GUIDANCE, conditioned
 from .diffusion.noise import clip_seed, draw_noise
@@ -27,10 +28,12 @@ from .diffusion.solvers import SamplerSpec, get_solver, sample
 from .diffusion.taps import onehot
 from .errors import BackendError, CheckpointError, TapdiffError
 from .limits import Limits
+from .progress import Progress
 from .stages import stage
 from .storage.atomic import write_files_or_none
 from .storage.checkpoint import DEFAULT_CHECKPOINT, read_config
 
+logger = logging.getLogger(__name__)
 
 
 def clip_names(labels: Sequence[int | None]) -> list[str]:
@@ -96,11 +99,14 @@ class Engine:
     """Class-conditional speech generation with one frozen classifier as the backbone.
 
     >>> engine = Engine()                      # the shipped FSDD checkpoint
-    >>> out = engine.generate([7], n=2, seed=0)
+    >>> out = engine.generate(digit=[3, 7], n=2, seed=0)
     >>> out.save("out/")
 
     Clip k of a request is driven by its own generator seeded from (seed, k), so a clip does not depend on
     ``batch_size`` or on the other clips of its request.
+
+    The engine logs through ``logging`` (loggers ``engine.*`` and ``export.*``, never print): a first export
+    at info, a rebuilt cache at warning, sampling progress at info with ``progress=True``.
     """
 
     def __init__(self, checkpoint: str | Path | None = None, model: str | None = None, vocoder: str | None = None,
@@ -114,6 +120,7 @@ class Engine:
         ``artifacts``: the folder of exported graphs and engines (default ``$TAPDIFF_CACHE`` or
         ``~/.cache/tapdiff``), built there on first use;
         ``limits``: how much one request may ask for (``engine.limits.Limits``; its defaults unless given);
+        ``progress``: log how far sampling is, at most every few seconds (``engine.progress``);
         ``batch_invariant``: a clip's bytes do not depend on what it was batched with: every evaluation runs the
         guided graph (unguided clips get gamma 0) and each clip is vocoded alone. On a backend that is
         batch-invariant by construction (``backends.batch_invariant_by_construction``: onnxruntime on a CPU) that
@@ -301,7 +308,7 @@ class Engine:
         options = dict(spec.options)
         out = []
         chunks = range(0, len(clips), self.batch_size)
-        bar = tqdm(total=spec.steps * len(chunks), desc="sampling", disable=None if self.progress else True, leave=False)
+        report = Progress(logger, "sampling", spec.steps * len(chunks), "steps", enabled=self.progress)
         for start in chunks:
             chunk = list(clips[start:start + self.batch_size])
             real = len(chunk)
@@ -311,12 +318,12 @@ class Engine:
                                spec.steps, solver.noise_per_step, self.device)
             if self.static_runners:
                 # CUDA: one captured graph per step kind, replayed every step, by a runner kept per spec and batch
-                x = self._run_static(chunk, spec, sigmas, noise, options, callback=lambda *_: bar.update(1))
+                x = self._run_static(chunk, spec, sigmas, noise, options, callback=lambda *_: report.advance())
             else:
                 fn = conditioned(self.denoiser_for(spec), *self.conditioning(chunk))
-                x = sample(fn, sigmas, noise, solver, options, callback=lambda *_: bar.update(1))
+                x = sample(fn, sigmas, noise, solver, options, callback=lambda *_: report.advance())
             out.append(x[:real].cpu())
-        bar.close()
+        report.close()
         return torch.cat(out)
 
     def _run_static(self, chunk: list[Clip], spec: SamplerSpec, sigmas, noise, options, callback) -> torch.Tensor:
@@ -345,45 +352,50 @@ class Engine:
                 gamma_buf.copy_(gamma_now)
             return runner.run(sigmas, noise, options, callback=callback)
 
-    def request_clips(self, labels, n: int, guidance: float, seed: int, first_clip: int = 0) -> list[Clip]:
-        """The clips of a request (``n`` per digit of ``labels``; None: unconditional), validated."""
-        if labels is None or _is_int(labels):
-            labels = [labels]
-        elif isinstance(labels, (list, tuple, range, np.ndarray)):
-            labels = list(labels)
+    @renamed_keyword("labels", "digit")
+    def request_clips(self, digit, n: int, guidance: float, seed: int, first_clip: int = 0) -> list[Clip]:
+        """The clips of a request (``n`` per digit of ``digit``: one, a list, or None for unconditional clips),
+        validated."""
+        if digit is None or _is_int(digit):
+            digits = [digit]
+        elif isinstance(digit, (list, tuple, range, np.ndarray)):
+            digits = list(digit)
         else:
-            raise ValueError(f"labels must be a digit, a sequence of digits or None, got {labels!r}")
-        if not labels:
-            raise ValueError("labels is empty: ask for at least one digit")
-        self._check(labels, n, guidance, seed)
-        flat = [y for y in labels for _ in range(n)]
+            raise ValueError(f"digit must be a digit, a list of digits or None, got {digit!r}")
+        if not digits:
+            raise ValueError("digit is an empty list: ask for at least one digit")
+        self._check(digits, n, guidance, seed)
+        flat = [y for y in digits for _ in range(n)]
         return [Clip(y, float(guidance), int(seed), first_clip + k) for k, y in enumerate(flat)]
 
-    def generate(self, labels: int | Sequence[int] | None = None, n: int = 1, steps: int | None = None,
+    @renamed_keyword("labels", "digit")
+    def generate(self, digit: int | Sequence[int] | None = None, n: int = 1, steps: int | None = None,
                  guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sampler: str | None = None,
                  nfe: int | None = None, shard: tuple[int, int] | None = None,
                  spec: SamplerSpec | None = None) -> Generation:
-        """``n`` clips per requested digit (``labels=None``: n unconditional clips, guidance ignored).
+        """``n`` clips per requested digit (``digit``: one, a list, or None for n unconditional clips, guidance
+        ignored; ``labels=`` is its deprecated spelling).
         ``sampler``/``steps``/``nfe`` override the checkpoint's measured default solver and budget; ``spec`` (a
         ``SamplerSpec``: solver, steps, rho, options, guidance fade) gives the whole run instead.
         ``shard=(rank, world)``: only the clips whose index is ``rank`` modulo ``world``, named as in the
         whole request, so shards generated anywhere add up to the request's files.
         Safe to call from several threads at once: the engine holds no state that a call changes.
         Holds every clip of the request until it returns; ``generate_chunks`` hands them over a batch at a time."""
-        parts = list(self.generate_chunks(labels, n, steps, guidance, seed, sampler, nfe, shard, spec))
+        parts = list(self.generate_chunks(digit, n, steps, guidance, seed, sampler, nfe, shard, spec))
         if not parts:
             return Generation([], torch.empty(0), torch.empty(0), self.bundle.features.sample_rate, [])
         return Generation([y for g in parts for y in g.labels], torch.cat([g.mels for g in parts]),
                           torch.cat([g.waves for g in parts]), parts[0].sample_rate, [m for g in parts for m in g.names])
 
-    def generate_chunks(self, labels: int | Sequence[int] | None = None, n: int = 1, steps: int | None = None,
+    @renamed_keyword("labels", "digit")
+    def generate_chunks(self, digit: int | Sequence[int] | None = None, n: int = 1, steps: int | None = None,
                         guidance: float = DEFAULT_GUIDANCE, seed: int = 0, sampler: str | None = None,
                         nfe: int | None = None, shard: tuple[int, int] | None = None,
                         spec: SamplerSpec | None = None) -> Iterator[Generation]:
         """``generate``'s clips, vocoded and handed over one sampler batch (``batch_size`` clips) at a time,
         so a request of any size holds at most one batch in memory. The request is validated in full before
         the first clip is sampled."""
-        clips = self.request_clips(labels, n, guidance, seed)
+        clips = self.request_clips(digit, n, guidance, seed)
         names = clip_names([c.label for c in clips])
         if shard is not None:
             rank, world = shard

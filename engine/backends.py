@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import logging
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .diffusion.score_model import GuidedDenoiser
-from .errors import BackendError, warn
+from .errors import BackendError
 from .bundle import Bundle
+
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 # The default, "auto": on a CPU, onnxruntime where it is installed, else torch. Chosen by measurement on this CPU
@@ -58,7 +60,7 @@ def backend_can_be_captured(name: str) -> bool:
 
 def score_backend(name: str, model: GuidedDenoiser, bundle: Bundle, device: torch.device,
                   cache_dir: str | Path | None = None, batches: tuple[int, ...] | None = None,
-                  max_batch: int = 64, fp16: bool = False, log: Callable[[str], None] = warn):
+                  max_batch: int = 64, fp16: bool = False):
     """The denoiser of ``bundle`` as run by backend ``name``: ``model`` itself for torch, else the runtime
     over the artifacts ``build_artifacts`` makes (the same ones ``tapdiff export`` makes)."""
     if name not in BACKENDS:
@@ -67,7 +69,7 @@ def score_backend(name: str, model: GuidedDenoiser, bundle: Bundle, device: torc
         raise ValueError(f"fp16 is a TensorRT plan precision; the {name} backend runs fp32")
     if name == "torch":
         return model
-    graphs, plans = build_artifacts(name, model, bundle, device, cache_dir, batches, max_batch, fp16, log)
+    graphs, plans = build_artifacts(name, model, bundle, device, cache_dir, batches, max_batch, fp16)
     if name == "onnxruntime":
         from .runtimes.ort import OrtScoreModel
 
@@ -86,7 +88,7 @@ def plan_profile(batch: int | None, max_batch: int) -> tuple[int, int, int] | No
 
 def build_artifacts(name: str, model: GuidedDenoiser, bundle: Bundle, device: torch.device,
                     cache_dir: str | Path | None = None, batches: tuple[int, ...] | None = None,
-                    max_batch: int = 64, fp16: bool = False, log: Callable[[str], None] = warn):
+                    max_batch: int = 64, fp16: bool = False):
     """(graphs, plans) that backend ``name`` runs, from the cache or built there: ONNX graphs exported from a
     CPU copy of ``model`` (with CPU example inputs, whatever device ``model`` is on), and for tensorrt the
     plans built from them on ``device``."""
@@ -100,7 +102,7 @@ def build_artifacts(name: str, model: GuidedDenoiser, bundle: Bundle, device: to
 
     on_cpu = model if _on_cpu(model) else copy.deepcopy(model).cpu()
     spec = GraphSpec.of(bundle, on_cpu, batches)
-    graphs = ensure_score_graphs(on_cpu, bundle, spec, cache_dir or default_cache_dir(), log)
+    graphs = ensure_score_graphs(on_cpu, bundle, spec, cache_dir or default_cache_dir())
     if name != "tensorrt":
         return graphs, {}
     from export.tensorrt_build import cached_engine
@@ -123,10 +125,10 @@ def _on_cpu(module: torch.nn.Module) -> bool:
 
 
 def export_artifacts(checkpoint, model_name: str | None, cache_dir=None, max_batch: int = 16, fp16: bool = False,
-                     device: str = "cuda", log: Callable[[str], None] = warn) -> list[Path]:
+                     device: str = "cuda") -> list[Path]:
     """What ``tapdiff export`` builds: the artifacts an ``Engine(checkpoint, model=model_name,
-    batch_size=max_batch)`` loads, graphs always, TensorRT plans where TensorRT and a GPU are (else one line
-    says why not); ``model_name`` None: the checkpoint's default model. Returns their paths."""
+    batch_size=max_batch)`` loads, graphs always, TensorRT plans where TensorRT and a GPU are (else a logged
+    warning says why not); ``model_name`` None: the checkpoint's default model. Returns their paths."""
     from .bundle import default_model, load_bundle
     from .diffusion.score_model import score_model
     from .storage.checkpoint import read_config
@@ -141,10 +143,10 @@ def export_artifacts(checkpoint, model_name: str | None, cache_dir=None, max_bat
     if reason is not None:
         if fp16:
             raise BackendError(f"--fp16 asks for TensorRT plans, which cannot be built here: {reason}")
-        log(f"tapdiff: no TensorRT plans built: {reason}")
+        logger.warning(f"no TensorRT plans built: {reason}")
         graphs, plans = build_artifacts("onnxruntime", model, bundle, torch.device("cpu"), cache_dir, None,
-                                        max_batch, False, log)
+                                        max_batch, False)
     else:
         graphs, plans = build_artifacts("tensorrt", model, bundle, torch.device(device), cache_dir, None, max_batch,
-                                        fp16, log)
+                                        fp16)
     return [*graphs.values(), *plans.values()]

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from .api import DEFAULT_GUIDANCE, Clip, Engine, Generation
+from .deprecation import renamed_keyword
 from .diffusion.solvers import SamplerSpec
 from .errors import TapdiffError
 
@@ -65,13 +66,14 @@ class Batcher:
         self._worker = threading.Thread(target=self._run, name="tapdiff-batcher", daemon=True)
         self._worker.start()
 
-    def submit(self, labels=None, n: int = 1, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
+    @renamed_keyword("labels", "digit")
+    def submit(self, digit=None, n: int = 1, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
                sampler: str | None = None, steps: int | None = None, nfe: int | None = None,
                spec: SamplerSpec | None = None) -> Future:
         """Like ``Engine.generate``, asynchronously. Bad input fails the returned future, not the caller."""
         future: Future = Future()
         try:
-            clips = self.engine.request_clips(labels, n, guidance, seed)
+            clips = self.engine.request_clips(digit, n, guidance, seed)
             if spec is not None and (sampler, steps, nfe) != (None, None, None):
                 raise ValueError("give spec or sampler/steps/nfe, not both")
             spec = self.engine.check_spec(spec) if spec is not None else self.engine.sampler_spec(sampler, steps, nfe)

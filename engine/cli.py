@@ -1,19 +1,25 @@
 """The ``tapdiff`` console script: dispatch only (the parser is ``engine.cli_parser``). Each command calls the function that does the
 job (``engine.api``, ``engine.training.workflows``, ``engine.evaluation``, ``engine.backends``,
-``engine.serve``); every expected failure becomes one line on stderr and exit status 2 (``EXPECTED``).
+``engine.serve``); every expected failure becomes one line on stderr and exit status 2 (``EXPECTED``). What a
+command produces (file paths, JSON summaries, tables) is printed on stdout; everything else is logged, and shown
+on stderr by ``engine.cli_logging`` at the level ``-v`` / ``-q`` chose.
 
-Before the arguments are parsed only ``engine.cli_parser`` and ``engine.errors`` are imported, neither of which
-imports torch, so ``--help`` and usage errors stay quick; each command imports what it runs."""
+Before the arguments are parsed only ``engine.cli_parser``, ``engine.cli_logging`` and ``engine.errors`` are
+imported, none of which imports torch, so ``--help`` and usage errors stay quick; each command imports what it runs."""
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sys
 import time
 from pathlib import Path
 
+from .cli_logging import logging_to_stderr
 from .cli_parser import build_parser
 from .errors import TapdiffError
+
+logger = logging.getLogger("engine.cli")  # by name: under python -m engine.cli, __name__ is "__main__"
 
 # What a command may fail with that is the user's to fix, printed as one line with exit status 2 (anything else is
 # a bug and keeps its traceback):
@@ -45,6 +51,7 @@ def _write_json(path, record: dict) -> None:
 
 
 def cmd_generate(args) -> int:
+    started = time.monotonic()  # the clip-time line counts all the user waits for: imports, load, export too
     import io
 
     import numpy as np
@@ -55,11 +62,11 @@ def cmd_generate(args) -> int:
     from .storage.atomic import StagedFolder, check_output_folder
 
     check_output_folder(args.out)  # before any work: a bad --out fails now, not after the whole generation
-    engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=not args.quiet, model=args.model,
+    engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=True, model=args.model,
                     backend=args.backend, artifacts=args.artifacts, device=args.device,
                     batch_size=args.batch_size, batch_invariant=args.batch_invariant)
     shard = distributed_shard()
-    t0 = time.monotonic()
+    loaded = time.monotonic()
     chunks = engine.generate_chunks(args.digit, n=args.n, seed=args.seed, guidance=0.0 if args.unguided else args.guidance,
                                     shard=shard, spec=_spec(engine, args))
     mels = []
@@ -75,7 +82,10 @@ def cmd_generate(args) -> int:
     for p in staged.paths:
         if p.suffix == ".wav":
             print(p)
-    print(f"{sum(len(m) for m in mels)} clip(s) in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    done = time.monotonic()
+    logger.info(f"{sum(len(m) for m in mels)} clip(s) in {done - started:.1f} s (loading the engine "
+                f"{loaded - started:.1f} s, a first use's export included; generating and writing "
+                f"{done - loaded:.1f} s)")
     if shard is not None:
         finish_group()  # the request is written once every rank's shard is
     return 0
@@ -93,7 +103,7 @@ def cmd_train_classifier(args) -> int:
     from .training.workflows import ClassifierRun, train_classifier_bundle
 
     print(json.dumps(train_classifier_bundle(ClassifierRun(
-        args.out, args.data, args.labels, args.seconds, args.norm, args.frames, args.widths, args.sigma_min,
+        args.out, args.data, args.digit, args.seconds, args.norm, args.frames, args.widths, args.sigma_min,
         args.batch_size, args.lr, args.seed, _command(args), _regime(args)))))
     return 0
 
@@ -111,7 +121,7 @@ def cmd_train_score(args) -> int:
     from .training.workflows import ScoreRun, train_score_network
 
     summary = train_score_network(ScoreRun(
-        args.checkpoint, args.data, args.model, args.seconds, args.widths, args.labels, args.batch_size, args.lr,
+        args.checkpoint, args.data, args.model, args.seconds, args.widths, args.digit, args.batch_size, args.lr,
         args.ema, args.snapshot_every, args.heldout_clips, args.continue_training, args.seed, _command(args),
         _regime(args)))
     if summary is not None:
@@ -168,7 +178,7 @@ def cmd_evaluate(args) -> int:
 
         report = {**run_record(_command(args)), "regime": regime.describe(),
                   "accuracy_by_sigma": classifier_accuracy(load_bundle(args.checkpoint, model=None), args.data,
-                                                           args.digits, regime)}
+                                                           args.digit, regime)}
         print(json.dumps(report["accuracy_by_sigma"]))
         if args.json:
             _write_json(args.json, report)
@@ -176,7 +186,7 @@ def cmd_evaluate(args) -> int:
     engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=True, model=args.model, backend=args.backend,
                     artifacts=args.artifacts, device=args.device)
     judge = QualityJudge(load_bundle(args.evaluator or args.checkpoint, model=None, need_evaluator=True), args.data,
-                         args.digits or engine.labels, regime)
+                         args.digit or engine.labels, regime)
     spec = _spec(engine, args)
     reports = []
     for guidance in args.guidance:
@@ -202,8 +212,7 @@ def cmd_warmup(args) -> int:
 def cmd_export(args) -> int:
     from .backends import export_artifacts
 
-    for path in export_artifacts(args.checkpoint, args.model, args.out, args.max_batch, args.fp16, args.device,
-                                 log=lambda m: print(m, file=sys.stderr)):
+    for path in export_artifacts(args.checkpoint, args.model, args.out, args.max_batch, args.fp16, args.device):
         print(path)
     return 0
 
@@ -236,7 +245,7 @@ def cmd_bench(args) -> int:
                       memory=not args.no_memory, quality=args.quality, data=args.data, artifacts=args.artifacts,
                       reference=args.reference, device=args.device,
                       targets=load_targets(args.targets) if args.targets else [])
-    result = run_bench(args.checkpoint, cfg, log=lambda m: print(m, file=sys.stderr))
+    result = run_bench(args.checkpoint, cfg)
     out = Path(args.out)
     _write_json(out / "bench.json", {**record, **result})
     text = render(result, markdown_header(record))
@@ -245,7 +254,7 @@ def cmd_bench(args) -> int:
     try:
         plot(result, out / "bench.png")
     except ImportError:
-        print("tapdiff: no plot written: matplotlib is not installed (pip install 'tapdiff[plot]')", file=sys.stderr)
+        logger.warning("no plot written: matplotlib is not installed (pip install 'tapdiff[plot]')")
     return 0
 
 
@@ -276,7 +285,7 @@ def cmd_serve(args) -> int:
         from .serve_replicas import serve_replicas
 
         serve_replicas(engine_kwargs, args.replicas, args.host, args.port, args.max_batch, args.max_delay_ms, limits,
-                       args.threads, set(args.allowed_hosts) if args.allowed_hosts else None)
+                       args.threads, set(args.allowed_hosts) if args.allowed_hosts else None, args.log_level)
         return 0
     sock = listening_socket(args.host, args.port)  # a taken port fails now, not after the engine has loaded
     with sock:
@@ -295,18 +304,22 @@ def cmd_vocoder_import(args) -> int:
 
 
 def cmd_vocoder_compare(args) -> int:
-    from .audio.vocoder_compare import compare_vocoders, render_rows, test_clip_waves
+    from .audio.vocoder_compare import compare_vocoders, load_reference_clips, render_rows
     from .audio.vocoders import make_vocoder
+    from .bundle import load_bundle
+    from .evaluation.quality import QualityJudge
     from .provenance import run_record
-    from .storage.config import FeatureConfig
+    from .storage.checkpoint import DEFAULT_CHECKPOINT
 
-    cfg = FeatureConfig()
-    waves = test_clip_waves(args.data, args.clips, cfg)
-    rows = compare_vocoders({name: make_vocoder(name, cfg, args.hifigan_dir) for name in args.vocoders}, waves, cfg)
-    print(f"copy-synthesis of {len(waves)} test clips ({len(waves) * cfg.frames / 100:.1f} s joined)")
+    evaluator = load_bundle(args.evaluator or DEFAULT_CHECKPOINT, model=None, need_evaluator=True)
+    judge = QualityJudge(evaluator, args.data, evaluator.labels)
+    reference = load_reference_clips(args.data, args.clips, judge.features, judge.digits)
+    vocoders = {name: make_vocoder(name, judge.features, args.hifigan_dir) for name in args.vocoders}
+    rows = compare_vocoders(vocoders, reference, judge)
+    print(f"copy synthesis of {reference.source}; in brackets: the even and odd halves")
     print(render_rows(rows))
     if args.json:
-        _write_json(args.json, {**run_record(_command(args)), "rows": rows})
+        _write_json(args.json, {**run_record(_command(args)), "clips": reference.source, "rows": rows})
     return 0
 
 
@@ -323,11 +336,14 @@ def main(argv: list[str] | None = None) -> int:
         from .storage.checkpoint import DEFAULT_CHECKPOINT
 
         args.checkpoint = str(DEFAULT_CHECKPOINT)
-    try:
-        return run(args)
-    except EXPECTED as e:
-        print(f"tapdiff: error: {e}", file=sys.stderr)
-        return 2
+    with logging_to_stderr(args.log_level):
+        for line in getattr(args, "deprecations", ()):
+            logger.warning(line)
+        try:
+            return run(args)
+        except EXPECTED as e:
+            print(f"tapdiff: error: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

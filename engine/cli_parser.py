@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -51,14 +52,14 @@ CACHE = "$TAPDIFF_CACHE or ~/.cache/tapdiff"
 DOCS_WIDTH = 100  # columns of the help in docs/cli.md, whatever the terminal
 
 
-def labels(text: str) -> tuple[int, ...]:
-    """Comma-separated digits 0-9, e.g. ``0,1,2`` or ``7``."""
+def digits(text: str) -> tuple[int, ...]:
+    """Comma-separated digits 0-9, e.g. ``7`` or ``3,7``."""
     try:
         out = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"labels must be comma-separated digits, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated digits, e.g. 7 or 3,7, got {text!r}") from None
     if not out or any(not 0 <= y <= 9 for y in out):
-        raise argparse.ArgumentTypeError(f"labels must be digits 0-9, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected digits 0-9, e.g. 7 or 3,7, got {text!r}")
     return out
 
 
@@ -114,6 +115,47 @@ def _shown(action: argparse.Action) -> str:
     return str(value)
 
 
+class DigitList(argparse.Action):
+    """A repeatable, comma-separated option (``--digit 3 --digit 7`` is ``--digit 3,7``): each use adds its values
+    (a tuple from its type) to those before it; the values given replace the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, None)
+        kept = () if before is None or before is self.default else before
+        setattr(namespace, self.dest, (*kept, *values))
+
+
+class Parser(argparse.ArgumentParser):
+    """``tapdiff``'s parsers (subcommands' too): an option may keep a spelling it shipped with
+    (``add_deprecated_spelling``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.deprecated_spellings: list[tuple[str, argparse.Action]] = []
+
+    def add_deprecated_spelling(self, old: str, option: argparse.Action) -> None:
+        """``old`` keeps working as a spelling of ``option``, hidden from the help: parsing it stores its value
+        as ``option``'s and adds a line to ``namespace.deprecations`` (which ``tapdiff`` logs as a warning);
+        both given is a usage error naming both."""
+        self.add_argument(old, dest=f"{option.dest} as {old}", type=option.type, action=type(option),
+                          default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        self.deprecated_spellings.append((old, option))
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        for old, option in self.deprecated_spellings:
+            value = vars(namespace).pop(f"{option.dest} as {old}", None)
+            if value is None:
+                continue
+            new = option.option_strings[0]
+            if getattr(namespace, option.dest) is not option.default:
+                self.error(f"{new} and {old} given together ({old} is the deprecated spelling of {new}): give {new} "
+                           "alone")
+            setattr(namespace, option.dest, value)
+            namespace.deprecations = [*getattr(namespace, "deprecations", []), f"{old} is deprecated: use {new}"]
+        return namespace, extras
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Every option's help ends with its default: ``(default: VALUE)`` is appended unless the help states it
     already (an option whose default is None says what None means there); a flag's default is off."""
@@ -159,6 +201,25 @@ def version_text() -> str:
         digest = f"unknown ({config} unreadable: {type(e).__name__}: {e})"
     return (f"tapdiff {package}\ncode version {code_version()}\n"
             f"checkpoint {SHIPPED_CHECKPOINT.name}: classifier.safetensors sha256 {digest}\n")
+
+
+def _add_digit(p: Parser, help: str, default: tuple[int, ...] | None = None, deprecated: str | None = None) -> None:
+    """``--digit``, the label's one spelling in every command (``deprecated``: the spelling this command shipped
+    with, still accepted)."""
+    option = p.add_argument("--digit", type=digits, action=DigitList, default=default, metavar="DIGITS",
+                            help=f"{help}; repeatable or comma-separated: --digit 3 --digit 7 is --digit 3,7")
+    if deprecated is not None:
+        p.add_deprecated_spelling(deprecated, option)
+
+
+def _add_verbosity(p: argparse.ArgumentParser, default) -> None:
+    """``-v`` / ``-q``: how much ``tapdiff`` logs. On the main parser and on every command (where they default to
+    nothing, so they may be given before or after the command's name)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG, default=default,
+                   help="debug messages too")
+    g.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING, default=default,
+                   help="warnings and errors only: no progress or other info lines")
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
@@ -216,18 +277,20 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     """The whole ``tapdiff`` parser; ``width``: columns of its help (default: the terminal's)."""
     fmt = functools.partial(HelpFormatter, width=width) if width else HelpFormatter
 
-    def command(subparsers, name: str, help: str) -> argparse.ArgumentParser:
-        return subparsers.add_parser(name, help=help, description=help, formatter_class=fmt)
+    def command(subparsers, name: str, help: str) -> Parser:
+        parser = subparsers.add_parser(name, help=help, description=help, formatter_class=fmt)
+        _add_verbosity(parser, argparse.SUPPRESS)
+        return parser
 
-    p = argparse.ArgumentParser(prog="tapdiff", description="Class-conditional speech generation from one frozen "
-                                "classifier.", formatter_class=fmt)
+    p = Parser(prog="tapdiff", description="Class-conditional speech generation from one frozen classifier.",
+               formatter_class=fmt)
     p.add_argument("--version", action=_Version,
                    help="print the package version, the code version and the shipped checkpoint's classifier hash")
+    _add_verbosity(p, logging.INFO)
     sub = p.add_subparsers(dest="command", required=True, title="commands", metavar="command")
 
     g = command(sub, "generate", "generate spoken digits as 16 kHz WAV files")
-    g.add_argument("--digit", type=int, action="append",
-                   help="digit to generate (repeatable) (default: unconditional clips)")
+    _add_digit(g, "digits to generate, -n clips each (default: -n unconditional clips)")
     g.add_argument("-n", type=int, default=1, help="clips per digit")
     g.add_argument("--out", default="out", help="output folder (written all together: every clip, or none)")
     _add_sampling(g)
@@ -238,7 +301,6 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     _add_model(g)
     g.add_argument("--vocoder", choices=VOCODERS, default=None, help="waveform from log-Mel (default: the checkpoint's)")
     g.add_argument("--save-mels", action="store_true", help="also write mels.npy (de-normalised log-Mel)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--batch-size", type=int, default=16, help="clips per sampler batch")
     g.add_argument("--batch-invariant", action="store_true", default=None,
                    help="a clip's bytes independent of its batch, as tapdiff serve gives them (default: on with "
@@ -260,7 +322,7 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     c = command(sub, "train-classifier", "train the noise-conditioned classifier into a new checkpoint folder")
     _add_data(c)
     c.add_argument("--out", required=True, help="checkpoint folder to write (resumes from OUT/state/)")
-    c.add_argument("--labels", type=labels, default=tuple(range(10)), help="label subset, e.g. 0,1,2 or 7")
+    _add_digit(c, "the digits it learns to tell apart", default=tuple(range(10)), deprecated="--labels")
     c.add_argument("--seconds", type=float, default=1500.0, help="training-time budget (summed over resumes)")
     c.add_argument("--norm", choices=("affine", "groupnorm"), default="affine",
                    help="normalisation layers: per-channel affine (folds into the convolutions once frozen) or "
@@ -294,15 +356,15 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=3600.0, help="training-time budget (summed over resumes)")
     _add_model(s, default="tapdiff")
     s.add_argument("--widths", type=widths, default=None, help="channels per depth (default: the model's)")
-    s.add_argument("--labels", type=labels, default=None,
-                   help="data regime for the score model, e.g. 7 or 0,1,2 (default: all the classifier's labels)")
+    _add_digit(s, "the digits the score network is trained on, some of the classifier's (default: all of them)",
+               deprecated="--labels")
     s.add_argument("--batch-size", type=int, default=16, help="clips per training batch")
     s.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     s.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights saved")
     s.add_argument("--snapshot-every", type=float, default=600.0, help="seconds between EMA snapshots")
     s.add_argument("--heldout-clips", type=int, default=None,
                    help="test-split clips for the held-out DSM loss per sigma band at each snapshot, evaluated outside "
-                        "--seconds (0: off; default: as many as fit in 10%% of --seconds, at most 250)")
+                        "--seconds; 0: off (default: as many as fit in 10%% of --seconds, at most 250)")
     s.add_argument("--continue", dest="continue_training", action="store_true",
                    help="continue the checkpoint's trained network (fresh optimiser; steps and seconds count on, "
                         "--seconds is the new total) when no resumable state exists")
@@ -378,8 +440,7 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     _add_checkpoint(v)
     v.add_argument("--evaluator", default=None, help="folder holding the evaluation classifier (default: --checkpoint)")
     v.add_argument("-n", type=int, default=10, help="clips per digit")
-    v.add_argument("--digits", type=labels, default=None,
-                   help="digits generated and judged, e.g. 0,1,2 (default: the checkpoint's labels)")
+    _add_digit(v, "digits generated and judged (default: the checkpoint's)", deprecated="--digits")
     _add_sampling(v)
     v.add_argument("--guidance", type=float, nargs="+", default=[DEFAULT_GUIDANCE],
                    help="guidance strengths, one report each")
@@ -503,9 +564,14 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     vi.add_argument("--config", default=None, help="its config.json, needed with --source original (default: none)")
     vi.add_argument("--out", default=None, help=f"target folder (default: the vocoder folder under {CACHE})")
     vi.set_defaults(run="vocoder_import")
-    vc = command(voc, "compare", "copy-synthesis STOI, log-spectral distance and real-time factor")
+    vc = command(voc, "compare", "copy synthesis of real test clips: STOI, log-spectral distance, the evaluation "
+                                 "classifier's recognised fraction and FD (each on two halves too), time per clip")
     _add_data(vc, "FSDD folder of the test clips copy-synthesised")
-    vc.add_argument("--clips", type=int, default=20, help="test clips copy-synthesised")
+    vc.add_argument("--clips", type=int, default=None,
+                    help="test clips copy-synthesised, spread evenly over the split (default: every test clip)")
+    vc.add_argument("--evaluator", default=None,
+                    help="folder holding the evaluation classifier that judges the re-analysed audio (default: the "
+                         "shipped FSDD checkpoint)")
     vc.add_argument("--vocoders", nargs="+", choices=VOCODERS, default=list(VOCODERS), help="vocoders compared")
     vc.add_argument("--hifigan-dir", default=None,
                     help=f"converted HiFi-GAN folder (default: what tapdiff vocoder import wrote under {CACHE})")

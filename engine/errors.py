@@ -7,8 +7,6 @@ everything the engine raises on purpose in one clause. Each also keeps the built
 ``except ValueError`` or ``except RuntimeError`` written against it still catches it."""
 from __future__ import annotations
 
-import sys
-
 
 class TapdiffError(Exception):
     """Base of every error the engine raises on purpose (not of the plain ValueErrors it raises for bad values)."""
@@ -37,9 +35,3 @@ class VocoderCacheError(TapdiffError, ValueError):
 
 class VocoderMissing(VocoderCacheError, FileNotFoundError):
     """A vocoder cache folder without its config or weights."""
-
-
-def warn(message: str) -> None:
-    """Where the engine says what it does on its own (a cache rebuilt, and why): one line on stderr, never among
-    a command's output on stdout."""
-    print(message, file=sys.stderr)

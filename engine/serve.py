@@ -8,7 +8,8 @@ FastAPI + uvicorn).
 - ``GET /``: a page to try the engine (``engine.serve_page``).
 - ``GET /health``, ``GET /info`` (checkpoint name and weights hash, model, labels, backend, defaults, limits),
   ``GET /metrics`` (Prometheus text: ``engine.metrics``). Every answer carries an ``X-Request-ID`` (the client's,
-  or a new one), and each request is one JSON line on stderr (id, method, path, status, seconds).
+  or a new one), and each request is one JSON line logged at info on ``engine.serve.access`` (id, method, path,
+  status, seconds), which ``tapdiff serve`` prints on stderr as it is.
 - What a request may ask for is bounded (``engine.limits``): types are strict (``true`` is no digit, a
   string no number) and unknown fields are refused; values are checked by the Engine itself, as for the
   Python API and the CLI. Every bad request gets a 4xx with the reason: 422 for bad values, 413 for a body
@@ -24,9 +25,9 @@ import base64
 import importlib.util
 import io
 import json
+import logging
 import re
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -39,6 +40,9 @@ from .batching import Batcher, RequestCancelled
 from .diffusion.solvers import SOLVERS
 from .limits import ServerLimits
 from .metrics import ServiceMetrics
+
+logger = logging.getLogger(__name__)
+access_log = logging.getLogger(f"{__name__}.access")  # one JSON line per answered request
 
 
 def clips_to_json(out: Generation) -> dict:
@@ -135,7 +139,7 @@ class HostCheck:
 
 class Observed:
     """ASGI middleware: every HTTP answer gets a request id (the client's X-Request-ID, else a new one), is
-    counted in the metrics by status, and is logged as one JSON line on stderr (id, method, path, status,
+    counted in the metrics by status, and is logged as one JSON line on ``access_log`` (id, method, path, status,
     seconds). Plain ASGI, not Starlette's BaseHTTPMiddleware, so the app still sees a client disconnect."""
 
     def __init__(self, app, metrics):
@@ -162,8 +166,8 @@ class Observed:
         finally:
             seconds = time.monotonic() - t0
             self.metrics.answered(status[0], seconds if scope["path"] == "/generate" else None)
-            print(json.dumps({"request_id": rid, "method": scope.get("method"), "path": scope["path"],
-                              "status": status[0], "seconds": round(seconds, 4)}), file=sys.stderr, flush=True)
+            access_log.info(json.dumps({"request_id": rid, "method": scope.get("method"), "path": scope["path"],
+                                        "status": status[0], "seconds": round(seconds, 4)}))
 
 
 async def _plain(send, status: int, detail: str) -> None:
@@ -380,7 +384,7 @@ def serve(engine: Engine, host: str, port: int, max_batch: int, max_delay_ms: fl
             async def startup(self, sockets=None) -> None:
                 await super().startup(sockets)
                 if self.started:
-                    print(f"tapdiff: serving on http://{host}:{port}", file=sys.stderr, flush=True)
+                    logger.info(f"serving on http://{host}:{port}")
 
         config = uvicorn.Config(asgi, log_level="warning",
                                 http=closing_idle_connections(_http_protocol(), limits.idle_timeout_s))

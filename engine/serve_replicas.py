@@ -16,9 +16,9 @@ under Ray Serve (optional extra ``tapdiff[replicas]``: ``ray[serve]``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
-import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -28,6 +28,8 @@ import torch
 from .api import DEFAULT_GUIDANCE, Engine
 from .diffusion.solvers import SamplerSpec
 from .limits import ServerLimits
+
+logger = logging.getLogger(__name__)
 
 
 class ServeBatcher:
@@ -65,12 +67,12 @@ class ServeBatcher:
         rows = await asyncio.gather(*(self._sample_one((clip, spec)) for clip in clips))
         return await asyncio.to_thread(self.engine.finish, [c.label for c in clips], torch.stack(rows))
 
-    def submit(self, labels=None, n: int = 1, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
+    def submit(self, digit=None, n: int = 1, guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
                spec: SamplerSpec | None = None) -> Future:
         """Like ``Batcher.submit`` (bad input fails the returned future); called on the replica's event loop."""
         future: Future = Future()
         try:
-            clips = self.engine.request_clips(labels, n, guidance, seed)
+            clips = self.engine.request_clips(digit, n, guidance, seed)
             spec = self.engine.check_spec(spec) if spec is not None else self.engine.sampler_spec()
         except ValueError as e:
             future.set_exception(e)
@@ -111,11 +113,13 @@ def deployment(replicas: int, threads: int = 1, max_ongoing: int = 64):
     @serve.ingress()
     class TapdiffReplica:
         def __init__(self, engine_kwargs: dict, max_batch: int, max_delay_ms: float, limits: ServerLimits,
-                     allowed_hosts: set[str] | None = None):
+                     allowed_hosts: set[str] | None = None, log_level: int = logging.INFO):
             from ray import serve as ray_serve
 
+            from .cli_logging import show_on_stderr
             from .metrics import ServiceMetrics
 
+            show_on_stderr(log_level)  # this replica's records (its access log) as the process that started it shows
             torch.set_num_threads(threads)
             self.engine = Engine(**engine_kwargs)
             replica = ray_serve.get_replica_context().replica_id.unique_id
@@ -136,12 +140,13 @@ def deployment(replicas: int, threads: int = 1, max_ongoing: int = 64):
 
 
 def serve_replicas(engine_kwargs: dict, replicas: int, host: str, port: int, max_batch: int, max_delay_ms: float,
-                   limits: ServerLimits = ServerLimits(), threads: int = 1, allowed_hosts: set[str] | None = None
-                   ) -> None:
+                   limits: ServerLimits = ServerLimits(), threads: int = 1, allowed_hosts: set[str] | None = None,
+                   log_level: int = logging.INFO) -> None:
     """Start a local Ray instance, serve ``replicas`` replicas on ``host:port`` until SIGTERM or Ctrl-C, then shut
     Serve down (each replica finishes its requests in flight, up to the graceful shutdown timeout). Each replica's
     app answers the Host headers ``allowed_hosts`` (default: ``engine.serve.allowed_hosts_for(host, port)``), as
-    the single-process server does."""
+    the single-process server does. Each replica shows its log records on stderr at ``log_level``
+    (``engine.cli_logging``), which Ray passes on to this process."""
     from .serve import allowed_hosts_for
 
     try:
@@ -163,9 +168,10 @@ def serve_replicas(engine_kwargs: dict, replicas: int, host: str, port: int, max
     try:
         serve.start(http_options={"host": host, "port": port})
         hosts = allowed_hosts if allowed_hosts is not None else allowed_hosts_for(host, port)
-        serve.run(deployment(replicas, threads).bind(engine_kwargs, max_batch, max_delay_ms, limits, hosts),
+        serve.run(deployment(replicas, threads).bind(engine_kwargs, max_batch, max_delay_ms, limits, hosts,
+                                                     log_level),
                   name="tapdiff", route_prefix="/")
-        print(f"tapdiff: serving {replicas} replicas on http://{host}:{port}", file=sys.stderr, flush=True)
+        logger.info(f"serving {replicas} replicas on http://{host}:{port}")
         stop.wait()
     finally:
         serve.shutdown()

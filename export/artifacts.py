@@ -10,16 +10,17 @@ Layout under the cache folder (``$TAPDIFF_CACHE`` or ``~/.cache/tapdiff``, or on
 ``key`` hashes the ``GraphSpec``: the weights' sha256 (classifier and score network), the guidance fade,
 the shapes (a dynamic batch axis, or static batch sizes), the opset, the engine's code version and
 torch's version. Each manifest repeats the spec and the graph's own sha256; a manifest that is missing,
-unreadable or disagrees, or a graph whose bytes changed, is rebuilt with one line saying why.
+unreadable or disagrees, or a graph whose bytes changed, is rebuilt with a logged warning saying why; a first
+export is announced (at info) before it starts, since it takes seconds.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -27,7 +28,7 @@ from engine.diffusion.score_model import GuidedDenoiser
 from engine.provenance import code_version
 from engine.models.registry import score_network_kind
 from engine.bundle import Bundle
-from engine.errors import CheckpointError, warn
+from engine.errors import CheckpointError
 
 from engine.storage.hashing import file_sha256
 from engine.storage.safe_files import load_json
@@ -36,7 +37,7 @@ from engine.storage.paths import cache_root
 from .graphs import SCORE_INPUTS, SCORE_OUTPUTS, score_inputs
 from .onnx_export import DEFAULT_OPSET, export_onnx, graph_identity
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -144,8 +145,8 @@ def graph_identity_of(spec: GraphSpec, guided: bool, batch: int | None) -> str:
     return f"{spec.model}|{spec.key()}|{graph_name(guided, batch)}"
 
 
-def ensure_score_graphs(model: GuidedDenoiser, bundle: Bundle, spec: GraphSpec, cache_dir: str | os.PathLike,
-                        log: Log = warn) -> dict[tuple[bool, int | None], Path]:
+def ensure_score_graphs(model: GuidedDenoiser, bundle: Bundle, spec: GraphSpec, cache_dir: str | os.PathLike
+                        ) -> dict[tuple[bool, int | None], Path]:
     """Every graph of ``spec`` from the cache, exporting (and parity-checking) what is missing or stale."""
     out_dir = artifact_dir(cache_dir, spec)
     paths = {}
@@ -154,7 +155,10 @@ def ensure_score_graphs(model: GuidedDenoiser, bundle: Bundle, spec: GraphSpec, 
         reason = stale_reason(path, spec)
         if reason is not None:
             if path.exists() or path.with_suffix(".json").exists():
-                log(f"tapdiff: rebuilding {path}: {reason}")
+                logger.warning(f"rebuilding {path}: {reason}")
+            else:
+                logger.info(f"exporting the {spec.model} score graph {path.name} to {out_dir} (once: later runs "
+                            "load it)")
             with torch.no_grad():
                 export_score_graph(model, bundle.input_hw, out_dir, guided, batch, spec)
         paths[(guided, batch)] = path

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -18,6 +20,8 @@ import torch
 
 from engine.storage.atomic import atomic_write_bytes
 from engine.storage.hashing import file_sha256
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
 
@@ -60,6 +64,22 @@ def graph_identity(path: str | os.PathLike) -> str | None:
     return next((p.value for p in model.metadata_props if p.key == IDENTITY_KEY), None)
 
 
+def traced_silently(name: str, trace: Callable[[], object]) -> None:
+    """Run ``trace`` (a TorchScript trace, such as the legacy ONNX exporter's) without its TracerWarnings: each
+    says a Python value was traced as a constant, which the parity check after the export catches where it
+    matters. One debug line counts them instead; every other warning the filters let through is shown as usual."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        trace()
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    if tracer:
+        logger.debug(f"{name}: {len(tracer)} TracerWarning(s) silenced (Python values traced as constants), "
+                     f"the first: {str(tracer[0].message).split('. ')[0][:200]}")
+    for w in caught:
+        if not issubclass(w.category, torch.jit.TracerWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+
+
 def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], out_dir: str | os.PathLike, name: str,
                 input_names: list[str], output_names: list[str], fresh: Callable[[], tuple[torch.Tensor, ...]],
                 dynamic_axes: dict | None = None, opset: int = DEFAULT_OPSET, rtol: float = 1e-4,
@@ -80,8 +100,9 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], out_
     os.close(fd)
     try:
         with torch.no_grad():
-            torch.onnx.export(module, example, tmp, dynamo=False, opset_version=opset, input_names=input_names,
-                              output_names=output_names, dynamic_axes=dynamic_axes or {})
+            traced_silently(name, lambda: torch.onnx.export(
+                module, example, tmp, dynamo=False, opset_version=opset, input_names=input_names,
+                output_names=output_names, dynamic_axes=dynamic_axes or {}))
             if identity is not None:
                 stamp_identity(tmp, identity)
             inputs = fresh()

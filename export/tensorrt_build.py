@@ -22,17 +22,20 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.errors import BackendError, CheckpointError, warn
+from engine.errors import BackendError, CheckpointError
 from engine.storage.atomic import atomic_write_bytes
 from engine.storage.hashing import file_sha256, sidecar_of, sidecar_problem
 from engine.storage.safe_files import read_limited
 
 if TYPE_CHECKING:  # annotations only: the module is imported lazily, by _tensorrt()
     import tensorrt as trt
+
+logger = logging.getLogger(__name__)
 
 # TensorRT names that one of the checked versions (10.13.3.9, 11.4.0.106) lacks, each with the feature test
 # guarding every use: a function here (uses sit inside ``if guard(...)`` or after ``if not guard(...): raise``)
@@ -185,7 +188,7 @@ def cached_engine(onnx_path: str | os.PathLike, cache_dir: str | os.PathLike, ba
                   fp16: bool = False, device: str | None = None) -> Path:
     """The engine for ``onnx_path`` (its manifest beside it), built once per cache key on ``device`` (a
     torch CUDA device; None: the current one); a stale engine is never reused because the key covers
-    everything it depends on, and a plan that fails its sha256 check is rebuilt (one line on stderr says
+    everything it depends on, and a plan that fails its sha256 check is rebuilt (a logged warning says
     why). The plan and then its sidecar are each written atomically, the sidecar last: a build interrupted
     in between leaves a plan without a matching sidecar, which the next call rebuilds."""
     import torch
@@ -205,7 +208,9 @@ def cached_engine(onnx_path: str | os.PathLike, cache_dir: str | os.PathLike, ba
         if problem is None:
             return path
         if path.exists():
-            warn(f"tapdiff: rebuilding {path}: {problem}")
+            logger.warning(f"rebuilding {path}: {problem}")
+        else:
+            logger.info(f"building the TensorRT plan {path.name} in {cache_dir} (once: later runs load it)")
         build_engine(onnx_path, path, profile, fp16, timing_cache=timing)
         atomic_write_bytes(identity_path(path), key.encode())
         atomic_write_bytes(sidecar_path(path), file_sha256(path).encode())

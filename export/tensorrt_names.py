@@ -198,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(format_list(version, names, wheel))
-        print(f"{path}: {len(names)} names from {wheel.name}")
+        sys.stdout.write(f"{path}: {len(names)} names from {wheel.name}\n")
     for line in stale:
-        print(line, file=sys.stderr)
+        sys.stderr.write(f"{line}\n")
     return 1 if stale else 0
 
 

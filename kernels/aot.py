@@ -147,6 +147,7 @@ def compile_all(archs: tuple[int, ...] = ARCHS) -> list[dict]:
 
 if __name__ == "__main__":
     import json
+    import sys
 
     for row in compile_all():
-        print(json.dumps(row))
+        sys.stdout.write(json.dumps(row) + "\n")

@@ -67,7 +67,7 @@ def test_same_seed_same_output_and_different_seed_differs(tiny_checkpoint):
     ({"labels": [7], "sampler": "ddim"}, "unknown sampler"),
     ({"labels": [7], "steps": 3, "nfe": 3}, "steps or nfe"),
     ({"labels": [7], "nfe": 0}, "nfe must be"),
-    ({"labels": [], "n": 1}, "labels is empty"),
+    ({"labels": [], "n": 1}, "digit is an empty list"),
 ])
 def test_bad_generation_requests_are_named(tiny_checkpoint, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -2,6 +2,7 @@
 cache rebuilds what is stale or corrupt, and what cannot run here says so (TensorRT's logic is checked
 without TensorRT)."""
 import json
+import logging
 import shutil
 
 from pathlib import Path
@@ -34,41 +35,50 @@ def test_onnxruntime_samples_what_torch_samples(tiny_with_baselines, cache, mode
         assert float((a.mels - b.mels).abs().max()) <= 1e-3 * float(a.mels.abs().max())
 
 
-def _graphs(bundle_dir, cache, log):
+def _graphs(bundle_dir, cache):
     from engine.diffusion.score_model import score_model
     from engine.bundle import load_bundle
 
     b = load_bundle(bundle_dir)
     m = score_model(b)
     spec = artifacts.GraphSpec.of(b, m)
-    return artifacts.ensure_score_graphs(m, b, spec, cache, log), spec
+    return artifacts.ensure_score_graphs(m, b, spec, cache), spec
 
 
-def test_artifacts_are_reused_and_rebuilt_when_stale_or_corrupt(tiny_checkpoint, tmp_path, monkeypatch):
-    lines = []
-    graphs, spec = _graphs(tiny_checkpoint, tmp_path, lines.append)
+def test_artifacts_are_reused_and_rebuilt_when_stale_or_corrupt(tiny_checkpoint, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="export.artifacts")
+    lines = []  # the warnings, each naming what is rebuilt and why
+
+    def rebuild(bundle_dir, cache):
+        caplog.clear()
+        out = _graphs(bundle_dir, cache)
+        lines.extend(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+        return out
+
+    graphs, spec = rebuild(tiny_checkpoint, tmp_path)
     assert lines == [] and set(graphs) == {(True, None), (False, None)}
+    assert [r.getMessage() for r in caplog.records][0].startswith("exporting the tapdiff score graph")
     guided = graphs[(True, None)]
     # reused: nothing is exported again
     real = artifacts.export_score_graph
     monkeypatch.setattr(artifacts, "export_score_graph", lambda *a: pytest.fail("re-exported a good artifact"))
-    assert _graphs(tiny_checkpoint, tmp_path, lines.append)[0] == graphs and lines == []
+    assert rebuild(tiny_checkpoint, tmp_path)[0] == graphs and lines == []
     monkeypatch.setattr(artifacts, "export_score_graph", real)
     # truncated graph: rebuilt, with the reason
     data = guided.read_bytes()
     guided.write_bytes(data[: len(data) // 2])
-    _graphs(tiny_checkpoint, tmp_path, lines.append)
+    rebuild(tiny_checkpoint, tmp_path)
     assert len(lines) == 1 and "corrupt" in lines[0] and str(guided) in lines[0]
     assert artifacts.stale_reason(guided, spec) is None
     # a manifest from other weights at this path: rebuilt
     manifest = json.loads(guided.with_suffix(".json").read_text())
     manifest["artifact"]["weights"][1][1] = "0" * 64
     guided.with_suffix(".json").write_text(json.dumps(manifest))
-    _graphs(tiny_checkpoint, tmp_path, lines.append)
+    rebuild(tiny_checkpoint, tmp_path)
     assert "built for other weights" in lines[1]
     # an interrupted export (graph without manifest): rebuilt
     guided.with_suffix(".json").unlink()
-    _graphs(tiny_checkpoint, tmp_path, lines.append)
+    rebuild(tiny_checkpoint, tmp_path)
     assert "missing" in lines[2] and artifacts.stale_reason(guided, spec) is None
 
 
@@ -77,12 +87,13 @@ def test_other_weights_get_another_artifact(tiny_checkpoint, tmp_path, fsdd_root
     shutil.copytree(tiny_checkpoint, other, ignore=shutil.ignore_patterns("state"))
     assert main(["train-score", "--checkpoint", str(other), "--seconds", "1", "--widths", "8,8,16,16", "--seed", "5",
                  "--data", str(fsdd_root)]) == 0
-    a, _ = _graphs(tiny_checkpoint, tmp_path / "cache", print)
-    b, _ = _graphs(other, tmp_path / "cache", print)
+    a, _ = _graphs(tiny_checkpoint, tmp_path / "cache")
+    b, _ = _graphs(other, tmp_path / "cache")
     assert a[(True, None)].parent != b[(True, None)].parent  # keyed by the weights' sha256
 
 
-def test_export_command_builds_what_the_engine_loads_and_says_why_no_plans(tiny_checkpoint, tmp_path, capsys):
+def test_export_command_builds_what_the_engine_loads_and_says_why_no_plans(tiny_checkpoint, tmp_path, capsys,
+                                                                          caplog):
     assert main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--max-batch", "4"]) == 0
     out = capsys.readouterr()
     paths = out.out.split()
@@ -91,7 +102,7 @@ def test_export_command_builds_what_the_engine_loads_and_says_why_no_plans(tiny_
     before = {p: Path(p).stat().st_mtime_ns for p in paths}
     engine = Engine(tiny_checkpoint, backend="onnxruntime", artifacts=tmp_path, batch_size=4)
     assert {p: Path(p).stat().st_mtime_ns for p in paths} == before  # loaded as exported, not exported again
-    assert "rebuilding" not in capsys.readouterr().err
+    assert "rebuilding" not in caplog.text
     assert engine.generate(7, n=1, nfe=1).mels.shape == (1, 80, 72)
     with pytest.raises(BackendError, match="fp16 asks for TensorRT plans"):
         main_raises(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--fp16"])
@@ -154,7 +165,7 @@ def test_backends_that_cannot_run_here_say_why(tiny_checkpoint, tmp_path, monkey
 
     from engine.runtimes.ort import checked_session, session_options
 
-    graphs, _ = _graphs(tiny_checkpoint, tmp_path, print)
+    graphs, _ = _graphs(tiny_checkpoint, tmp_path)
     path, so = graphs[(True, None)], session_options(1, "all")
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         with pytest.raises(BackendError, match="has no CUDAExecutionProvider"):
@@ -180,7 +191,7 @@ def test_missing_onnxruntime_is_named(tiny_checkpoint, tmp_path, monkeypatch):
             raise ImportError("No module named 'onnxruntime'")
         return real_import(name, *args, **kwargs)
 
-    graphs, _ = _graphs(tiny_checkpoint, tmp_path, print)
+    graphs, _ = _graphs(tiny_checkpoint, tmp_path)
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
     from engine.runtimes.ort import OrtScoreModel
 
@@ -195,7 +206,7 @@ def test_missing_onnxruntime_is_named(tiny_checkpoint, tmp_path, monkeypatch):
 
 
 def test_tensorrt_graph_choice_and_bindings_are_checked_against_the_manifest(tiny_checkpoint, tmp_path):
-    graphs, _ = _graphs(tiny_checkpoint, tmp_path, print)
+    graphs, _ = _graphs(tiny_checkpoint, tmp_path)
     manifest = json.loads(graphs[(True, None)].with_suffix(".json").read_text())
     feeds = {"x_t": torch.zeros(5, 1, 80, 72), "sigma": torch.ones(5), "onehot": torch.zeros(5, 10), "gamma": torch.ones(5)}
     assert dict(binding_plan(manifest, feeds)) == {"x_t": (5, 1, 80, 72), "sigma": (5,), "onehot": (5, 10), "gamma": (5,)}

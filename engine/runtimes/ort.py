@@ -11,12 +11,13 @@ onnxruntime-gpu falls back to the CPU provider silently when CUDA is missing: ev
 Thread spinning is off: a spinning intra-op pool slows the PyTorch code that shares the process.
 Sessions save their optimised graph beside the exported one (keyed by onnxruntime's version, the
 provider and the settings; written atomically with its sha256 beside it), and later sessions load it with
-optimisation off, so they start fast; one that fails its hash or does not load is rebuilt with one line on
-stderr saying why.
+optimisation off, so they start fast; one that fails its hash or does not load is rebuilt with a logged
+warning saying why.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -30,10 +31,9 @@ from engine.storage.atomic import atomic_write_bytes
 from export.onnx_export import IDENTITY_KEY, graph_identity
 from engine.storage.hashing import file_sha256, sidecar_of, sidecar_problem
 
-from engine.errors import warn
-from export.artifacts import Log
-
 from .selection import select_graph
+
+logger = logging.getLogger(__name__)
 
 # Chosen by measurement (benchmarks/ort_settings.py, benchmarks/results/ort_settings.md).
 DEFAULT_LEVEL = "all"
@@ -98,7 +98,7 @@ class OrtScoreModel:
     """The score model as onnxruntime sessions: one per (guided, static batch or None = dynamic) graph."""
 
     def __init__(self, graphs: dict[tuple[bool, int | None], Path], device: str = "cpu", provider: str | None = None,
-                 threads: int | None = None, level: str = DEFAULT_LEVEL, log: Log = warn):
+                 threads: int | None = None, level: str = DEFAULT_LEVEL):
         """``threads``: intra-op threads, default torch's (both runtimes then use the same cores)."""
         ort = _onnxruntime()
         self.device = torch.device(device)
@@ -117,9 +117,9 @@ class OrtScoreModel:
         # optimised graphs can hold layouts for this very processor: its model is part of the key
         settings = f"{ort.__version__}|{provider}|{threads}|{level}|{cpu_model()}"
         for key, path in graphs.items():
-            self.sessions[key] = self._session(path, settings, threads, level, providers, log)
+            self.sessions[key] = self._session(path, settings, threads, level, providers)
 
-    def _session(self, path: Path, settings: str, threads: int, level: str, providers: list, log: Log):
+    def _session(self, path: Path, settings: str, threads: int, level: str, providers: list):
         """A session of ``path``: from its saved optimised graph when that is intact, else optimising ``path``
         and saving the result (written to a temporary file, hashed, then moved into place with its sha256
         beside it). A saved graph that is truncated, altered, unhashed or unloadable is rebuilt with one line
@@ -140,7 +140,7 @@ class OrtScoreModel:
             except Exception as e:  # noqa: BLE001 - onnxruntime's own error types (InvalidGraph, Fail, ...)
                 reason = f"onnxruntime cannot load it ({type(e).__name__}: {str(e)[:200]})"
         if optimized.exists() or sidecar_of(optimized).exists():
-            log(f"tapdiff: rebuilding {optimized}: {reason}")
+            logger.warning(f"rebuilding {optimized}: {reason}")
         optimized.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=optimized.parent, prefix=f".{optimized.stem}.", suffix=".onnx")
         os.close(fd)

@@ -22,13 +22,13 @@ weighted), starting from the teacher's weights (the condition embedding starts a
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
 from ..diffusion.guidance import DEFAULT_GUIDANCE
 from ..diffusion.noise import clip_seed, draw_noise
@@ -37,7 +37,10 @@ from ..diffusion.sde import loss_weight
 from ..diffusion.solvers import SamplerSpec, get_solver, sample
 from ..diffusion.taps import onehot
 from ..errors import CheckpointError
+from ..progress import tracked
 from ..storage.state_file import load_state, save_state
+
+logger = logging.getLogger(__name__)
 
 UNCONDITIONAL = -1  # the label of a trajectory sampled without guidance (the student gets no label, gamma 0)
 
@@ -141,7 +144,7 @@ def teacher_trajectories(teacher: GuidedDenoiser, labels: tuple[int, ...], setti
     record = {"settings": settings.record(), "teacher": teacher_id, "labels": list(labels)}
     parts, seconds = [], 0.0
     chunks = range(0, settings.count, settings.chunk)
-    for c in tqdm(chunks, desc="teacher trajectories", disable=None if progress else True):
+    for c in tracked(chunks, logger, "teacher trajectories", unit="chunks", enabled=progress):
         path = folder / f"chunk_{c // settings.chunk:04d}.state.safetensors"
         if path.exists():
             part = load_state(path)

@@ -1,12 +1,16 @@
 """Train the evaluation classifier on clean speech (time-shift and small additive-noise augmentation)."""
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..audio.datasets import shift_in_time
 from ..models.evaluator import EvalClassifier
+from ..progress import tracked
+
+logger = logging.getLogger(__name__)
 
 
 def train_eval_classifier(x: torch.Tensor, y: torch.Tensor, spans: torch.Tensor, silence: torch.Tensor,
@@ -19,7 +23,7 @@ def train_eval_classifier(x: torch.Tensor, y: torch.Tensor, spans: torch.Tensor,
     steps_per_epoch = max(1, len(x) // 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * steps_per_epoch)
     model.train()
-    for _ in tqdm(range(epochs), desc="evaluator", disable=None if progress else True):
+    for _ in tracked(range(epochs), logger, "evaluator", unit="epochs", enabled=progress):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(steps_per_epoch):
             idx = perm[i * 64:(i + 1) * 64]

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
+from ..progress import Progress
 from ..storage.checkpoint import CheckpointError
 from ..storage.config import TrainConfig
 from ..storage.state_file import legacy_state_error, load_state, save_state
+
+logger = logging.getLogger(__name__)
 
 
 class EMA:
@@ -152,8 +155,7 @@ def train_loop(
     if start is not None and not (state_path is not None and state_path.exists()):
         save()  # the starting point of the curve
     model.train()
-    bar = tqdm(total=int(cfg.seconds), initial=int(elapsed), desc=desc, unit="s",
-               disable=None if progress and rank == 0 else True)
+    report = Progress(logger, desc, int(cfg.seconds), "s trained", int(elapsed), enabled=progress and rank == 0)
     last_save, running = elapsed, None
     while elapsed < cfg.seconds and step < cfg.max_steps:
         t0 = time.monotonic()
@@ -177,13 +179,12 @@ def train_loop(
         running = value if running is None else 0.98 * running + 0.02 * value
         if step % 50 == 0:
             log["losses"].append((step, elapsed, running))
-        bar.update(int(elapsed) - bar.n)
-        bar.set_postfix(step=step, loss=f"{running:.4f}")
+        report.advance_to(int(elapsed), f"step {step}, loss {running:.4f}")
         if elapsed - last_save > checkpoint_every_s:  # training seconds: the same decision on every rank
             save()
             last_save = elapsed
     if saved_step != step:  # a rerun of a finished run adds no second curve point for the same weights
         save()
-    bar.close()
+    report.close(f"step {step}, loss {running:.4f}" if running is not None else f"step {step}")
     log["steps"], log["seconds"] = step, elapsed
     return ema, log

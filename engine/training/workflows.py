@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,7 +21,6 @@ from ..bundle import load_bundle, normaliser_to_config
 from ..diffusion.score_model import build_score_model, score_model
 from ..diffusion.taps import TapExtractor
 from ..distributed import distributed_shard, finish_group
-from ..errors import warn
 from ..models.registry import SCORE_NETWORKS, score_network_kind
 from ..storage.checkpoint import read_config, save_weights, update_config, write_config
 from ..storage.config import (ClassifierConfig, DataRegime, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max,
@@ -35,6 +35,8 @@ from .evaluator import train_eval_classifier
 from .heldout import (HELDOUT_MAX_CLIPS, HELDOUT_MIN_CLIPS, HELDOUT_SHARE, HeldOutDSM, affordable_clips, band_sigmas,
                       seconds_per_clip_level)
 from .score import continuation, train_score
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -196,9 +198,9 @@ def held_out_loss(run: ScoreRun, bundle, extractor: TapExtractor, kind, net_cfg,
         fit = affordable_clips(cost, sum(map(len, band_sigmas(bundle.sde).values())), points,
                                HELDOUT_SHARE * run.seconds, len(held))
         if fit == 0:
-            warn(f"no held-out loss: {points} evaluations of even {HELDOUT_MIN_CLIPS} clips would take more than "
-                 f"{HELDOUT_SHARE:.0%} of --seconds {run.seconds:g} (measured {cost * 1e3:.0f} ms per clip and "
-                 "level); ask for them with --heldout-clips")
+            logger.warning(f"no held-out loss: {points} evaluations of even {HELDOUT_MIN_CLIPS} clips would take "
+                           f"more than {HELDOUT_SHARE:.0%} of --seconds {run.seconds:g} (measured {cost * 1e3:.0f} ms "
+                           "per clip and level); ask for them with --heldout-clips")
             return None
         held = held[::max(1, len(held) // fit)][:fit]
     return HeldOutDSM(held, bundle.sde)
@@ -223,7 +225,7 @@ def train_score_network(run: ScoreRun) -> dict | None:
         net_cfg = kind.default_config(run.widths)
     labels = run.labels or bundle.labels
     if not set(labels) <= set(bundle.labels):
-        raise ValueError(f"--labels {list(labels)} must be a subset of the classifier's labels {list(bundle.labels)}")
+        raise ValueError(f"--digit {list(labels)} must be a subset of the classifier's labels {list(bundle.labels)}")
     rank, world = distributed_shard() or (0, 1)
     if run.batch_size % world:
         raise ValueError(f"--batch-size {run.batch_size} (the global batch) does not split over {world} processes")
@@ -452,7 +454,7 @@ def distill_student_dmd(run: DMDRun, judge: Callable[[Path, str, int], dict] | N
 
     def show(point: dict) -> None:
         if progress:
-            print(json.dumps(point), flush=True)
+            logger.info("curve point %s", json.dumps(point))
 
     trainer.train(run.seconds, run.max_g_updates, path, judged, run.eval_every, show)
     write_student(trainer)
