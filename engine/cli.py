@@ -104,7 +104,7 @@ def cmd_train_classifier(args) -> int:
 
     print(json.dumps(train_classifier_bundle(ClassifierRun(
         args.out, args.data, args.digit, args.seconds, args.norm, args.frames, args.widths, args.sigma_min,
-        args.batch_size, args.lr, args.seed, _command(args), _regime(args)))))
+        args.batch_size, args.lr, args.seed, _command(args), _regime(args), args.max_steps))))
     return 0
 
 
@@ -113,7 +113,7 @@ def cmd_adapt_classifier(args) -> int:
 
     print(json.dumps(adapt_classifier_bundle(AdaptRun(
         args.checkpoint, args.out, args.data, args.seconds, args.batch_size, args.lr, args.ema, args.seed,
-        _command(args), _regime(args)))))
+        _command(args), _regime(args), args.max_steps))))
     return 0
 
 
@@ -123,7 +123,7 @@ def cmd_train_score(args) -> int:
     summary = train_score_network(ScoreRun(
         args.checkpoint, args.data, args.model, args.seconds, args.widths, args.digit, args.batch_size, args.lr,
         args.ema, args.snapshot_every, args.heldout_clips, args.continue_training, args.seed, _command(args),
-        _regime(args)))
+        _regime(args), args.max_steps))
     if summary is not None:
         print(json.dumps(summary))
     return 0
@@ -155,7 +155,8 @@ def cmd_distill(args) -> int:
     print(json.dumps(distill_student(DistillRun(
         args.checkpoint, args.model, args.seconds, trajectories, args.held_out, args.steps, args.rho, args.batch_size or DistillRun.batch_size,
         args.lr, snapshot_every=args.snapshot_every, guided_taps=args.guided_taps,
-        condition_lr_scale=args.condition_lr_scale, seed=args.seed, command=_command(args)))))
+        condition_lr_scale=args.condition_lr_scale, seed=args.seed, command=_command(args),
+        max_steps=args.max_steps))))
     return 0
 
 

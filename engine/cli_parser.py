@@ -269,6 +269,12 @@ def _add_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped FSDD checkpoint)")
 
 
+def _add_max_steps(p: argparse.ArgumentParser, note: str = "") -> None:
+    p.add_argument("--max-steps", type=int, default=10**9,
+                   help="stop at this many optimiser steps, or at --seconds, whichever comes first: a fixed amount "
+                        f"of training whatever the machine's speed {note}".rstrip())
+
+
 def _add_seed(p: argparse.ArgumentParser, help: str = "random seed") -> None:
     p.add_argument("--seed", type=int, default=0, help=help)
 
@@ -324,6 +330,7 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="checkpoint folder to write (resumes from OUT/state/)")
     _add_digit(c, "the digits it learns to tell apart", default=tuple(range(10)), deprecated="--labels")
     c.add_argument("--seconds", type=float, default=1500.0, help="training-time budget (summed over resumes)")
+    _add_max_steps(c)
     c.add_argument("--norm", choices=("affine", "groupnorm"), default="affine",
                    help="normalisation layers: per-channel affine (folds into the convolutions once frozen) or "
                         "GroupNorm")
@@ -342,6 +349,7 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     a.add_argument("--checkpoint", required=True, help="the bundle whose classifier is adapted (left as it is)")
     a.add_argument("--out", required=True, help="the adapted bundle: a new folder (resumes from OUT/state/)")
     a.add_argument("--seconds", type=float, default=ADAPT_RUN["seconds"], help="training-time budget (summed over resumes)")
+    _add_max_steps(a)
     a.add_argument("--batch-size", type=int, default=ADAPT_RUN["batch_size"], help="clips per training batch")
     a.add_argument("--lr", type=float, default=ADAPT_RUN["lr"], help="learning rate")
     a.add_argument("--ema", type=float, default=ADAPT_RUN["ema"], help="EMA decay of the adapted parameters")
@@ -354,6 +362,7 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True, help="checkpoint folder holding the classifier; the network is "
                                                        "written into it (resumes from its state/)")
     s.add_argument("--seconds", type=float, default=3600.0, help="training-time budget (summed over resumes)")
+    _add_max_steps(s)
     _add_model(s, default="tapdiff")
     s.add_argument("--widths", type=widths, default=None, help="channels per depth (default: the model's)")
     _add_digit(s, "the digits the score network is trained on, some of the classifier's (default: all of them)",
@@ -380,6 +389,7 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
                    default="tapdiff-distilled", help="the student (its teacher is the model it names)")
     d.add_argument("--seconds", type=float, default=DISTILL_RUN["seconds"],
                    help="training-time budget (summed over resumes)")
+    _add_max_steps(d, "(--method trajectories; dmd: --max-generator-updates)")
     d.add_argument("--trajectories", type=int, default=TRAJECTORY_SETTINGS["count"],
                    help="teacher trajectories (DPM-Solver++(2M), guided, every state recorded)")
     d.add_argument("--teacher-steps", type=int, default=TRAJECTORY_SETTINGS["steps"],

@@ -81,8 +81,10 @@ def tiny_checkpoint(tmp_path_factory, fsdd_root):
 
     out = tmp_path_factory.mktemp("tiny")
     data, tiny = ["--data", str(fsdd_root)], ["--widths", "8,8,16,16"]
-    assert main(["train-classifier", "--out", str(out), "--seconds", "3", "--labels", "1,7", *tiny, *data]) == 0
-    assert main(["train-score", "--checkpoint", str(out), "--seconds", "3", *tiny, *data]) == 0
+    assert main(["train-classifier", "--out", str(out), "--seconds", "60", "--max-steps", "60", "--digit", "1,7", *tiny,
+                 *data]) == 0
+    assert main(["train-score", "--checkpoint", str(out), "--seconds", "60", "--max-steps", "25", "--heldout-clips", "0",
+                 *tiny, *data]) == 0
     assert main(["train-evaluator", "--checkpoint", str(out), "--epochs", "1", *data]) == 0
     return out
 
@@ -92,7 +94,8 @@ def tiny_with_baselines(tiny_checkpoint, fsdd_root):
     """The tiny checkpoint plus a U-Net (two-model baseline) and the x_t-only ablation, trained briefly."""
     from engine.cli import main
 
-    data, ck = ["--data", str(fsdd_root)], ["--checkpoint", str(tiny_checkpoint), "--seconds", "2"]
+    data, ck = ["--data", str(fsdd_root)], ["--checkpoint", str(tiny_checkpoint), "--seconds", "60", "--max-steps", "20",
+                                         "--heldout-clips", "0"]
     assert main(["train-score", *ck, "--model", "two-model", "--widths", "8,8,16,16", *data]) == 0
     assert main(["train-score", *ck, "--model", "ablation", "--widths", "8,8,16,16", *data]) == 0
     return tiny_checkpoint

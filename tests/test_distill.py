@@ -19,7 +19,8 @@ from engine.models.registry import score_network_kind
 from engine.training.distill import (UNCONDITIONAL, TrajectorySettings, Trajectories, distillation_loss,
                                      draw_conditions, init_from_teacher, teacher_trajectories)
 
-TINY = ["--trajectories", "12", "--teacher-steps", "4", "--held-out", "4", "--seconds", "2", "--snapshot-every", "1"]
+TINY = ["--trajectories", "12", "--teacher-steps", "4", "--held-out", "4", "--max-steps", "20", "--seconds", "60",
+        "--snapshot-every", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +180,10 @@ def test_students_generate_in_four_evaluations_without_a_guidance_cotangent(dist
 
 def test_rerunning_distill_resumes_and_train_score_refuses_a_student(distilled, fsdd_root):
     before = json.loads((distilled / "config.json").read_text())["training"]["score_subnet_distilled"]
-    assert main(["distill", "--checkpoint", str(distilled), *TINY[:-4], "--seconds", "3", "--snapshot-every", "1"]) == 0
+    assert main(["distill", "--checkpoint", str(distilled), *TINY[:-6], "--max-steps", "30", "--seconds", "60",
+                 "--snapshot-every", "1"]) == 0
     after = json.loads((distilled / "config.json").read_text())["training"]["score_subnet_distilled"]
-    assert after["steps"] > before["steps"] and len(after["stretches"]) == 2
+    assert (before["steps"], after["steps"]) == (20, 30) and len(after["stretches"]) == 2
     assert after["trajectories"]["seconds"] == before["trajectories"]["seconds"]  # chunks reused, none regenerated
     assert main(["train-score", "--checkpoint", str(distilled), "--model", "tapdiff-distilled", "--seconds", "1",
                  "--data", str(fsdd_root)]) == 2

@@ -66,9 +66,9 @@ def test_training_commands_take_and_record_the_regime(fsdd_root, tmp_path):
     out = tmp_path / "ck"
     data = ["--data", str(fsdd_root)]
     regime = ["--speakers", "george,jackson,nicolas", "--labels", "1,7", "--widths", "8,8,16,16"]
-    assert main(["train-classifier", "--out", str(out), "--seconds", "2", *regime, *data]) == 0
+    assert main(["train-classifier", "--out", str(out), "--seconds", "60", "--max-steps", "40", *regime, *data]) == 0
     shifted = ["--speakers", "theo,yweweler", "--noise-snr-db", "10", "--rt60", "0.2"]
-    assert main(["train-score", "--checkpoint", str(out), "--seconds", "2", "--widths", "8,8,16,16",
+    assert main(["train-score", "--checkpoint", str(out), "--seconds", "60", "--max-steps", "20", "--widths", "8,8,16,16",
                  "--heldout-clips", "8", *shifted, *data]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["data"]["regime"]["speakers"] == ["george", "jackson", "nicolas"]
@@ -92,7 +92,8 @@ def test_adapting_the_classifier_trains_only_its_normalisation_into_a_new_bundle
     src, out = tiny_with_baselines, tmp_path / "adapted"
     data = ["--data", str(fsdd_root)]
     shifted = ["--speakers", "theo", "--noise-snr-db", "5", "--rt60", "0.3"]
-    assert main(["adapt-classifier", "--checkpoint", str(src), "--out", str(out), "--seconds", "3", *shifted, *data]) == 0
+    assert main(["adapt-classifier", "--checkpoint", str(src), "--out", str(out), "--seconds", "60", "--max-steps", "30",
+                 *shifted, *data]) == 0
     before, after = load_file(str(src / "classifier.safetensors")), load_file(str(out / "classifier.safetensors"))
     norm_keys = {k for k in before if ".norm" in k}
     assert norm_keys and set(before) == set(after)
@@ -112,8 +113,10 @@ def test_adapting_the_classifier_trains_only_its_normalisation_into_a_new_bundle
     # rerunning the finished adaptation changes nothing (what was trained into the bundle since stays); asking for
     # longer, the same folder twice, or a bundle that is not an adaptation, is refused
     config_before = (out / "config.json").read_bytes()
-    assert main(["adapt-classifier", "--checkpoint", str(src), "--out", str(out), "--seconds", "3", *shifted, *data]) == 0
+    assert main(["adapt-classifier", "--checkpoint", str(src), "--out", str(out), "--seconds", "60", "--max-steps", "30",
+                 *shifted, *data]) == 0
     assert (out / "config.json").read_bytes() == config_before
-    assert main(["adapt-classifier", "--checkpoint", str(src), "--out", str(out), "--seconds", "60", *shifted, *data]) == 2
+    assert main(["adapt-classifier", "--checkpoint", str(src), "--out", str(out), "--seconds", "60", "--max-steps", "31",
+                 *shifted, *data]) == 2
     assert main(["adapt-classifier", "--checkpoint", str(src), "--out", str(src), *shifted, *data]) == 2
     assert main(["adapt-classifier", "--checkpoint", str(out), "--out", str(src), *shifted, *data]) == 2

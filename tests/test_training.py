@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -193,3 +195,11 @@ def test_learning_rate_scales_apply_per_parameter_prefix(tmp_path):
     student = SCORE_NETWORKS["tapdiff-distilled"].build(SubnetConfig(label_classes=10), (8, 8, 16, 16), (80, 72))
     prefixes = condition_parameters(student)
     assert prefixes[0] == "cond_embed." and len(prefixes) > 4 and all(p.endswith("film.") for p in prefixes[1:])
+
+
+def test_max_steps_trains_a_fixed_amount_whatever_the_machines_speed(tiny_checkpoint):
+    """The suite's tiny checkpoint is trained with ``--max-steps`` under a generous ``--seconds`` cap: the same
+    number of optimiser steps on a fast or a loaded machine, recorded."""
+    training = json.loads((tiny_checkpoint / "config.json").read_text())["training"]
+    assert training["classifier"]["steps"] == 60 and training["score_subnet"]["steps"] == 25
+    assert training["score_subnet"]["config"]["max_steps"] == 25 and training["score_subnet"]["seconds"] < 60

@@ -54,6 +54,7 @@ class ClassifierRun:
     seed: int = 0
     command: str = ""
     regime: DataRegime = DataRegime()  # speaker subset and corruption of the training and test clips
+    max_steps: int = 10**9  # stop at this many optimiser steps, or at seconds, whichever comes first
 
 
 def train_classifier_bundle(run: ClassifierRun) -> dict:
@@ -72,7 +73,7 @@ def train_classifier_bundle(run: ClassifierRun) -> dict:
                     sigma_data=round(float(x.std()), 4))
     model_cfg = ClassifierConfig(frames=feats.frames, norm=run.norm, n_mels=feats.n_mels, widths=run.widths,
                                  blocks=(0,) + (1,) * (len(run.widths) - 1))
-    tcfg = TrainConfig(batch_size=run.batch_size, lr=run.lr, seconds=run.seconds, seed=run.seed, labels=run.labels)
+    tcfg = TrainConfig(batch_size=run.batch_size, lr=run.lr, seconds=run.seconds, max_steps=run.max_steps, seed=run.seed, labels=run.labels)
     out = Path(run.out)
     model, log = train_classifier(train, norm, feats.log_floor, model_cfg, sde, tcfg,
                                   state_path(out / "state", "classifier"), test)
@@ -102,6 +103,7 @@ class AdaptRun:
     seed: int = 0
     command: str = ""
     regime: DataRegime = DataRegime()  # the data adapted to
+    max_steps: int = 10**9  # stop at this many optimiser steps, or at seconds, whichever comes first
 
 
 def adapt_classifier_bundle(run: AdaptRun) -> dict:
@@ -117,9 +119,11 @@ def adapt_classifier_bundle(run: AdaptRun) -> dict:
         done = read_config(out).get("training", {}).get("classifier_adaptation")
         if done is None:
             raise ValueError(f"--out {out} already holds a bundle that is not an adaptation; give a new folder")
-        if run.seconds > done["seconds"] + 1 or done.get("adapted_from") != str(src):
+        asks_longer = run.max_steps > done["steps"] and run.seconds > done["seconds"] + 1  # stopped short of both
+        if asks_longer or done.get("adapted_from") != str(src):
             raise ValueError(f"--out {out} already holds an adaptation of {done.get('adapted_from')} for "
-                             f"{done['seconds']:.0f} s; give a new folder to adapt anew or for longer")
+                             f"{done['steps']} steps ({done['seconds']:.0f} s); give a new folder to adapt anew or "
+                             "for longer")
         return {"steps": done["steps"], "seconds": done["seconds"], "already_adapted": True,
                 "test_accuracy_by_sigma_before": done["test_accuracy_by_sigma_before"],
                 "test_accuracy_by_sigma": done["test_accuracy_by_sigma"]}
@@ -135,7 +139,7 @@ def adapt_classifier_bundle(run: AdaptRun) -> dict:
                          regime=run.regime)
     x_test = bundle.normaliser.normalise(test.mels)[:, None]
     before = accuracy_by_sigma(bundle.classifier, x_test, test.labels, bundle.sde)
-    tcfg = TrainConfig(batch_size=run.batch_size, lr=run.lr, seconds=run.seconds, seed=run.seed, labels=labels,
+    tcfg = TrainConfig(batch_size=run.batch_size, lr=run.lr, seconds=run.seconds, max_steps=run.max_steps, seed=run.seed, labels=labels,
                        ema_decay=run.ema)
     out.mkdir(parents=True, exist_ok=True)
     model, log = adapt_normalisation(bundle.classifier, train, bundle.normaliser, bundle.features.log_floor,
@@ -180,6 +184,7 @@ class ScoreRun:
     seed: int = 0
     command: str = ""
     regime: DataRegime = DataRegime()  # speaker subset and corruption of the training and held-out clips
+    max_steps: int = 10**9  # stop at this many optimiser steps, or at seconds, whichever comes first
 
 
 def held_out_loss(run: ScoreRun, bundle, extractor: TapExtractor, kind, net_cfg, labels) -> HeldOutDSM | None:
@@ -232,7 +237,7 @@ def train_score_network(run: ScoreRun) -> dict | None:
     feats = bundle.features
     train = load_features(list_items(run.data, "train", labels, run.regime.speakers), feats, progress=rank == 0,
                           regime=run.regime)
-    tcfg = TrainConfig(batch_size=run.batch_size // world, lr=run.lr, seconds=run.seconds, seed=run.seed,
+    tcfg = TrainConfig(batch_size=run.batch_size // world, lr=run.lr, seconds=run.seconds, max_steps=run.max_steps, seed=run.seed,
                        labels=labels, ema_decay=run.ema)
     snapshots = out / "state" / f"{name}_snapshots"
     extractor = TapExtractor(bundle.classifier, bundle.sde)
@@ -295,6 +300,7 @@ class DistillRun:
     condition_lr_scale: float = 1.0  # the condition embedding and FiLM layers at this multiple of lr (new inputs)
     seed: int = 0
     command: str = ""
+    max_steps: int = 10**9  # stop at this many optimiser steps, or at seconds, whichever comes first
 
 
 def distill_student(run: DistillRun) -> dict:
@@ -325,7 +331,7 @@ def distill_student(run: DistillRun) -> dict:
     student = build_score_model(TapExtractor(bundle.classifier, bundle.sde), net)
     held_loss = HeldOutDistillation(held)
     draw = batch_draw(train, run.batch_size)
-    tcfg = TrainConfig(batch_size=run.batch_size, lr=run.lr, seconds=run.seconds, seed=run.seed,
+    tcfg = TrainConfig(batch_size=run.batch_size, lr=run.lr, seconds=run.seconds, max_steps=run.max_steps, seed=run.seed,
                        labels=bundle.labels, ema_decay=run.ema)
 
     def loss_fn(gen):
