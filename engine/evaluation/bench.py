@@ -388,30 +388,46 @@ def render(result: dict, header: str) -> str:
 
 
 def plot(result: dict, path) -> None:
+    """Two panels: end-to-end seconds per clip (median, p10-p90 bars) and MiB per guided score evaluation
+    (measured solid, planned dashed) against batch size; one colour per model, one marker per backend, one
+    legend beside the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(result["systems"])
+    models = list(dict.fromkeys(n.split("/")[0] for n in names))
+    backends = list(dict.fromkeys(n.split("/")[-1] for n in names))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    markers = {b: "osD^v"[i % 5] for i, b in enumerate(backends)}
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13.5, 4.2))
+    gen = result["generate"]
+    ev = [r for r in result["score_eval"]
+          if r["guidance"] == max(result["config"]["guidances"]) and "measured_mib" in r]
     for n in names:
-        gen = result["generate"]
-        a.plot([r["batch"] for r in gen], [r["seconds_per_clip"][n]["median"] for r in gen], marker="o", label=n)
-        ev = [r for r in result["score_eval"] if r["guidance"] == max(result["config"]["guidances"]) and "measured_mib" in r]
+        model, backend = n.split("/")[0], n.split("/")[-1]
+        style = {"color": colours[model], "marker": markers[backend], "markersize": 5}
+        batches = [r["batch"] for r in gen]
+        med = [r["seconds_per_clip"][n]["median"] for r in gen]
+        low = [m - r["seconds_per_clip"][n]["p10"] for m, r in zip(med, gen)]
+        high = [r["seconds_per_clip"][n]["p90"] - m for m, r in zip(med, gen)]
+        a.errorbar(batches, med, yerr=[low, high], capsize=3, label=n, **style)
         if ev:
             def values(key):
                 return [float("nan") if r[key].get(n) is None else r[key][n] for r in ev]
 
-            line, = b.plot([r["batch"] for r in ev], values("measured_mib"), marker="o", label=f"{n} measured")
-            b.plot([r["batch"] for r in ev], values("planned_mib"), marker="x", linestyle="--",
-                   color=line.get_color(), label=f"{n} planned")
-    for ax, what in ((a, "seconds per clip, end to end"), (b, "MiB per guided score evaluation")):
+            b.plot([r["batch"] for r in ev], values("measured_mib"), **style)
+            b.plot([r["batch"] for r in ev], values("planned_mib"), linestyle="--", alpha=0.6, **style)
+    for ax, what in ((a, "seconds per clip, end to end (median, p10-p90)"),
+                     (b, "MiB per guided score evaluation (solid measured, dashed planned)")):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size")
-        ax.set_title(what)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+        ax.set_yscale("log")
+        ax.set_xlabel("clips per batch")
+        ax.set_title(what, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    fig.legend(*a.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(0.8, 0.5), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.79, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
