@@ -9,7 +9,8 @@ For each teacher in the bundle (``tapdiff``, ``two-model``) that has a student: 
 checkpoint's default run, and the student at every (solver, steps, rho) asked for (``multistep``, the
 students' own sampler, by default); 10 clips per
 digit, guided (gamma 3), each seed; recognised fraction and FD against the real test clips, judged by the
-evaluation classifier on re-analysed audio (Griffin-Lim). The rule (issue 24): a student may become the
+evaluation classifier on re-analysed audio (``--vocoder``, Griffin-Lim by default: the vocoder every figure so far
+was judged with). The rule: a student may become the
 default only if its mean recognised fraction and mean FD are both no worse than the teacher's beyond the
 seed-to-seed spread measured here (the larger of the two systems' spreads, max minus min over seeds).
 ``--write`` stores each student's best setting (most recognised, then lowest FD) in
@@ -33,7 +34,7 @@ from engine.diffusion.solvers import SamplerSpec
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import SCORE_NETWORKS, score_network_kind
 from engine.storage.atomic import atomic_write_bytes
-from engine.storage.checkpoint import update_config
+from engine.storage.checkpoint import SAMPLING_DEFAULTS, update_config
 
 
 def rho_value(text: str) -> float | None:
@@ -44,7 +45,8 @@ def row(engine: Engine, judge: QualityJudge, spec: SamplerSpec, seeds: list[int]
         cache_path: str | None, weights: str) -> dict:
     per_seed = []
     for seed in seeds:
-        key = cache_key(engine.model_name, weights, spec.label(), n, seed, DEFAULT_GUIDANCE)
+        key = cache_key(engine.model_name, weights, spec.label(), n, seed, DEFAULT_GUIDANCE,
+                        *([] if engine.vocoder_name == "griffin-lim" else [engine.vocoder_name]))
         if key not in cache:
             r = evaluate_quality(engine, judge, n, DEFAULT_GUIDANCE, seed, spec)
             cache[key] = {"recognised": r.recognised, "fd": r.fd}
@@ -78,6 +80,7 @@ def main() -> int:
     p.add_argument("--solvers", default="multistep", help="the students' solvers (one-evaluation-per-step ones)")
     p.add_argument("--rhos", default="sde,3", help="schedule rho per student row ('sde': the SDE's)")
     p.add_argument("--backend", default="torch")
+    p.add_argument("--vocoder", default="griffin-lim", help="the vocoder of every row (the judge hears its audio)")
     p.add_argument("--cache", default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--json", default=None)
@@ -99,13 +102,13 @@ def main() -> int:
             continue
         if wanted is not None and student_name not in wanted:
             continue
-        teacher_engine = Engine(args.checkpoint, model=kind.teacher, backend=args.backend)
+        teacher_engine = Engine(args.checkpoint, model=kind.teacher, backend=args.backend, vocoder=args.vocoder)
         judge = judge or QualityJudge(load_bundle(args.checkpoint, model=None, need_evaluator=True), args.data,
                                       teacher_engine.labels)
         teacher_w = config["files"][f"{score_network_kind(kind.teacher).weights}.safetensors"]
         teacher = row(teacher_engine, judge, teacher_engine.sampler_spec(), seeds, args.n, cache, args.cache, teacher_w)
         print(json.dumps(teacher), flush=True)
-        student_engine = Engine(args.checkpoint, model=student_name, backend=args.backend)
+        student_engine = Engine(args.checkpoint, model=student_name, backend=args.backend, vocoder=args.vocoder)
         student_w = config["files"][f"{kind.weights}.safetensors"]
         students = []
         for solver, steps, rho in ((v, int(s), rho_value(r)) for v in args.solvers.split(",")
@@ -118,8 +121,8 @@ def main() -> int:
         systems.append({"teacher": teacher, "students": students, "best": best["spec"], "student": student_name})
         if args.write:
             entry = {"sampler": best["solver"], "steps": best["steps"], "rho": best["rho"], "guidance_fade_sigma": 0.0,
-                     "vocoder": config.get("sampling", {}).get("vocoder", "griffin-lim"),
-                     "chosen_by": command(__file__), "recognised": best["recognised"], "fd": best["fd"],
+                     "vocoder": config.get("sampling", {}).get("vocoder", SAMPLING_DEFAULTS["vocoder"]),
+                     "measured_with_vocoder": args.vocoder, "chosen_by": command(__file__), "recognised": best["recognised"], "fd": best["fd"],
                      "meets_default_rule": best["verdict"]["meets_rule"]}
             now = load_bundle(args.checkpoint, model=None).config.get("sampling", {})
             update_config(args.checkpoint, {"sampling": {**now, "models": {**now.get("models", {}), student_name: entry}}})
@@ -132,7 +135,7 @@ def main() -> int:
 def render(systems: list[dict], args, seeds: list[int]) -> str:
     lines = [header(__file__),
              f"{args.n} clips per digit, guidance {DEFAULT_GUIDANCE:g}, seeds {', '.join(map(str, seeds))}, backend "
-             f"{args.backend}, Griffin-Lim; judged by the evaluation classifier on re-analysed audio. Cells: mean over "
+             f"{args.backend}, vocoder {args.vocoder}; judged by the evaluation classifier on re-analysed audio. Cells: mean over "
              "seeds (per seed in brackets). Rule for a new default: the student's mean recognised fraction and mean FD "
              "no worse than its teacher's beyond the larger seed-to-seed spread (max - min) of the two.", ""]
     for s in systems:

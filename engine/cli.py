@@ -244,7 +244,7 @@ def cmd_bench(args) -> int:
     cfg = BenchConfig(models=args.models, backends=args.backends, batches=args.batch, guidances=args.guidance,
                       sampler=args.sampler, nfe=args.nfe, repeats=args.repeats, gen_repeats=args.gen_repeats,
                       memory=not args.no_memory, quality=args.quality, data=args.data, artifacts=args.artifacts,
-                      reference=args.reference, device=args.device,
+                      reference=args.reference, device=args.device, vocoder=args.vocoder,
                       targets=load_targets(args.targets) if args.targets else [])
     result = run_bench(args.checkpoint, cfg)
     out = Path(args.out)

@@ -511,6 +511,8 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", help="torch device of every system, e.g. cuda")
     b.add_argument("--targets", default=None, help="targets to check the run against, e.g. the project's "
                                                    "benchmarks/targets.json (default: none)")
+    b.add_argument("--vocoder", choices=VOCODERS, default=None,
+                   help="vocoder of the whole generations (default: the checkpoint's)")
     b.add_argument("--out", default="bench", help="folder for bench.json, bench.md and bench.png")
     b.set_defaults(run="bench")
 

@@ -47,6 +47,7 @@ class BenchConfig:
     artifacts: str | None = None
     reference: str = "two-model"  # the model ratios are taken against
     device: str = "cpu"
+    vocoder: str | None = None  # the whole generations' vocoder (None: the checkpoint's)
 
 
 def quantiles(xs: list[float]) -> dict:
@@ -82,7 +83,7 @@ def _engines(checkpoint, cfg: BenchConfig) -> tuple[dict, dict]:
             name = f"{model}/{backend}"
             try:
                 engines[name] = Engine(checkpoint, model=model, backend=backend, artifacts=cfg.artifacts,
-                                       batch_size=max(cfg.batches), vocoder="griffin-lim", device=cfg.device)
+                                       batch_size=max(cfg.batches), vocoder=cfg.vocoder, device=cfg.device)
             except (ImportError, RuntimeError) as e:  # a missing runtime or GPU: reported, not fatal
                 skipped[name] = f"{type(e).__name__}: {e}"
                 logger.warning(f"bench: skipping {name}: {e}")
@@ -117,7 +118,7 @@ def run_bench(checkpoint, cfg: BenchConfig) -> dict:
         raise ValueError(f"nothing to benchmark: {skipped}")
     names = list(engines)
     result = {"checkpoint": str(checkpoint), "config": cfg.__dict__, "targets": cfg.targets, "skipped": skipped,
-              "systems": {},
+              "systems": {}, "vocoder": ", ".join(sorted({e.vocoder_name for e in engines.values()})),
               "score_eval": [], "generate": [], "quality": {}}
     clip_seconds = next(iter(engines.values())).bundle.features.clip_samples / \
         next(iter(engines.values())).bundle.features.sample_rate
@@ -357,7 +358,8 @@ def render(result: dict, header: str) -> str:
     for r in result["score_eval"]:
         for k, q in r["ratios"].items():
             lines.append(f"| {r['batch']} | {r['guidance']:g} | {k} | {q['median']:.2f} [{q['p10']:.2f}, {q['p90']:.2f}] |")
-    lines += ["", f"#### Whole generate (guided, vocoder included; a clip is {result['clip_seconds']:.2f} s of audio)", "",
+    lines += ["", f"#### Whole generate (guided, vocoder {result.get('vocoder', 'griffin-lim')} included; a clip is "
+              f"{result['clip_seconds']:.2f} s of audio)", "",
               "| clips | system | s | s per clip | clips/s | real-time factor |", "|---:|---|---|---:|---:|---:|"]
     for r in result["generate"]:
         for n, q in r["seconds"].items():

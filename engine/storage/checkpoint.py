@@ -42,7 +42,7 @@ def read_config(directory: str | Path) -> dict:
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-SAMPLING_DEFAULTS = {"sampler": "heun", "steps": 25, "rho": None, "options": {}, "vocoder": "griffin-lim",
+SAMPLING_DEFAULTS = {"sampler": "heun", "steps": 25, "rho": None, "options": {}, "vocoder": "pghi",
                      "guidance_fade_sigma": 0.0}  # for a bundle without a measured choice
 STUDENT_SAMPLING_DEFAULTS = {**SAMPLING_DEFAULTS, "sampler": "multistep", "steps": 4}  # a distilled student's
 

@@ -22,7 +22,7 @@ from ..diffusion.score_model import build_score_model, score_model
 from ..diffusion.taps import TapExtractor
 from ..distributed import distributed_shard, finish_group
 from ..models.registry import SCORE_NETWORKS, score_network_kind
-from ..storage.checkpoint import read_config, save_weights, update_config, write_config
+from ..storage.checkpoint import SAMPLING_DEFAULTS, read_config, save_weights, update_config, write_config
 from ..storage.config import (ClassifierConfig, DataRegime, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max,
                               from_dict, to_dict)
 from ..storage.state_file import legacy_state_error, state_path
@@ -355,7 +355,7 @@ def distill_student(run: DistillRun) -> dict:
     sampling = dict(read_config(out).get("sampling", {}))
     per_model = {**sampling.get("models", {}), kind.name: {
         "sampler": "multistep", "steps": run.steps, "rho": run.rho, "guidance_fade_sigma": 0.0,
-        "vocoder": sampling.get("vocoder", "griffin-lim"), "chosen_by": run.command}}
+        "vocoder": sampling.get("vocoder", SAMPLING_DEFAULTS["vocoder"]), "chosen_by": run.command}}
     update_config(out, {kind.config_key: to_dict(net_cfg), "sampling": {**sampling, "models": per_model}},
                   files=files, training={kind.weights: record})
     return {"steps": log["steps"], "seconds": round(log["seconds"], 1),
