@@ -340,20 +340,27 @@ class DMDTrainer:
             raise CheckpointError(f"{path} was written with other DMD settings ({st.get('settings')}); resume it with "
                                   "those or delete it to train afresh")
         try:
-            self.generator.denoiser.net.load_state_dict(st["generator"])
-            self.ema.model.load_state_dict(st["generator_ema"])
-            self.fake.denoiser.net.load_state_dict(st["fake"])
-            self.g_opt.load_state_dict(st["g_opt"])
-            self.fake_opt.load_state_dict(st["fake_opt"])
-            if self.disc is not None:
-                self.disc.load_state_dict(st["disc"])
-                self.disc_opt.load_state_dict(st["disc_opt"])
+            self._load_networks(st, head_required=True)
             self.gen.set_state(st["rng"])
             self.iteration, self.g_updates = int(st["iteration"]), int(st["g_updates"])
             self.elapsed, self.log = float(st["elapsed"]), dict(st["log"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path} does not fit this run ({type(e).__name__}: {e}); delete it to train "
                                   "afresh") from e
+
+    def _load_networks(self, st: dict, head_required: bool) -> bool:
+        """G, its EMA, the fake score and both optimisers from state ``st``, and the GAN head when this run has one
+        (and ``st`` has one, unless ``head_required``); whether the head was loaded."""
+        self.generator.denoiser.net.load_state_dict(st["generator"])
+        self.ema.model.load_state_dict(st["generator_ema"])
+        self.fake.denoiser.net.load_state_dict(st["fake"])
+        self.g_opt.load_state_dict(st["g_opt"])
+        self.fake_opt.load_state_dict(st["fake_opt"])
+        head = self.disc is not None and (head_required or "disc" in st)
+        if head:
+            self.disc.load_state_dict(st["disc"])
+            self.disc_opt.load_state_dict(st["disc_opt"])
+        return head
 
     def start_from(self, path: Path) -> dict:
         """Start this run's networks and optimisers from another DMD run's state (written with other settings,
@@ -362,15 +369,7 @@ class DMDTrainer:
         from, for the record."""
         st = load_state(path)
         try:
-            self.generator.denoiser.net.load_state_dict(st["generator"])
-            self.ema.model.load_state_dict(st["generator_ema"])
-            self.fake.denoiser.net.load_state_dict(st["fake"])
-            self.g_opt.load_state_dict(st["g_opt"])
-            self.fake_opt.load_state_dict(st["fake_opt"])
-            head = self.disc is not None and "disc" in st
-            if head:
-                self.disc.load_state_dict(st["disc"])
-                self.disc_opt.load_state_dict(st["disc_opt"])
+            head = self._load_networks(st, head_required=False)
             for opt, lr in ((self.g_opt, self.settings.generator_lr), (self.fake_opt, self.settings.fake_lr),
                             (self.disc_opt, self.settings.fake_lr)):
                 for group in (opt.param_groups if opt is not None else ()):
