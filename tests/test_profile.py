@@ -40,6 +40,7 @@ def test_profile_of_a_step_splits_time_and_macs_by_stage(tiny_checkpoint, tmp_pa
     trace = json.loads((tmp_path / "trace_tapdiff.json").read_text())
     names = {e.get("name") for e in trace["traceEvents"]}
     assert {"classifier adjoint", "attention", "vocoder"} <= names
+    assert r["matmul_gmac_per_s_before"] > 0 and isinstance(r["disturbed"], list)  # both rates kept, judged
 
 
 def test_profile_command_writes_its_report(tiny_with_baselines, tmp_path):

@@ -26,6 +26,7 @@ from ..api import Engine
 from ..audio.datasets import DEFAULT_DATA
 from ..bundle import has_model, load_bundle
 from .cost import score_eval, step_cost
+from .disturbance import quantiles, spread_too_wide, warning_line
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +49,6 @@ class BenchConfig:
     reference: str = "two-model"  # the model ratios are taken against
     device: str = "cpu"
     vocoder: str | None = None  # the whole generations' vocoder (None: the checkpoint's)
-
-
-def quantiles(xs: list[float]) -> dict:
-    qs = statistics.quantiles(xs, n=10) if len(xs) > 1 else [xs[0]] * 9
-    return {"median": statistics.median(xs), "p10": qs[0], "p90": qs[-1]}
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -169,11 +165,29 @@ def run_bench(checkpoint, cfg: BenchConfig) -> dict:
         logger.info(f"bench: generate {batch} clips: "
                     + ", ".join(f"{k} {v['median']:.2f} s" for k, v in row["seconds"].items()))
     result["scaling"] = scaling(result["generate"], names)
+    result["disturbed"] = disturbances(result)
+    if result["disturbed"]:
+        logger.warning(warning_line(result["disturbed"]))
     result["parity"] = parity(engines, cfg)
     if cfg.quality:
         result["quality"] = _quality(checkpoint, engines, cfg)
     result["clip_seconds"] = clip_seconds
     return result
+
+
+def disturbances(result: dict) -> list[str]:
+    """What says this run was disturbed: a timing whose rounds spread too wide, or a batch whose time per clip is
+    more than twice batch 1's (batching never costs that much per clip on a quiet machine)."""
+    timings = {f"score evaluation of {n}, batch {r['batch']}, guidance {r['guidance']:g}": q
+               for r in result["score_eval"] for n, q in r["latency_s"].items()}
+    timings.update({f"generate {r['batch']} clips on {n}": q for r in result["generate"] for n, q in r["seconds"].items()})
+    problems = spread_too_wide(timings)
+    ones = next((r for r in result["generate"] if r["batch"] == 1), None)
+    for r in result["generate"] if ones else []:
+        for n, q in r["seconds_per_clip"].items():
+            if (ratio := q["median"] / ones["seconds_per_clip"][n]["median"]) > 2:
+                problems.append(f"{n}: a clip in a batch of {r['batch']} took {ratio:.1f}x a clip alone")
+    return problems
 
 
 def parity(engines: dict, cfg: BenchConfig) -> dict:
@@ -335,6 +349,8 @@ def render(result: dict, header: str) -> str:
              "configuration; and, as before, the peak over the warmed process, MB (the resident set's increase "
              "during three evaluations over the process warmed by one, same probe, CPU; torch's allocator peak, "
              "GPU: what a warm-up made a runtime keep is not in it).", ""]
+    if result.get("disturbed"):
+        lines += [warning_line(result["disturbed"]), ""]
     if result["skipped"]:
         lines += ["Skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()), ""]
     lines += ["| system | params total / trainable | GMAC per clip guided / unguided | solver |", "|---|---|---|---|"]

@@ -24,6 +24,7 @@ from ..diffusion.solvers import get_solver
 from ..stages import STAGES, current_stage, stage
 from ..storage.atomic import atomic_write, atomic_write_bytes
 from .cost import _EXTRA_FORMULAS
+from .disturbance import drifted, quantiles, spread_too_wide, warning_line
 
 STEP = "preconditioning, guidance and solver update"
 
@@ -112,6 +113,7 @@ def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 
 
     x = run_steps()  # warm-up
     run_vocoder(x)
+    rate_before = matmul_rate()
     step_times, voc_times = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -133,6 +135,8 @@ def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 
     with StageFlopCounter() as counter:
         run_vocoder(run_steps())
     rate = matmul_rate()  # the machine's best float32 matmul: what "of matmul rate" compares against
+    disturbed = drifted("matmul rate, GMAC/s", rate_before, rate) + spread_too_wide(
+        {"solver step": quantiles(step_times), "vocoder": quantiles(voc_times)})
     rows = []
     for name in STAGES:
         seconds = exclusive.get(name, 0.0)
@@ -150,7 +154,8 @@ def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 
     result = {"model": engine.model_name, "backend": engine.backend, "batch": batch, "steps": steps, "guidance": guidance,
               "sampler": spec.label(), "stages": rows, "profiled_step_s": total,
               "measured_step_s": statistics.median(step_times), "measured_vocoder_s": statistics.median(voc_times),
-              "matmul_gmac_per_s": rate, "unattributed_ops": ops.get("outside any stage", {}),
+              "matmul_gmac_per_s": rate, "matmul_gmac_per_s_before": rate_before, "disturbed": disturbed,
+              "unattributed_ops": ops.get("outside any stage", {}),
               "stages_sum_over_measured": total / statistics.median(step_times)}
     if out_dir is not None:
         out = Path(out_dir)
@@ -165,6 +170,8 @@ def render_profile(result: dict) -> str:
              f"{result['sampler']}: {result['steps']} steps profiled", "",
              "| stage | ms per step | share | GMAC per step | GMAC/s | of matmul rate | top operators (ms per step) |",
              "|---|---:|---:|---:|---:|---:|---|"]
+    if result.get("disturbed"):
+        lines[1:1] = [warning_line(result["disturbed"]), ""]
     for r in result["stages"]:
         share = "" if r["share_of_step"] is None else f"{r['share_of_step']:.0%}"
         top = ", ".join(f"{k} {1e3 * v:.1f}" for k, v in r["top_ops"])
