@@ -26,7 +26,7 @@ from .diffusion.noise import clip_seed, draw_noise
 from .diffusion.score_model import score_model
 from .diffusion.solvers import SamplerSpec, get_solver, sample
 from .diffusion.taps import onehot
-from .errors import BackendError, CheckpointError, TapdiffError
+from .errors import BackendError, CheckpointError, InvalidInput, NotFinite
 from .limits import Limits
 from .progress import Progress
 from .stages import stage
@@ -88,7 +88,7 @@ class Clip:
 FADE_LIMIT = 1000.0  # the largest guidance fade, in units of sigma_max: beyond it guidance weighs < 1e-6 everywhere
 
 
-class FadeNotBuilt(TapdiffError, ValueError):
+class FadeNotBuilt(InvalidInput):
     """A request needs a guidance fade whose graphs this engine has not built (and was told not to build)."""
 
 
@@ -133,13 +133,13 @@ class Engine:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"device {device!r} requested but CUDA is not available to torch")
         if not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+            raise InvalidInput(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if limits is not None and not isinstance(limits, Limits):
-            raise ValueError(f"limits must be an engine.limits.Limits, got {type(limits).__name__}")
+            raise InvalidInput(f"limits must be an engine.limits.Limits, got {type(limits).__name__}")
         self.limits = limits or Limits()
         if batch_size > self.limits.max_batch:
-            raise ValueError(f"batch_size {batch_size} is above this engine's limit of {self.limits.max_batch} "
-                             "(Limits.max_batch)")
+            raise InvalidInput(f"batch_size {batch_size} is above this engine's limit of {self.limits.max_batch} "
+                               "(Limits.max_batch)")
         checkpoint = checkpoint or DEFAULT_CHECKPOINT
         if model is None:
             model = default_model(read_config(checkpoint))
@@ -170,8 +170,8 @@ class Engine:
         except ValueError as e:
             raise CheckpointError(f"{self.bundle.directory / 'config.json'}: its sampling section is invalid: {e}") from e
         if len(set(map(float, fades)) | {self.torch_denoiser.fade_sigma}) > self.limits.max_fades:
-            raise ValueError(f"{len(fades)} fades asked to be built; this engine keeps at most {self.limits.max_fades} "
-                             "(Limits.max_fades, the checkpoint's included)")
+            raise InvalidInput(f"{len(fades)} fades asked to be built; this engine keeps at most {self.limits.max_fades} "
+                               "(Limits.max_fades, the checkpoint's included)")
         for fade in fades:
             self.denoiser_for(self.sampler_spec(fade_sigma=float(fade)))
         self.vocoder_name = vocoder or sampling["vocoder"]
@@ -196,7 +196,7 @@ class Engine:
         unless overridden; ``nfe`` (score evaluations per clip) or ``steps``, not both. The default's options
         and rho carry over only when its solver is kept; its fade always does unless ``fade_sigma`` is given."""
         if steps is not None and nfe is not None:
-            raise ValueError("give steps or nfe, not both")
+            raise InvalidInput("give steps or nfe, not both")
         d = self.default_sampler
         name = sampler or d.solver
         get_solver(name)
@@ -206,8 +206,8 @@ class Engine:
         fade_sigma = d.fade_sigma if fade_sigma is None else fade_sigma
         for what, value in (("nfe", nfe), ("steps", steps)):  # bounded before anything is sized by them
             if _is_int(value) and value > self.limits.max_nfe:
-                raise ValueError(f"{what} {value} is above this engine's limit of {self.limits.max_nfe} score "
-                                 "evaluations per clip (Limits.max_nfe)")
+                raise InvalidInput(f"{what} {value} is above this engine's limit of {self.limits.max_nfe} score "
+                                   "evaluations per clip (Limits.max_nfe)")
         if nfe is not None:
             spec = SamplerSpec.from_nfe(name, nfe, rho, options, fade_sigma)
         else:
@@ -219,16 +219,16 @@ class Engine:
     def check_spec(self, spec: SamplerSpec) -> SamplerSpec:
         """``spec`` with its fade filled in (the checkpoint's when None), if it is within this engine's limits."""
         if not isinstance(spec, SamplerSpec):
-            raise ValueError(f"spec must be a SamplerSpec, got {type(spec).__name__}")
+            raise InvalidInput(f"spec must be a SamplerSpec, got {type(spec).__name__}")
         if spec.nfe > self.limits.max_nfe:
-            raise ValueError(f"{spec.label()} needs {spec.nfe} score evaluations per clip; this engine's limit is "
-                             f"{self.limits.max_nfe} (Limits.max_nfe)")
+            raise InvalidInput(f"{spec.label()} needs {spec.nfe} score evaluations per clip; this engine's limit is "
+                               f"{self.limits.max_nfe} (Limits.max_nfe)")
         if spec.fade_sigma is None:
             spec = dataclasses.replace(spec, fade_sigma=self.default_sampler.fade_sigma)
         top = FADE_LIMIT * self.bundle.sde.sigma_max
         if spec.fade_sigma > top:
-            raise ValueError(f"guidance fade {spec.fade_sigma:g} is above {top:g} ({FADE_LIMIT:g} x sigma_max), where "
-                             "guidance would weigh under 1e-6 at every noise level; use guidance 0 instead")
+            raise InvalidInput(f"guidance fade {spec.fade_sigma:g} is above {top:g} ({FADE_LIMIT:g} x sigma_max), where "
+                               "guidance would weigh under 1e-6 at every noise level; use guidance 0 instead")
         spec.schedule(self.bundle.sde)  # a schedule the arithmetic survives (rho), refused here if not
         return spec
 
@@ -274,22 +274,22 @@ class Engine:
     def _check(self, labels, n, guidance, seed) -> None:
         for y in labels:
             if y is not None and (not _is_int(y) or y not in self.labels):
-                raise ValueError(f"unknown digit {y!r}; this checkpoint generates {list(self.labels)}")
+                raise InvalidInput(f"unknown digit {y!r}; this checkpoint generates {list(self.labels)}")
         if not _is_int(n) or n < 1:
-            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+            raise InvalidInput(f"n must be an integer >= 1, got {n!r}")
         if (not isinstance(guidance, numbers.Real) or isinstance(guidance, bool) or math.isnan(guidance)
                 or guidance < 0 or math.isinf(guidance)):
-            raise ValueError(f"guidance must be a finite number >= 0, got {guidance!r}")
+            raise InvalidInput(f"guidance must be a finite number >= 0, got {guidance!r}")
         if guidance > self.limits.max_guidance:
-            raise ValueError(f"guidance {guidance!r} is above this engine's limit of {self.limits.max_guidance:g} "
-                             "(Limits.max_guidance)")
+            raise InvalidInput(f"guidance {guidance!r} is above this engine's limit of {self.limits.max_guidance:g} "
+                               "(Limits.max_guidance)")
         if not _is_int(seed) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+            raise InvalidInput(f"seed must be an integer >= 0, got {seed!r}")
         if seed > self.limits.max_seed:
-            raise ValueError(f"seed must be at most {self.limits.max_seed}, got {seed!r}")
+            raise InvalidInput(f"seed must be at most {self.limits.max_seed}, got {seed!r}")
         if n * len(labels) > self.limits.max_clips:
-            raise ValueError(f"{n * len(labels)} clips asked for ({len(labels)} digit(s) x n={n}); this engine's "
-                             f"limit is {self.limits.max_clips} per request (Limits.max_clips)")
+            raise InvalidInput(f"{n * len(labels)} clips asked for ({len(labels)} digit(s) x n={n}); this engine's "
+                               f"limit is {self.limits.max_clips} per request (Limits.max_clips)")
 
     def conditioning(self, clips: Sequence[Clip]):
         """(onehot, gamma) of a batch of clips, or (None, None) when none of them is guided (and the engine is
@@ -361,9 +361,9 @@ class Engine:
         elif isinstance(digit, (list, tuple, range, np.ndarray)):
             digits = list(digit)
         else:
-            raise ValueError(f"digit must be a digit, a list of digits or None, got {digit!r}")
+            raise InvalidInput(f"digit must be a digit, a list of digits or None, got {digit!r}")
         if not digits:
-            raise ValueError("digit is an empty list: ask for at least one digit")
+            raise InvalidInput("digit is an empty list: ask for at least one digit")
         self._check(digits, n, guidance, seed)
         flat = [y for y in digits for _ in range(n)]
         return [Clip(y, float(guidance), int(seed), first_clip + k) for k, y in enumerate(flat)]
@@ -400,11 +400,11 @@ class Engine:
         if shard is not None:
             rank, world = shard
             if not (_is_int(rank) and _is_int(world) and 0 <= rank < world):
-                raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
+                raise InvalidInput(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
             clips, names = clips[rank::world], names[rank::world]
         if spec is not None:
             if (sampler, steps, nfe) != (None, None, None):
-                raise ValueError("give spec or sampler/steps/nfe, not both")
+                raise InvalidInput("give spec or sampler/steps/nfe, not both")
             spec = self.check_spec(spec)
         else:
             spec = self.sampler_spec(sampler, steps, nfe)
@@ -421,7 +421,7 @@ class Engine:
         """Normalised samples -> de-normalised log-Mels (clamped to what audio can reach) -> waveforms."""
         mels = self.bundle.normaliser.denormalise(x[:, 0])
         if not torch.isfinite(mels).all():
-            raise FloatingPointError("sampling produced NaN or inf; try more steps or lower guidance")
+            raise NotFinite("sampling produced NaN or inf; try more steps or lower guidance")
         mels = mels.clamp(*log_mel_range(self.bundle.features))
         step = 1 if self.batch_invariant else 16  # batch-invariant: each clip vocoded alone, as it would be alone
         with stage("vocoder"):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .diffusion.score_model import GuidedDenoiser
-from .errors import BackendError
+from .errors import BackendError, InvalidInput, MissingDependency
 from .bundle import Bundle
 
 logger = logging.getLogger(__name__)
@@ -64,9 +64,9 @@ def score_backend(name: str, model: GuidedDenoiser, bundle: Bundle, device: torc
     """The denoiser of ``bundle`` as run by backend ``name``: ``model`` itself for torch, else the runtime
     over the artifacts ``build_artifacts`` makes (the same ones ``tapdiff export`` makes)."""
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+        raise InvalidInput(f"unknown backend {name!r}; expected one of {BACKENDS}")
     if fp16 and name != "tensorrt":
-        raise ValueError(f"fp16 is a TensorRT plan precision; the {name} backend runs fp32")
+        raise InvalidInput(f"fp16 is a TensorRT plan precision; the {name} backend runs fp32")
     if name == "torch":
         return model
     graphs, plans = build_artifacts(name, model, bundle, device, cache_dir, batches, max_batch, fp16)
@@ -97,7 +97,7 @@ def build_artifacts(name: str, model: GuidedDenoiser, bundle: Bundle, device: to
                            "(this machine has none visible to torch)")
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:  # export's parity check and the onnxruntime backend both need them
-        raise ImportError(f"the {name} backend needs {' and '.join(missing)} (pip install onnx onnxruntime)")
+        raise MissingDependency(f"the {name} backend needs {' and '.join(missing)} (pip install onnx onnxruntime)")
     from export.artifacts import GraphSpec, default_cache_dir, ensure_score_graphs
 
     on_cpu = model if _on_cpu(model) else copy.deepcopy(model).cpu()

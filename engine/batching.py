@@ -25,7 +25,7 @@ import torch
 from .api import DEFAULT_GUIDANCE, Clip, Engine, Generation
 from .deprecation import renamed_keyword
 from .diffusion.solvers import SamplerSpec
-from .errors import TapdiffError
+from .errors import InvalidInput, TapdiffError
 
 
 class BatcherClosed(TapdiffError, RuntimeError):
@@ -55,7 +55,7 @@ class Batcher:
                  on_batch: Callable[[int, float, SamplerSpec], None] | None = None):
         """``on_batch(clips, seconds, spec)`` is told of every sampled batch (for metrics)."""
         if max_batch < 1 or max_delay_ms < 0:
-            raise ValueError(f"max_batch must be >= 1 and max_delay_ms >= 0, got {max_batch}, {max_delay_ms}")
+            raise InvalidInput(f"max_batch must be >= 1 and max_delay_ms >= 0, got {max_batch}, {max_delay_ms}")
         self.engine, self.max_batch, self.max_delay = engine, max_batch, max_delay_ms / 1000
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._closed = threading.Event()
@@ -75,7 +75,7 @@ class Batcher:
         try:
             clips = self.engine.request_clips(digit, n, guidance, seed)
             if spec is not None and (sampler, steps, nfe) != (None, None, None):
-                raise ValueError("give spec or sampler/steps/nfe, not both")
+                raise InvalidInput("give spec or sampler/steps/nfe, not both")
             spec = self.engine.check_spec(spec) if spec is not None else self.engine.sampler_spec(sampler, steps, nfe)
         except ValueError as e:
             future.set_exception(e)

@@ -21,17 +21,10 @@ from .errors import TapdiffError
 
 logger = logging.getLogger("engine.cli")  # by name: under python -m engine.cli, __name__ is "__main__"
 
-# What a command may fail with that is the user's to fix, printed as one line with exit status 2 (anything else is
-# a bug and keeps its traceback):
-# - TapdiffError: every error class the engine defines (engine.errors: checkpoints, backends, output folders, audio
-#   files, vocoder caches; engine.api.FadeNotBuilt; ...);
-# - ValueError: a value the engine refuses past the parser (batch sizes, sampler specs, limits, configs), raised as
-#   a plain ValueError throughout;
-# - OSError: files and folders (a missing --data or --checkpoint, no permission, a full disk);
-# - FloatingPointError: a run that diverged (training loss or sampled clips not finite), raised on purpose;
-# - ImportError: an optional dependency that is not installed (serve, replicas, onnxruntime), named with its
-#   pip install.
-EXPECTED = (TapdiffError, ValueError, OSError, FloatingPointError, ImportError)
+# What a command may fail with that is the user's to fix, printed as one line with exit status 2: everything the
+# engine raises on purpose (engine.errors: bad values, missing or unwritable files, checkpoints, backends, optional
+# packages not installed, a port that is taken, a run that diverged). Anything else is a bug and keeps its traceback.
+EXPECTED = (TapdiffError,)
 
 
 def _command(args) -> str:

@@ -1,6 +1,6 @@
 """How much one request may ask for: the bounds that keep a request's memory and time within a stated budget,
 checked the same way by the Python API, the CLI and the server (``Engine.request_clips`` and
-``Engine.sampler_spec`` refuse what exceeds them with a ``ValueError`` naming the limit).
+``Engine.sampler_spec`` refuse what exceeds them with an ``InvalidInput`` naming the limit).
 
 Memory: sampling holds one chunk of ``Engine.batch_size`` clips at a time, and a chunk's noise is drawn up
 front: ``nfe x batch x 80 x 72 x 4`` bytes (at most 2 draws per evaluation), 37 MB at the default 100 NFE and
@@ -14,12 +14,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from .errors import InvalidInput
+
 
 def _all_positive(limits) -> None:
     for f in fields(limits):
         v = getattr(limits, f.name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise ValueError(f"limit {f.name} must be a finite number > 0, got {v!r}")
+            raise InvalidInput(f"limit {f.name} must be a finite number > 0, got {v!r}")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ per score evaluation and per request, each labelled with the model and backend. 
 several apps in one process (tests) do not share counts."""
 from __future__ import annotations
 
+from .errors import MissingDependency
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 SECONDS_BUCKETS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300)
 
@@ -14,7 +16,7 @@ class ServiceMetrics:
         try:
             from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         except ImportError as e:
-            raise ImportError("tapdiff serve's metrics need prometheus-client: pip install 'tapdiff[serve]'") from e
+            raise MissingDependency("tapdiff serve's metrics need prometheus-client: pip install 'tapdiff[serve]'") from e
         self.registry = CollectorRegistry()
         names, values = ("model", "backend"), (model, backend)
         if replica is not None:

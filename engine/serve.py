@@ -38,6 +38,7 @@ from .api import DEFAULT_GUIDANCE, Engine, Generation
 from .audio.wav import wav_bytes
 from .batching import Batcher, RequestCancelled
 from .diffusion.solvers import SOLVERS
+from .errors import MissingDependency, PortUnavailable
 from .limits import ServerLimits
 from .metrics import ServiceMetrics
 
@@ -315,14 +316,14 @@ def listening_socket(host: str, port: int) -> socket.socket:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except OSError as e:
-        raise OSError(f"cannot listen on {host}:{port}: {e}") from e
+        raise PortUnavailable(f"cannot listen on {host}:{port}: {e}") from e
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as e:
         sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+        raise PortUnavailable(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     return sock
 
 
@@ -372,7 +373,7 @@ def serve(engine: Engine, host: str, port: int, max_batch: int, max_delay_ms: fl
     try:
         import uvicorn
     except ImportError as e:
-        raise ImportError("tapdiff serve needs FastAPI and uvicorn: pip install 'tapdiff[serve]'") from e
+        raise MissingDependency("tapdiff serve needs FastAPI and uvicorn: pip install 'tapdiff[serve]'") from e
     sock = sock if sock is not None else listening_socket(host, port)
     port = sock.getsockname()[1]
     metrics = ServiceMetrics(engine.model_name, engine.backend)

@@ -27,6 +27,7 @@ import torch
 
 from .api import DEFAULT_GUIDANCE, Engine
 from .diffusion.solvers import SamplerSpec
+from .errors import InvalidInput, MissingDependency
 from .limits import ServerLimits
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class ServeBatcher:
         from ray import serve
 
         if max_batch < 1 or max_delay_ms < 0:
-            raise ValueError(f"max_batch must be >= 1 and max_delay_ms >= 0, got {max_batch}, {max_delay_ms}")
+            raise InvalidInput(f"max_batch must be >= 1 and max_delay_ms >= 0, got {max_batch}, {max_delay_ms}")
         self.engine, self.max_batch, self.max_delay = engine, max_batch, max_delay_ms / 1000
         self.on_batch = on_batch
         self.clips_sampled = 0
@@ -153,11 +154,11 @@ def serve_replicas(engine_kwargs: dict, replicas: int, host: str, port: int, max
         import ray
         from ray import serve
     except ImportError as e:
-        raise ImportError("tapdiff serve --replicas needs Ray Serve: pip install 'tapdiff[replicas]'") from e
+        raise MissingDependency("tapdiff serve --replicas needs Ray Serve: pip install 'tapdiff[replicas]'") from e
     if replicas < 2:
-        raise ValueError(f"--replicas must be >= 2 for Ray Serve (1 is the in-process server), got {replicas}")
+        raise InvalidInput(f"--replicas must be >= 2 for Ray Serve (1 is the in-process server), got {replicas}")
     if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
+        raise InvalidInput(f"--threads must be >= 1, got {threads}")
     Engine(**engine_kwargs)  # bad arguments fail here, before Ray starts; builds the exported graphs once
     # Ray starts its workers at niceness 15; the replicas are this service's work, so they run at the caller's
     os.environ.setdefault("RAY_worker_niceness", "0")

@@ -28,7 +28,7 @@ from engine.diffusion.score_model import GuidedDenoiser
 from engine.provenance import code_version
 from engine.models.registry import score_network_kind
 from engine.bundle import Bundle
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, InvalidInput
 
 from engine.storage.hashing import file_sha256
 from engine.storage.safe_files import load_json
@@ -63,7 +63,7 @@ class GraphSpec:
         weights = tuple((f, bundle.weights_sha256(f) or _module_sha256(m))
                         for f, m in zip(files, (bundle.classifier, model.denoiser.net)))
         if batches is not None and (not batches or any(b < 1 for b in batches)):
-            raise ValueError(f"static batch sizes must be >= 1, got {batches}")
+            raise InvalidInput(f"static batch sizes must be >= 1, got {batches}")
         return cls(bundle.model, weights, float(model.fade_sigma), tuple(sorted(set(batches))) if batches else None,
                    opset, code_version(), torch.__version__)
 

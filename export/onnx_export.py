@@ -18,7 +18,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from engine.storage.atomic import atomic_write_bytes
+from engine.errors import BackendError
+from engine.storage.atomic import atomic_write_bytes, make_folder
 from engine.storage.hashing import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def ort_session(path: str | os.PathLike, providers: Sequence[str] = ("CPUExecuti
     sess = ort.InferenceSession(str(path), providers=list(providers))
     used = sess.get_providers()
     if not set(used) & set(providers):
-        raise RuntimeError(f"onnxruntime gave providers {used}, none of the requested {list(providers)}")
+        raise BackendError(f"onnxruntime gave providers {used}, none of the requested {list(providers)}")
     return sess
 
 
@@ -93,8 +94,7 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], out_
     onnxscript, which this project does not depend on. Raises if the parity check fails; nothing is left
     behind then.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_folder(out_dir)
     module = module.eval()
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".onnx")
     os.close(fd)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from math import prod
 
+from engine.errors import InvalidInput
+
 
 def _shapes(model, feeds: dict) -> dict[str, list[int]]:
     """Every tensor's shape, from running the graph once in onnxruntime with all node outputs exposed
@@ -57,7 +59,7 @@ def node_macs(node, shapes: dict[str, list[int]]) -> int:
         ins = [shapes[n] for n in node.input[:2]]
         out = shapes[node.output[0]]
     except KeyError as e:
-        raise ValueError(f"{op} node {node.name!r}: no shape for {e}") from None
+        raise InvalidInput(f"{op} node {node.name!r}: no shape for {e}") from None
     if op == "Conv":  # weight (C_out, C_in / g, k...): each output element sums C_in / g * k... products
         return prod(out) * prod(ins[1][1:])
     if op == "ConvTranspose":  # weight (C_in, C_out / g, k...): each input element scatters C_out / g * k...

@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.errors import BackendError, CheckpointError
+from engine.errors import BackendError, CheckpointError, InvalidInput, MissingDependency
 from engine.storage.atomic import atomic_write_bytes
 from engine.storage.hashing import file_sha256, sidecar_of, sidecar_problem
 from engine.storage.safe_files import read_limited
@@ -66,9 +66,9 @@ def optimization_profile(manifest: dict, batch: tuple[int, int, int] | None = No
             profile[inp["name"]] = (shape, shape, shape)
             continue
         if axes != {0}:
-            raise ValueError(f"input {inp['name']}: only a dynamic batch axis is supported, got axes {sorted(axes)}")
+            raise InvalidInput(f"input {inp['name']}: only a dynamic batch axis is supported, got axes {sorted(axes)}")
         if batch is None or not (1 <= batch[0] <= batch[1] <= batch[2]):
-            raise ValueError(f"input {inp['name']} has a dynamic batch axis: give batch=(min, opt, max), got {batch}")
+            raise InvalidInput(f"input {inp['name']} has a dynamic batch axis: give batch=(min, opt, max), got {batch}")
         profile[inp["name"]] = tuple((b, *shape[1:]) for b in batch)
     return profile
 
@@ -85,8 +85,8 @@ def _tensorrt():
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise ImportError("TensorRT is not installed. It is not on PyPI in a usable form (its -libs wheels download "
-                          "from NVIDIA's index): install it per NVIDIA's instructions on a machine with an NVIDIA GPU.") from e
+        raise MissingDependency("TensorRT is not installed. It is not on PyPI in a usable form (its -libs wheels download "
+                                "from NVIDIA's index): install it per NVIDIA's instructions on a machine with an NVIDIA GPU.") from e
     return trt
 
 
@@ -164,7 +164,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, p
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise BackendError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if fp16:
@@ -178,7 +178,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, p
     config.add_optimization_profile(opt_profile)
     blob = builder.build_serialized_network(network, config)
     if blob is None:
-        raise RuntimeError(f"TensorRT engine build failed for {onnx_path} (see TensorRT's log above)")
+        raise BackendError(f"TensorRT engine build failed for {onnx_path} (see TensorRT's log above)")
     if cache_path is not None:
         atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     return atomic_write_bytes(engine_path, bytes(blob))

@@ -34,6 +34,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from engine.errors import InvalidInput, MissingFile
+
 VERSIONS = ("10.13.3.9", "11.4.0.106")
 DATA_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "tensorrt_names"
 WHEEL_CACHE = Path.home() / ".cache" / "tapdiff" / "tensorrt-wheels"
@@ -49,7 +51,7 @@ _TAIL = re.compile(rb"[A-Za-z0-9_]+\Z")
 def elf_section(data: bytes, wanted: str) -> bytes:
     """The bytes of section ``wanted`` of a little-endian ELF64 file (what the bindings wheels ship)."""
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise ValueError("not a little-endian ELF64 file")
+        raise InvalidInput("not a little-endian ELF64 file")
     shoff, = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
 
@@ -62,7 +64,7 @@ def elf_section(data: bytes, wanted: str) -> bytes:
         name_off, _, _, _, offset, size = header(i)
         if names[name_off:names.index(b"\0", name_off)].decode() == wanted:
             return data[offset:offset + size]
-    raise ValueError(f"no {wanted} section")
+    raise InvalidInput(f"no {wanted} section")
 
 
 def rodata_identifiers(so_bytes: bytes) -> set[str]:
@@ -113,7 +115,7 @@ def wheel_names(wheel: str | Path) -> set[str]:
         so = [m for m in members if m.endswith("/tensorrt.so") or m.endswith("/tensorrt.pyd")]
         init = [m for m in members if m.count("/") == 1 and m.endswith("/__init__.py")]
         if len(so) != 1 or len(init) != 1:
-            raise ValueError(f"{wheel}: expected one tensorrt.so and one top-level __init__.py, found {so} and {init}")
+            raise InvalidInput(f"{wheel}: expected one tensorrt.so and one top-level __init__.py, found {so} and {init}")
         return rodata_identifiers(z.read(so[0])) | init_names(z.read(init[0]).decode())
 
 
@@ -137,7 +139,7 @@ def download_wheel(version: str, wheel_dir: Path) -> Path:
                         f"{DISTRIBUTION}=={version}"], check=True)
         wheel = find_wheel(version, wheel_dir)
         if wheel is None:
-            raise FileNotFoundError(f"pip downloaded no {DISTRIBUTION}=={version} wheel into {wheel_dir}")
+            raise MissingFile(f"pip downloaded no {DISTRIBUTION}=={version} wheel into {wheel_dir}")
     return wheel
 
 

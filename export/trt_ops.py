@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.errors import InvalidInput, MissingFile
+
 _ROW = re.compile(r"^\|\s*([A-Za-z0-9_]+)\s*\|\s*(Y|N)\s*\|([^|]*)\|?([^|]*)")
 _OPSETS = re.compile(r"opset (\d+) to opset (\d+)")
 
@@ -30,7 +32,7 @@ DEFAULT_MATRIX = Path(__file__).parent / "data" / "onnx-operators-trt10.md"
 def load_support_matrix(path: str | os.PathLike | None = None) -> SupportMatrix:
     path = Path(path or os.environ.get("TAPDIFF_TRT_OPERATORS") or DEFAULT_MATRIX)
     if not path.is_file():
-        raise FileNotFoundError(f"TensorRT operator matrix not found at {path!s}; pass its path or set TAPDIFF_TRT_OPERATORS")
+        raise MissingFile(f"TensorRT operator matrix not found at {path!s}; pass its path or set TAPDIFF_TRT_OPERATORS")
     text = path.read_text()
     m = _OPSETS.search(text)
     opsets = (int(m.group(1)), int(m.group(2))) if m else (9, 20)
@@ -44,7 +46,7 @@ def load_support_matrix(path: str | os.PathLike | None = None) -> SupportMatrix:
         else:
             unsupported.add(r.group(1))
     if not supported:
-        raise ValueError(f"{path}: no operator rows found")
+        raise InvalidInput(f"{path}: no operator rows found")
     return SupportMatrix(supported, frozenset(unsupported), opsets)
 
 

@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.errors import InvalidInput
+
 from .inputs import check_attention_inputs
 
 LOG2E = 1.4426950408889634
@@ -118,7 +120,7 @@ def tap_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos:
     cfg = LAUNCH[q.dtype]
     block_m, block_n = block_m or cfg["block_m"], block_n or cfg["block_n"]
     if block_m < 16 or block_n < 16:
-        raise ValueError("tl.dot needs blocks of at least 16")
+        raise InvalidInput("tl.dot needs blocks of at least 16")
     B, C, H, W = q.shape
     N, dh = H * W, C // heads
     q, sqb, sqc, sqn = _token_strides(q)

@@ -13,6 +13,8 @@ import functools
 
 import torch
 
+from engine.errors import InvalidInput
+
 # dtypes each Triton kernel accepts. tap_attention leaves bfloat16 to the reference: its tl.dot cannot be
 # checked on CPU (the interpreter's bf16 dot is wrong), and an unverified path is not dispatched to.
 SUPPORTED_DTYPES: dict[str, tuple[torch.dtype, ...]] = {
@@ -53,7 +55,7 @@ def backend_for(x: torch.Tensor, kernel: str = "tap_pair_norm", *, needs_grad: b
     supported dtype and ``needs_grad`` False, and not while tracing for export; else "torch" (the reference). ``kernel`` defaults to
     "tap_pair_norm" (the original one-argument API)."""
     if kernel not in SUPPORTED_DTYPES:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(SUPPORTED_DTYPES)}")
+        raise InvalidInput(f"unknown kernel {kernel!r}; expected one of {sorted(SUPPORTED_DTYPES)}")
     if tracing():
         return "torch"  # an exported graph holds the reference's operators, which ONNX and TensorRT know
     if x.is_cuda and x.dtype in SUPPORTED_DTYPES[kernel] and not needs_grad and triton_available():

@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.errors import InvalidInput
+
 from .inputs import check_adjoint_inputs
 
 LAUNCH = {"block": 1024, "num_warps": 4}  # 8 elements per thread: two 128-bit fp32 accesses per tensor
@@ -57,7 +59,7 @@ def silu_affine_adjoint_triton(x: torch.Tensor, t: torch.Tensor, weight: torch.T
     S = x.shape[0] if x.dim() == 5 else 1
     n = t.numel()
     if S * n >= 2**31:
-        raise ValueError(f"{S} x {n} elements overflow the kernel's 32-bit offsets")
+        raise InvalidInput(f"{S} x {n} elements overflow the kernel's 32-bit offsets")
     x, t = x.contiguous(), t.contiguous()  # no-ops for conv_transpose2d outputs and the taped activations
     residual = None if residual is None else residual.contiguous()
     weight = None if weight is None else weight.contiguous()

@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from engine.errors import InvalidInput
+
 SINGLE_LAUNCH_MAX = 1 << 16  # per-sample elements over all taps up to which one launch does everything
 ONE_LAUNCH = {"block": 2048, "num_warps": 8}  # one program streams a whole sample's tap: wide blocks
 TWO_LAUNCH = {"block": 1024, "num_warps": 4}
@@ -140,8 +142,8 @@ def tap_pair_norm_triton(f: torch.Tensor, g: torch.Tensor, eps: float = 1e-12, *
     """f (B, Cf, H, W), g (B, Cg, H, W), same dtype/device -> (out (B, Cf + Cg, H, W) in f's dtype, log-RMS
     (B, 2) in f's dtype). ``single_launch``/``block``/``num_warps`` override the plan (tests, benchmarks)."""
     if f.shape[0] != g.shape[0] or f.shape[2:] != g.shape[2:] or f.dtype != g.dtype or f.device != g.device:
-        raise ValueError(f"taps must share batch, spatial shape, dtype and device: {tuple(f.shape)} {f.dtype} vs "
-                         f"{tuple(g.shape)} {g.dtype}")
+        raise InvalidInput(f"taps must share batch, spatial shape, dtype and device: {tuple(f.shape)} {f.dtype} vs "
+                           f"{tuple(g.shape)} {g.dtype}")
     return _launch(f, g, eps, block, single_launch, num_warps)
 
 

@@ -204,14 +204,15 @@ def test_every_engine_error_has_one_base_and_keeps_its_own():
 def test_the_cli_prints_expected_errors_as_one_line_and_keeps_tracebacks_for_bugs(monkeypatch, capsys):
     from engine import cli
     from engine.batching import BatcherClosed
+    from engine.errors import InvalidInput, MissingDependency, MissingFile, NotFinite
 
     def raising(exc):
         def run(args):
             raise exc
         return run
 
-    for exc in (BatcherClosed("planted closed"), ValueError("planted value"), FileNotFoundError("planted file"),
-                FloatingPointError("planted nan"), ImportError("planted import")):
+    for exc in (BatcherClosed("planted closed"), InvalidInput("planted value"), MissingFile("planted file"),
+                NotFinite("planted nan"), MissingDependency("planted import")):
         monkeypatch.setitem(cli.COMMANDS, "export", raising(exc))
         assert main(["export"]) == 2
         err = capsys.readouterr().err

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from engine.api import Engine
 from engine.cli import main
+from engine.errors import NotFinite
 from engine.limits import Limits
 from engine.storage.checkpoint import CheckpointError
 from engine.storage.state_file import load_state, save_state
@@ -288,7 +289,7 @@ def test_a_generation_failing_midway_writes_no_file(tiny_checkpoint, tmp_path, m
     def fail_second(self, labels, x):
         calls.append(1)
         if len(calls) == 2:
-            raise FloatingPointError("sampling produced NaN or inf (made to fail by the test)")
+            raise NotFinite("sampling produced NaN or inf (made to fail by the test)")
         return real(self, labels, x)
 
     monkeypatch.setattr(Engine, "finish", fail_second)

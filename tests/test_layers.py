@@ -10,7 +10,8 @@ PACKAGES = ("engine", "export", "kernels")
 
 # Lowest first. A module may import from its own group and from groups in lower layers only.
 LAYERS = [
-    {"kernels", "engine.errors", "engine.limits", "engine.stages", "engine.provenance", "engine.distributed",
+    {"engine.errors"},  # every error raised on purpose: any module, kernels/ included, may raise them
+    {"kernels", "engine.limits", "engine.stages", "engine.provenance", "engine.distributed",
      "engine.progress", "engine.deprecation", "engine.cli_logging"},
     {"engine.storage"},  # configs, atomic writes, hashing, cache paths, checkpoint files, training state
     {"engine.models"},

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import FileAccessError, InvalidInput, MissingFile
 from ..progress import tracked
 from ..storage.config import DataRegime, FeatureConfig
 from .corruption import corrupt
@@ -47,7 +48,7 @@ def _fsdd_dir(root: Path) -> Path | None:
 def list_fsdd(root: Path, split: str) -> list[Item]:
     d = _fsdd_dir(root)
     if d is None:
-        raise FileNotFoundError(f"{root}: no FSDD recordings ({{digit}}_{{speaker}}_{{index}}.wav) found")
+        raise MissingFile(f"{root}: no FSDD recordings ({{digit}}_{{speaker}}_{{index}}.wav) found")
     items = []
     for p in sorted(d.iterdir()):
         m = _FSDD_NAME.match(p.name)
@@ -76,7 +77,7 @@ def list_speech_commands(root: Path, split: str) -> list[Item]:
             if which == split:
                 items.append(Item(p, label, p.name.split("_")[0]))
     if not items:
-        raise FileNotFoundError(f"{root}: no Speech Commands digit folders (zero/ ... nine/) with WAV files")
+        raise MissingFile(f"{root}: no Speech Commands digit folders (zero/ ... nine/) with WAV files")
     return items
 
 
@@ -85,22 +86,25 @@ def list_items(root: str | Path, split: str, labels: tuple[int, ...] | None = No
     """All clips of ``split`` under ``root`` (FSDD or Speech Commands layout), restricted to ``labels`` and to
     ``speakers`` (empty: all; a name the split does not hold is refused, naming those it does)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        raise InvalidInput(f"unknown split {split!r}; expected one of {SPLITS}")
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist")
-    items = list_fsdd(root, split) if _fsdd_dir(root) else list_speech_commands(root, split)
+        raise MissingFile(f"dataset folder {root} does not exist")
+    try:
+        items = list_fsdd(root, split) if _fsdd_dir(root) else list_speech_commands(root, split)
+    except PermissionError as e:
+        raise FileAccessError(f"dataset folder {root} cannot be read: {e}") from e
     if labels is not None:
         bad = [y for y in labels if not 0 <= y < 10]
         if bad:
-            raise ValueError(f"unknown digit label(s) {bad}; labels are 0-9")
+            raise InvalidInput(f"unknown digit label(s) {bad}; labels are 0-9")
         items = [it for it in items if it.label in set(labels)]
     if speakers:
         known = sorted({it.speaker for it in items})
         unknown = sorted(set(speakers) - set(known))
         if unknown:
             shown = ", ".join(known[:12]) + (" ..." if len(known) > 12 else "")
-            raise ValueError(f"unknown speaker(s) {unknown} in {root} ({split}); it has {shown}")
+            raise InvalidInput(f"unknown speaker(s) {unknown} in {root} ({split}); it has {shown}")
         items = [it for it in items if it.speaker in set(speakers)]
     return items
 
@@ -132,7 +136,7 @@ def load_features(items: list[Item], cfg: FeatureConfig, progress: bool = False,
     """Log-Mel windows of ``items``, each clip's waveform corrupted by ``regime`` first (see its doc);
     ``progress``: log how far it is (``engine.progress``)."""
     if not items:
-        raise ValueError("no clips to load")
+        raise InvalidInput("no clips to load")
     mels, labels, spans = [], [], []
     for it in tracked(items, logger, "features", unit="clips", enabled=progress):
         x, rate = read_wav(it.path)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 
+from ..errors import InvalidInput
 from ..storage.config import FeatureConfig
 
 
@@ -63,7 +64,7 @@ def stft_magnitude(wave: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
 def log_mel(wave: torch.Tensor, cfg: FeatureConfig) -> torch.Tensor:
     """(..., samples) float waveform -> (..., n_mels, frames) natural-log Mel magnitudes."""
     if wave.shape[-1] <= (cfg.n_fft - cfg.hop_length) // 2:
-        raise ValueError(f"waveform of {wave.shape[-1]} samples is too short for n_fft={cfg.n_fft}")
+        raise InvalidInput(f"waveform of {wave.shape[-1]} samples is too short for n_fft={cfg.n_fft}")
     mag = stft_magnitude(wave, cfg)
     mel = torch.matmul(mel_filterbank(cfg).to(mag), mag)
     return torch.log(torch.clamp(mel, min=cfg.log_floor))

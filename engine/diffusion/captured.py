@@ -13,6 +13,7 @@ from typing import Mapping
 
 import torch
 
+from ..errors import BackendError, InvalidInput
 from .solvers import Callback, Denoiser, Solver, check_noise, get_solver
 
 
@@ -28,7 +29,7 @@ class CapturedSampler:
         self.device = torch.device(device)
         self.capture = can_capture(self.device) if capture is None else capture
         if self.capture and not can_capture(self.device):
-            raise RuntimeError("CUDA-graph capture needs a CUDA device and torch.cuda.is_available()")
+            raise BackendError("CUDA-graph capture needs a CUDA device and torch.cuda.is_available()")
         self.x = torch.zeros(shape, device=self.device)
         self.denoised = torch.zeros(shape, device=self.device)
         self.coef = torch.zeros(self.solver.coefficient_width(), device=self.device)
@@ -69,7 +70,7 @@ class CapturedSampler:
         steps = len(host) - 1
         check_noise(noise, self.solver, steps)
         if noise.prior.shape != self.x.shape:
-            raise ValueError(f"noise for batch {tuple(noise.prior.shape)}, runner built for {tuple(self.x.shape)}")
+            raise InvalidInput(f"noise for batch {tuple(noise.prior.shape)}, runner built for {tuple(self.x.shape)}")
         table = self.solver.table(sigmas, options, self.device)
         self.x.copy_(noise.prior * table[0, 0])
         for b in self.state.values():

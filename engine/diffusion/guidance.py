@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import InvalidInput
 from .sde import per_sample
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -36,6 +37,6 @@ def conditioned(model: Callable[..., torch.Tensor], onehot: torch.Tensor | None,
     if onehot is None:
         return lambda x, sigma: model(x, sigma)
     if gamma is None or gamma.shape != onehot.shape[:1]:
-        raise ValueError(f"guided sampling needs one gamma per clip: onehot {tuple(onehot.shape)}, "
-                         f"gamma {None if gamma is None else tuple(gamma.shape)}")
+        raise InvalidInput(f"guided sampling needs one gamma per clip: onehot {tuple(onehot.shape)}, "
+                           f"gamma {None if gamma is None else tuple(gamma.shape)}")
     return lambda x, sigma: model(x, sigma, onehot, gamma)

@@ -11,12 +11,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..errors import InvalidInput
+
 
 def clip_seed(seed: int, clip: int) -> int:
     """A 63-bit generator seed for clip ``clip`` of a request with ``seed`` (both >= 0), well mixed by
     numpy's SeedSequence so neighbouring (seed, clip) pairs give unrelated streams."""
     if seed < 0 or clip < 0:
-        raise ValueError(f"seed and clip index must be >= 0, got seed={seed}, clip={clip}")
+        raise InvalidInput(f"seed and clip index must be >= 0, got seed={seed}, clip={clip}")
     return int(np.random.SeedSequence([seed, clip]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..bundle import Bundle
 from .denoiser import EDMDenoiser
+from ..errors import InvalidInput
 from .guidance import apply_guidance
 from .taps import TapExtractor
 
@@ -87,7 +88,7 @@ def build_score_model(extractor: TapExtractor, net: nn.Module, fade_sigma: float
     denoiser = EDMDenoiser(net, extractor.sde)
     if denoiser.label_classes:
         if denoiser.label_classes != extractor.n_classes:
-            raise ValueError(f"the student takes {denoiser.label_classes} labels; the classifier has {extractor.n_classes}")
+            raise InvalidInput(f"the student takes {denoiser.label_classes} labels; the classifier has {extractor.n_classes}")
         return DistilledDenoiser(extractor, denoiser, 0.0)
     return (TapdiffDenoiser if denoiser.uses_taps else PlugInDenoiser)(extractor, denoiser, fade_sigma)
 
@@ -96,7 +97,7 @@ def score_model(bundle: Bundle, fade_sigma: float | None = None) -> GuidedDenois
     """The bundle's loaded score network as a guided denoiser, frozen, in eval mode. ``fade_sigma``
     defaults to the bundle's measured choice (config.json "sampling")."""
     if bundle.score_net is None:
-        raise ValueError(f"{bundle.directory}: no score network loaded (load_bundle(..., model=...))")
+        raise InvalidInput(f"{bundle.directory}: no score network loaded (load_bundle(..., model=...))")
     if fade_sigma is None:
         fade_sigma = float(bundle.sampling["guidance_fade_sigma"])
     return build_score_model(TapExtractor(bundle.classifier, bundle.sde), bundle.score_net, fade_sigma).eval()

@@ -14,6 +14,7 @@ import torch
 
 from kernels import per_row
 
+from ..errors import InvalidInput
 from ..storage.config import SDEConfig
 
 
@@ -62,11 +63,11 @@ def karras_schedule(steps: int, cfg: SDEConfig, sigma_max: float | None = None, 
     """steps noise levels from sigma_max down to sigma_min (rho spacing; default the SDE's rho), then a
     final 0: (steps + 1,) float64 on the host, where the solvers compute their per-step coefficients."""
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise InvalidInput(f"steps must be >= 1, got {steps}")
     smax = cfg.sigma_max if sigma_max is None else sigma_max
     rho = cfg.rho if rho is None else rho
     if not rho > 0:
-        raise ValueError(f"rho must be > 0, got {rho}")
+        raise InvalidInput(f"rho must be > 0, got {rho}")
     i = torch.arange(steps, dtype=torch.float64)
     inv = 1.0 / rho
     denom = max(steps - 1, 1)
@@ -75,8 +76,8 @@ def karras_schedule(steps: int, cfg: SDEConfig, sigma_max: float | None = None, 
     # what float64 survives: sigma_max ** (1 / rho) overflows below rho = ln(sigma_max) / ln(float64 max); near it the
     # levels collapse. A usable schedule is finite and strictly decreasing from sigma_max.
     if not (torch.isfinite(sig).all() and (steps == 1 or bool((sig[1:] < sig[:-1]).all()))):
-        raise ValueError(f"rho {rho:g} gives no usable noise schedule over [{cfg.sigma_min:g}, {smax:g}] "
-                         f"(it needs rho > {min_rho(smax):.4g}; 1 to 10 is the useful range)")
+        raise InvalidInput(f"rho {rho:g} gives no usable noise schedule over [{cfg.sigma_min:g}, {smax:g}] "
+                           f"(it needs rho > {min_rho(smax):.4g}; 1 to 10 is the useful range)")
     return torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .denoiser import to_d, to_score
+from ..errors import InvalidInput
 from .sde import per_sample
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -202,20 +203,20 @@ class Solver:
     def steps_for_nfe(self, nfe: int) -> int:
         """The most steps whose evaluations fit in ``nfe``."""
         if nfe < self.final_evals:
-            raise ValueError(f"{self.name} needs at least {self.final_evals} evaluations, got nfe={nfe}")
+            raise InvalidInput(f"{self.name} needs at least {self.final_evals} evaluations, got nfe={nfe}")
         return 1 + (nfe - self.final_evals) // self.evals_per_step
 
     def options(self, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
         unknown = set(overrides or {}) - set(self.defaults)
         if unknown:
-            raise ValueError(f"solver {self.name!r} has no option(s) {sorted(unknown)}; it takes {sorted(self.defaults)}")
+            raise InvalidInput(f"solver {self.name!r} has no option(s) {sorted(unknown)}; it takes {sorted(self.defaults)}")
         return {**self.defaults, **(overrides or {})}
 
     def table(self, sigmas: torch.Tensor, overrides: Mapping[str, float] | None = None, device="cpu") -> torch.Tensor:
         """The (steps, k) float32 coefficient table of schedule ``sigmas`` on ``device``."""
         sig = sigmas.detach().cpu().double().numpy()
         if len(sig) < 2 or sig[-1] < 0 or not np.all(sig[:-1] > sig[1:]):
-            raise ValueError("a schedule needs >= 2 strictly decreasing sigmas >= 0")
+            raise InvalidInput("a schedule needs >= 2 strictly decreasing sigmas >= 0")
         return torch.from_numpy(self.coefficients(sig, **self.options(overrides))).float().to(device)
 
     def coefficient_width(self) -> int:
@@ -231,14 +232,14 @@ SOLVERS: dict[str, Solver] = {}
 
 def register(solver: Solver) -> Solver:
     if solver.name in SOLVERS:
-        raise ValueError(f"solver {solver.name!r} is registered already")
+        raise InvalidInput(f"solver {solver.name!r} is registered already")
     SOLVERS[solver.name] = solver
     return solver
 
 
 def get_solver(name: str) -> Solver:
     if not isinstance(name, str) or name not in SOLVERS:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {sorted(SOLVERS)}")
+        raise InvalidInput(f"unknown sampler {name!r}; expected one of {sorted(SOLVERS)}")
     return SOLVERS[name]
 
 
@@ -280,20 +281,20 @@ class SamplerSpec:
     def __post_init__(self):
         solver = get_solver(self.solver)
         if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+            raise InvalidInput(f"steps must be an integer >= 1, got {self.steps!r}")
         if self.rho is not None and not (isinstance(self.rho, (int, float)) and math.isfinite(self.rho) and self.rho > 0):
-            raise ValueError(f"rho must be a finite number > 0, got {self.rho!r}")
+            raise InvalidInput(f"rho must be a finite number > 0, got {self.rho!r}")
         if self.fade_sigma is not None and not (isinstance(self.fade_sigma, (int, float))
                                                 and not isinstance(self.fade_sigma, bool)
                                                 and math.isfinite(self.fade_sigma) and self.fade_sigma >= 0):
-            raise ValueError(f"fade_sigma must be a finite number >= 0, got {self.fade_sigma!r}")
+            raise InvalidInput(f"fade_sigma must be a finite number >= 0, got {self.fade_sigma!r}")
         solver.options(dict(self.options))
 
     @classmethod
     def from_nfe(cls, solver: str, nfe: int, rho: float | None = None, options=(),
                  fade_sigma: float | None = None) -> "SamplerSpec":
         if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
-            raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
+            raise InvalidInput(f"nfe must be an integer >= 1, got {nfe!r}")
         return cls(solver, get_solver(solver).steps_for_nfe(int(nfe)), rho, tuple(options), fade_sigma)
 
     @property
@@ -341,6 +342,6 @@ def run_steps(model: Denoiser, solver: Solver, table: torch.Tensor, sigmas: list
 def check_noise(noise, solver: Solver, steps: int) -> None:
     want = (steps, solver.noise_per_step)
     if tuple(noise.steps.shape[:2]) != want or noise.steps.shape[2:] != noise.prior.shape:
-        raise ValueError(f"noise drawn for {tuple(noise.steps.shape[:2])} (steps, draws per step) of batch "
-                         f"{tuple(noise.steps.shape[2:])}; {solver.name} over {steps} steps needs {want} of "
-                         f"{tuple(noise.prior.shape)}")
+        raise InvalidInput(f"noise drawn for {tuple(noise.steps.shape[:2])} (steps, draws per step) of batch "
+                           f"{tuple(noise.steps.shape[2:])}; {solver.name} over {steps} steps needs {want} of "
+                           f"{tuple(noise.prior.shape)}")

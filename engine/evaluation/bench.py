@@ -27,6 +27,7 @@ from ..audio.datasets import DEFAULT_DATA
 from ..bundle import has_model, load_bundle
 from .cost import score_eval, step_cost
 from .disturbance import quantiles, spread_too_wide, warning_line
+from ..errors import InvalidInput
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def run_bench(checkpoint, cfg: BenchConfig) -> dict:
     """Every measurement of ``cfg`` on ``checkpoint``'s systems, each row logged (at info) as it is done."""
     engines, skipped = _engines(checkpoint, cfg)
     if not engines:
-        raise ValueError(f"nothing to benchmark: {skipped}")
+        raise InvalidInput(f"nothing to benchmark: {skipped}")
     names = list(engines)
     result = {"checkpoint": str(checkpoint), "config": cfg.__dict__, "targets": cfg.targets, "skipped": skipped,
               "systems": {}, "vocoder": ", ".join(sorted({e.vocoder_name for e in engines.values()})),
@@ -291,9 +292,9 @@ def load_targets(path) -> list[dict]:
         rows = spec["targets"]
         if not all(isinstance(t, dict) and isinstance(t["what"], str) and t["metric"] in TARGET_METRICS
                    and isinstance(t["at_most"], (int, float)) and isinstance(t.get("bound", ""), str) for t in rows):
-            raise ValueError("each target needs what, a known metric and at_most (and a bound, if any, is text)")
+            raise InvalidInput("each target needs what, a known metric and at_most (and a bound, if any, is text)")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a targets file ({type(e).__name__}: {e})") from e
+        raise InvalidInput(f"{path}: not a targets file ({type(e).__name__}: {e})") from e
     return rows
 
 

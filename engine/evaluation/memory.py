@@ -51,6 +51,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import InvalidInput
+
 logger = logging.getLogger(__name__)
 
 MIB = 2 ** 20
@@ -243,7 +245,7 @@ def liveness(model, shapes: dict[str, tuple[tuple[int, ...], int]], alias: bool 
                 producer[o], op_of[o] = k, node.op_type
     missing = [t for t in producer if t not in shapes]
     if missing:
-        raise ValueError(f"{len(missing)} tensors have no resolved shape (first: {missing[:5]})")
+        raise InvalidInput(f"{len(missing)} tensors have no resolved shape (first: {missing[:5]})")
     nbytes = {t: math.prod(shapes[t][0]) * dtype_bytes(shapes[t][1]) for t in producer}
     last = dict(producer)
     for k, node in enumerate(nodes):

@@ -22,7 +22,7 @@ from ..diffusion.guidance import DEFAULT_GUIDANCE, conditioned
 from ..diffusion.noise import clip_seed, draw_noise
 from ..diffusion.solvers import get_solver
 from ..stages import STAGES, current_stage, stage
-from ..storage.atomic import atomic_write, atomic_write_bytes
+from ..storage.atomic import atomic_write, atomic_write_bytes, make_folder
 from .cost import _EXTRA_FORMULAS
 from .disturbance import drifted, quantiles, spread_too_wide, warning_line
 
@@ -158,8 +158,7 @@ def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 
               "unattributed_ops": ops.get("outside any stage", {}),
               "stages_sum_over_measured": total / statistics.median(step_times)}
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = make_folder(out_dir)
         atomic_write(out / f"trace_{engine.model_name}.json", lambda tmp: prof.export_chrome_trace(tmp))
         atomic_write_bytes(out / f"profile_{engine.model_name}.json", (json.dumps(result, indent=1) + "\n").encode())
     return result

@@ -17,6 +17,7 @@ import torch
 
 from ..audio.datasets import FeatureSet, Normaliser, list_items, load_features
 from ..audio.features import clip_features
+from ..errors import InvalidInput
 from ..models.evaluator import EvalClassifier
 from ..bundle import Bundle
 from ..diffusion.solvers import SamplerSpec
@@ -70,7 +71,7 @@ class QualityJudge:
 
     def __init__(self, evaluator_bundle: Bundle, data: str, digits: Sequence[int], regime: DataRegime = DataRegime()):
         if evaluator_bundle.evaluator is None:
-            raise ValueError("the judge needs a bundle loaded with need_evaluator=True")
+            raise InvalidInput("the judge needs a bundle loaded with need_evaluator=True")
         self.evaluator, self.features = evaluator_bundle.evaluator, evaluator_bundle.features
         self.normaliser, self.digits = evaluator_bundle.normaliser, list(digits)
         test = load_features(list_items(data, "test", tuple(self.digits), regime.speakers), self.features,

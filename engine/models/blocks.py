@@ -11,6 +11,8 @@ from torch import nn
 
 from kernels import per_row, row_linear
 
+from ..errors import InvalidInput
+
 
 class RowLinear(nn.Linear):
     """``nn.Linear`` (same parameters and state-dict keys) evaluated by ``kernels.rowwise.row_linear``:
@@ -86,7 +88,7 @@ class FiLMResBlock(nn.Module):
                  norm: Callable[[int], nn.Module] = _group_norm, zero_film: bool = False):
         super().__init__()
         if film_at not in ("input", "hidden"):
-            raise ValueError(f"film_at must be 'input' or 'hidden', got {film_at!r}")
+            raise InvalidInput(f"film_at must be 'input' or 'hidden', got {film_at!r}")
         self.film_at = film_at
         self.norm1 = norm(c_in)
         self.film = RowLinear(emb_dim, 2 * (c_in if film_at == "input" else c_out))

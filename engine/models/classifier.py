@@ -18,6 +18,7 @@ from torch import nn
 
 from kernels import may_overwrite, row_linear, silu_affine_adjoint, silu_derivative
 
+from ..errors import InvalidInput
 from ..storage.config import ClassifierConfig
 
 from .blocks import FiLMResBlock, RowLinear, SigmaEmbedding
@@ -45,7 +46,7 @@ class ChannelNorm(nn.Module):
     def __init__(self, channels: int, kind: str, groups: int = 8):
         super().__init__()
         if kind not in ("affine", "groupnorm"):
-            raise ValueError(f"unknown norm {kind!r}; expected 'affine' or 'groupnorm'")
+            raise InvalidInput(f"unknown norm {kind!r}; expected 'affine' or 'groupnorm'")
         self.kind = kind
         self.groups = groups
         self.weight = nn.Parameter(torch.ones(channels))
@@ -138,7 +139,7 @@ class NoiseConditionedClassifier(nn.Module):
     def __init__(self, cfg: ClassifierConfig):
         super().__init__()
         if len(cfg.widths) != len(cfg.blocks) or len(cfg.widths) < 3:
-            raise ValueError("ClassifierConfig: widths and blocks need equal length >= 3 (three or more tap depths)")
+            raise InvalidInput("ClassifierConfig: widths and blocks need equal length >= 3 (three or more tap depths)")
         self.cfg = cfg
         self.embed = SigmaEmbedding(cfg.emb_dim)
         self.stem = nn.Conv2d(1, cfg.widths[0], 3, padding=1)

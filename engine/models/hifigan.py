@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidInput
+
 LRELU_SLOPE = 0.1
 
 
@@ -46,18 +48,18 @@ class HiFiGANConfig:
         for name in ("upsample_rates", "upsample_kernel_sizes", "resblock_kernel_sizes", "resblock_dilation_sizes"):
             object.__setattr__(self, name, _tuplify(getattr(self, name)))
         if self.resblock not in ("1", "2"):
-            raise ValueError(f"resblock must be '1' or '2', got {self.resblock!r}")
+            raise InvalidInput(f"resblock must be '1' or '2', got {self.resblock!r}")
         if self.upsample_padding not in ("jik876", "exact"):
-            raise ValueError(f"upsample_padding must be 'jik876' or 'exact', got {self.upsample_padding!r}")
+            raise InvalidInput(f"upsample_padding must be 'jik876' or 'exact', got {self.upsample_padding!r}")
         if len(self.upsample_rates) != len(self.upsample_kernel_sizes):
-            raise ValueError(f"{len(self.upsample_rates)} upsample_rates but {len(self.upsample_kernel_sizes)} kernel sizes")
+            raise InvalidInput(f"{len(self.upsample_rates)} upsample_rates but {len(self.upsample_kernel_sizes)} kernel sizes")
         if len(self.resblock_kernel_sizes) != len(self.resblock_dilation_sizes):
-            raise ValueError("resblock_kernel_sizes and resblock_dilation_sizes differ in length")
+            raise InvalidInput("resblock_kernel_sizes and resblock_dilation_sizes differ in length")
         if math.prod(self.upsample_rates) != self.hop_length:
-            raise ValueError(f"upsample_rates {self.upsample_rates} multiply to {math.prod(self.upsample_rates)}, "
-                             f"not hop_length {self.hop_length}")
+            raise InvalidInput(f"upsample_rates {self.upsample_rates} multiply to {math.prod(self.upsample_rates)}, "
+                               f"not hop_length {self.hop_length}")
         if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
-            raise ValueError("upsample_initial_channel must halve cleanly at every upsampling stage")
+            raise InvalidInput("upsample_initial_channel must halve cleanly at every upsampling stage")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)  # tuples serialise as JSON lists
@@ -67,7 +69,7 @@ class HiFiGANConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"HiFiGANConfig: unknown config keys {sorted(unknown)}")
+            raise InvalidInput(f"HiFiGANConfig: unknown config keys {sorted(unknown)}")
         return cls(**{k: _tuplify(v) for k, v in d.items()})
 
     @classmethod
@@ -150,7 +152,7 @@ class HiFiGANGenerator(nn.Module):
                          for u, k in zip(config.upsample_rates, config.upsample_kernel_sizes))
 
     def check_input(self, log_mel: torch.Tensor) -> None:
-        """Raise ValueError for a wrong rank, band count, empty time axis or non-finite values.
+        """Raise InvalidInput for a wrong rank, band count, empty time axis or non-finite values.
 
         The finiteness check synchronises with the device. While tracing for export the checks are
         skipped: shapes are symbolic there and the exported graph cannot carry them anyway.
@@ -158,16 +160,16 @@ class HiFiGANGenerator(nn.Module):
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return
         if not isinstance(log_mel, torch.Tensor):
-            raise ValueError(f"log_mel must be a torch.Tensor, got {type(log_mel).__name__}")
+            raise InvalidInput(f"log_mel must be a torch.Tensor, got {type(log_mel).__name__}")
         if log_mel.ndim != 3:
-            raise ValueError(f"log_mel must have shape (batch, n_mels, frames), got {log_mel.ndim} dims "
-                             f"{tuple(log_mel.shape)}")
+            raise InvalidInput(f"log_mel must have shape (batch, n_mels, frames), got {log_mel.ndim} dims "
+                               f"{tuple(log_mel.shape)}")
         if log_mel.shape[1] != self.config.n_mels:
-            raise ValueError(f"log_mel has {log_mel.shape[1]} mel bands, this vocoder expects {self.config.n_mels}")
+            raise InvalidInput(f"log_mel has {log_mel.shape[1]} mel bands, this vocoder expects {self.config.n_mels}")
         if log_mel.shape[2] == 0:
-            raise ValueError("log_mel has no frames")
+            raise InvalidInput("log_mel has no frames")
         if not bool(torch.isfinite(log_mel).all()):
-            raise ValueError("log_mel contains NaN or infinite values")
+            raise InvalidInput("log_mel contains NaN or infinite values")
 
     def synthesise(self, log_mel: torch.Tensor) -> torch.Tensor:
         """The generator itself, unchecked: (B, n_mels, T) -> (B, 1, samples)."""
@@ -209,12 +211,12 @@ def fold_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
             out[key] = t
     for prefix, p in pairs.items():
         if set(p) != {"g", "v"}:
-            raise ValueError(f"{prefix}: weight norm needs both g and v, found only {sorted(p)}")
+            raise InvalidInput(f"{prefix}: weight norm needs both g and v, found only {sorted(p)}")
         if f"{prefix}.weight" in out:
-            raise ValueError(f"{prefix}: has both a plain weight and weight-norm parameters")
+            raise InvalidInput(f"{prefix}: has both a plain weight and weight-norm parameters")
         g, v = p["g"], p["v"]
         if g.ndim not in (0, v.ndim):
-            raise ValueError(f"{prefix}: weight-norm g of shape {tuple(g.shape)} does not fit v {tuple(v.shape)}")
+            raise InvalidInput(f"{prefix}: weight-norm g of shape {tuple(g.shape)} does not fit v {tuple(v.shape)}")
         dims = tuple(d for d in range(v.ndim) if g.ndim == 0 or g.shape[d] == 1)
         norm = v.norm(2, dim=dims, keepdim=True) if dims else v.abs()
         out[f"{prefix}.weight"] = v * (g / norm)
@@ -222,7 +224,7 @@ def fold_weight_norm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
-    """Strict load, with a ValueError naming the first missing, unexpected and mis-shaped keys."""
+    """Strict load, with an InvalidInput naming the first missing, unexpected and mis-shaped keys."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -232,5 +234,5 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor
         parts = [f"{label} ({len(items)}): {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}"
                  for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
                                       ("shape mismatches (found != expected)", shapes)) if items]
-        raise ValueError(f"{what} does not fit the HiFi-GAN config: " + "; ".join(parts))
+        raise InvalidInput(f"{what} does not fit the HiFi-GAN config: " + "; ".join(parts))
     model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)

@@ -9,6 +9,7 @@ from typing import Callable
 
 from torch import nn
 
+from ..errors import InvalidInput
 from ..storage.config import SubnetConfig, UNetConfig
 from .score_subnet import ScoreSubnet
 from .unet import UNet
@@ -40,7 +41,7 @@ class ScoreNetworkKind:
         if not isinstance(cfg, self.config_cls):
             raise TypeError(f"model {self.name!r} needs a {self.config_cls.__name__}, got {type(cfg).__name__}")
         if getattr(cfg, "use_taps", self.uses_taps) != self.uses_taps:
-            raise ValueError(f"model {self.name!r} needs SubnetConfig.use_taps={self.uses_taps}")
+            raise InvalidInput(f"model {self.name!r} needs SubnetConfig.use_taps={self.uses_taps}")
         return self.builder(cfg, tap_channels, input_hw)
 
 
@@ -63,5 +64,5 @@ SCORE_NETWORKS = {k.name: k for k in (
 
 def score_network_kind(name: str) -> ScoreNetworkKind:
     if not isinstance(name, str) or name not in SCORE_NETWORKS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(SCORE_NETWORKS)}")
+        raise InvalidInput(f"unknown model {name!r}; expected one of {sorted(SCORE_NETWORKS)}")
     return SCORE_NETWORKS[name]

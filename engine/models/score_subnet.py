@@ -17,6 +17,7 @@ from torch import nn
 
 from kernels import log_rms, tap_attention, tap_mean_square, tap_pair_norm, tap_rms_norm
 
+from ..errors import InvalidInput
 from ..stages import stage
 from ..storage.config import SubnetConfig
 from .blocks import ConditionEmbedding, FiLMResBlock, RowLinear, SigmaEmbedding, condition_term, group_count
@@ -67,7 +68,7 @@ class ScoreSubnet(nn.Module):
     def __init__(self, cfg: SubnetConfig, tap_channels: tuple[int, ...], input_hw: tuple[int, int]):
         super().__init__()
         if len(cfg.widths) != len(tap_channels):
-            raise ValueError(f"SubnetConfig.widths has {len(cfg.widths)} depths but the classifier has {len(tap_channels)} taps")
+            raise InvalidInput(f"SubnetConfig.widths has {len(cfg.widths)} depths but the classifier has {len(tap_channels)} taps")
         self.cfg = cfg
         depths = len(tap_channels)
         self.hws = pyramid(input_hw, depths)

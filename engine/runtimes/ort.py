@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.errors import BackendError
+from engine.errors import BackendError, InvalidInput, MissingDependency
 from engine.provenance import cpu_model
 from engine.storage.atomic import atomic_write_bytes
 from export.onnx_export import IDENTITY_KEY, graph_identity
@@ -46,15 +46,15 @@ def _onnxruntime():
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise ImportError("the onnxruntime backend needs onnxruntime (CPU) or onnxruntime-gpu: "
-                          "pip install onnxruntime (a dependency of tapdiff), or onnxruntime-gpu in its place on a GPU machine") from e
+        raise MissingDependency("the onnxruntime backend needs onnxruntime (CPU) or onnxruntime-gpu: "
+                                "pip install onnxruntime (a dependency of tapdiff), or onnxruntime-gpu in its place on a GPU machine") from e
     return ort
 
 
 def session_options(threads: int, level: str, optimized_path: Path | None = None):
     ort = _onnxruntime()
     if level not in LEVELS:
-        raise ValueError(f"unknown graph optimisation level {level!r}; expected one of {LEVELS}")
+        raise InvalidInput(f"unknown graph optimisation level {level!r}; expected one of {LEVELS}")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -104,9 +104,9 @@ class OrtScoreModel:
         self.device = torch.device(device)
         provider = provider or ("cuda" if self.device.type == "cuda" else "cpu")
         if provider not in PROVIDERS:
-            raise ValueError(f"unknown onnxruntime provider {provider!r}; expected one of {sorted(PROVIDERS)}")
+            raise InvalidInput(f"unknown onnxruntime provider {provider!r}; expected one of {sorted(PROVIDERS)}")
         if (provider == "cpu") != (self.device.type == "cpu"):
-            raise ValueError(f"provider {provider!r} does not run on device {self.device}")
+            raise InvalidInput(f"provider {provider!r} does not run on device {self.device}")
         providers: list = list(PROVIDERS[provider])
         if provider != "cpu":
             # onnxruntime computes on a stream of its own (a "user_compute_stream" of "0", torch's default

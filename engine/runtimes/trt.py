@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engine.errors import BackendError
+from engine.errors import BackendError, InvalidInput
 from export.tensorrt_build import _tensorrt, shared_logger
 
 from .selection import select_graph
@@ -41,17 +41,17 @@ def binding_plan(manifest: dict, feeds: dict[str, torch.Tensor]) -> list[tuple[s
     agree with the exported ones on every axis but a dynamic batch axis."""
     inputs = {i["name"]: i for i in manifest["inputs"]}
     if set(feeds) != set(inputs):
-        raise ValueError(f"inputs {sorted(feeds)} do not match the graph's {sorted(inputs)}")
+        raise InvalidInput(f"inputs {sorted(feeds)} do not match the graph's {sorted(inputs)}")
     dynamic = manifest.get("dynamic_axes", {})
     plan, batch = [], None
     for name, t in feeds.items():
         want = inputs[name]["shape"]
         axes = {int(a) for a in dynamic.get(name, {})}
         if len(t.shape) != len(want) or any(d != w for i, (d, w) in enumerate(zip(t.shape, want)) if i not in axes):
-            raise ValueError(f"input {name}: shape {tuple(t.shape)} does not fit the exported {tuple(want)} "
-                             f"(dynamic axes {sorted(axes)})")
+            raise InvalidInput(f"input {name}: shape {tuple(t.shape)} does not fit the exported {tuple(want)} "
+                               f"(dynamic axes {sorted(axes)})")
         if batch is not None and t.shape[0] != batch:
-            raise ValueError(f"input {name} has batch {t.shape[0]}, others {batch}")
+            raise InvalidInput(f"input {name} has batch {t.shape[0]}, others {batch}")
         batch = t.shape[0]
         plan.append((name, tuple(t.shape)))
     return plan
@@ -74,7 +74,7 @@ def check_float32_io(trt, engine: trt.ICudaEngine, plan) -> None:
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         if engine.get_tensor_dtype(name) != trt.float32:
-            raise RuntimeError(f"{plan}: tensor {name} is {engine.get_tensor_dtype(name)}, expected fp32")
+            raise BackendError(f"{plan}: tensor {name} is {engine.get_tensor_dtype(name)}, expected fp32")
 
 
 class _ThreadContext:
@@ -126,7 +126,7 @@ class TrtScoreModel:
             for key, plan in plans.items():
                 engine = self._runtime.deserialize_cuda_engine(Path(plan).read_bytes())
                 if engine is None:
-                    raise RuntimeError(f"TensorRT could not deserialise {plan} (corrupt, or built by another TensorRT/GPU)")
+                    raise BackendError(f"TensorRT could not deserialise {plan} (corrupt, or built by another TensorRT/GPU)")
                 check_float32_io(trt, engine, plan)
                 self.engines[key] = engine
         self._threads = _ThreadContexts()
@@ -142,7 +142,7 @@ class TrtScoreModel:
             engine = self.engines[key]
             context = engine.create_execution_context()
             if context is None:
-                raise RuntimeError(f"TensorRT could not create an execution context for graph {key} (out of device "
+                raise BackendError(f"TensorRT could not create an execution context for graph {key} (out of device "
                                    f"memory? it needs {engine_device_memory(engine)} bytes)")
             bound = self._threads.by_key[key] = _ThreadContext(engine, context)
         return bound.context
@@ -155,17 +155,17 @@ class TrtScoreModel:
         feeds = {k: v.contiguous().float() for k, v in feeds.items()}
         wrong = {k: str(v.device) for k, v in feeds.items() if v.device != self.device}
         if wrong:
-            raise ValueError(f"inputs must be on {self.device}, got {wrong}")
+            raise InvalidInput(f"inputs must be on {self.device}, got {wrong}")
         with torch.cuda.device(self.device):
             ctx = self._context(key)
             for name, shape in binding_plan(self.manifests[key], feeds):
                 if not ctx.set_input_shape(name, shape):
-                    raise ValueError(f"input {name}: shape {shape} is outside the plan's optimisation profile")
+                    raise InvalidInput(f"input {name}: shape {shape} is outside the plan's optimisation profile")
                 ctx.set_tensor_address(name, feeds[name].data_ptr())
             out = torch.empty(tuple(ctx.get_tensor_shape("denoised")), device=self.device)
             ctx.set_tensor_address("denoised", out.data_ptr())
             if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-                raise RuntimeError("TensorRT execution failed (see its log)")
+                raise BackendError("TensorRT execution failed (see its log)")
         return out
 
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from ..errors import OutputFolderError
+from ..errors import FileAccessError, InvalidInput, OutputFolderError, TapdiffError
 
 
 def _default_mode() -> int:
@@ -23,20 +23,42 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` to fill a temporary file, then move it to ``path``; returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+@contextlib.contextmanager
+def _writing(path: str | os.PathLike):
+    """The block's OSErrors (no permission, a full disk, a folder that cannot be created) as one
+    ``FileAccessError`` naming ``path``, the file or folder it writes."""
     try:
-        write(tmp)
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        yield
+    except OSError as e:
+        if isinstance(e, TapdiffError):
+            raise
+        raise FileAccessError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """``folder``, created with its parents if missing; a ``FileAccessError`` naming it if it cannot be."""
+    folder = Path(folder)
+    with _writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` to fill a temporary file, then move it to ``path``; returns ``path``. An OSError
+    on the way (no permission, a full disk) is a ``FileAccessError`` naming ``path``."""
+    path = Path(path)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.chmod(tmp, _default_mode())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return path
 
 
@@ -61,6 +83,11 @@ def check_output_folder(folder: str | os.PathLike) -> Path:
         raise OutputFolderError(f"output folder {folder} cannot be created: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputFolderError(f"output folder {folder} cannot be written: no write permission in {existing}")
+    try:  # os.access passes root everywhere, and some folders (/proc, a read-only mount) refuse whoever asks
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+    except OSError as e:
+        raise OutputFolderError(f"output folder {folder} cannot be written: {existing} refuses a new folder "
+                                f"({e.strerror or e})") from e
     return folder
 
 
@@ -121,16 +148,18 @@ class StagedFolder:
         self._tmp: Path | None = None
 
     def __enter__(self) -> "StagedFolder":
-        self.folder.mkdir(parents=True, exist_ok=True)
-        remove_orphaned_staging(self.folder)
-        self._tmp = Path(tempfile.mkdtemp(dir=self.folder, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+        with _writing(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            remove_orphaned_staging(self.folder)
+            self._tmp = Path(tempfile.mkdtemp(dir=self.folder, prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
         return self
 
     def write(self, name: str, data: bytes) -> Path:
         if Path(name).name != name or name.startswith("."):
-            raise ValueError(f"file name {name!r} must be a plain name")
-        (self._tmp / name).write_bytes(data)
-        os.chmod(self._tmp / name, _default_mode())
+            raise InvalidInput(f"file name {name!r} must be a plain name")
+        with _writing(self.folder / name):
+            (self._tmp / name).write_bytes(data)
+            os.chmod(self._tmp / name, _default_mode())
         self.names.append(name)
         return self.folder / name
 

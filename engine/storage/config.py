@@ -9,6 +9,8 @@ import math
 import typing
 from dataclasses import dataclass
 
+from ..errors import InvalidInput
+
 
 @dataclass(frozen=True)
 class FeatureConfig:
@@ -33,12 +35,12 @@ class FeatureConfig:
     def __post_init__(self):
         check_fields(self)
         if not (0 <= self.fmin < self.fmax <= self.sample_rate / 2):
-            raise ValueError(f"fmin and fmax must satisfy 0 <= fmin < fmax <= sample_rate / 2, got {self.fmin}, {self.fmax}")
+            raise InvalidInput(f"fmin and fmax must satisfy 0 <= fmin < fmax <= sample_rate / 2, got {self.fmin}, {self.fmax}")
         if not (self.log_floor > 0 and 0 < self.peak <= 1):
-            raise ValueError(f"log_floor must be > 0 and peak in (0, 1], got {self.log_floor}, {self.peak}")
+            raise InvalidInput(f"log_floor must be > 0 and peak in (0, 1], got {self.log_floor}, {self.peak}")
         if self.win_length > self.n_fft or self.hop_length > self.win_length:
-            raise ValueError(f"need hop_length <= win_length <= n_fft, got {self.hop_length}, {self.win_length}, "
-                             f"{self.n_fft}")
+            raise InvalidInput(f"need hop_length <= win_length <= n_fft, got {self.hop_length}, {self.win_length}, "
+                               f"{self.n_fft}")
 
     @property
     def clip_samples(self) -> int:
@@ -63,8 +65,8 @@ class SDEConfig:
     def __post_init__(self):
         check_fields(self)
         if not (0 < self.sigma_min < self.sigma_max and self.sigma_data > 0 and self.p_std > 0 and self.rho > 0):
-            raise ValueError("need 0 < sigma_min < sigma_max and sigma_data, p_std, rho > 0, got "
-                             f"{self.sigma_min}, {self.sigma_max}, {self.sigma_data}, {self.p_std}, {self.rho}")
+            raise InvalidInput("need 0 < sigma_min < sigma_max and sigma_data, p_std, rho > 0, got "
+                               f"{self.sigma_min}, {self.sigma_max}, {self.sigma_data}, {self.p_std}, {self.rho}")
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,9 @@ class ClassifierConfig:
     def __post_init__(self):
         check_fields(self, may_be_zero=("blocks",))
         if self.norm not in ("affine", "groupnorm"):
-            raise ValueError(f"norm must be 'affine' or 'groupnorm', got {self.norm!r}")
+            raise InvalidInput(f"norm must be 'affine' or 'groupnorm', got {self.norm!r}")
         if len(self.blocks) != len(self.widths):
-            raise ValueError(f"blocks {self.blocks} needs one entry per width {self.widths}")
+            raise InvalidInput(f"blocks {self.blocks} needs one entry per width {self.widths}")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class SubnetConfig:
     def __post_init__(self):
         check_fields(self, may_be_zero=("attention_depths", "label_classes"))
         if self.guided_taps and not (self.use_taps and self.label_classes):
-            raise ValueError("guided_taps needs a student on the taps (use_taps and label_classes > 0)")
+            raise InvalidInput("guided_taps needs a student on the taps (use_taps and label_classes > 0)")
 
 
 @dataclass(frozen=True)
@@ -132,17 +134,17 @@ class DataRegime:
 
     def __post_init__(self):
         if not isinstance(self.speakers, tuple) or not all(isinstance(v, str) and v for v in self.speakers):
-            raise ValueError(f"speakers must be a list of speaker names, got {self.speakers!r}")
+            raise InvalidInput(f"speakers must be a list of speaker names, got {self.speakers!r}")
         if not isinstance(self.noise, bool):
-            raise ValueError(f"noise must be true or false, got {self.noise!r}")
+            raise InvalidInput(f"noise must be true or false, got {self.noise!r}")
         for key in ("snr_db", "rt60_s"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{key} must be a finite number, got {v!r}")
+                raise InvalidInput(f"{key} must be a finite number, got {v!r}")
         if not 0 <= self.rt60_s <= 2.0:
-            raise ValueError(f"rt60_s must be in [0, 2] seconds, got {self.rt60_s}")
+            raise InvalidInput(f"rt60_s must be in [0, 2] seconds, got {self.rt60_s}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+            raise InvalidInput(f"seed must be an integer >= 0, got {self.seed!r}")
 
     @property
     def corrupts(self) -> bool:
@@ -211,18 +213,18 @@ def check_fields(cfg, may_be_zero: tuple[str, ...] = ()) -> None:
     for f in dataclasses.fields(cfg):
         why = _check_value(f.name, hints[f.name], getattr(cfg, f.name), f.name in may_be_zero)
         if why is not None:
-            raise ValueError(why)
+            raise InvalidInput(why)
 
 
 def from_dict(cls, d: dict):
     """``cls`` from its JSON form; unknown keys, wrong types and out-of-range values raise a ``ValueError``
     naming the key."""
     if not isinstance(d, dict):
-        raise ValueError(f"{cls.__name__} must be a mapping of its fields, got {type(d).__name__}")
+        raise InvalidInput(f"{cls.__name__} must be a mapping of its fields, got {type(d).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(d) - set(names)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
+        raise InvalidInput(f"{cls.__name__}: unknown config keys {sorted(unknown)}")
     kw = {}
     for k, v in d.items():
         kw[k] = tuple(v) if isinstance(v, list) else v

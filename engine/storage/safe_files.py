@@ -10,7 +10,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InvalidInput
 
 MAX_JSON_BYTES = 16 << 20  # config.json with every training curve is ~1 MB
 MAX_JSON_DEPTH = 64  # the deepest legitimate document nests under 10
@@ -70,7 +70,7 @@ def _nesting(text: str) -> int:
 
 def _bounded_int(text: str) -> int:
     if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise ValueError(f"an integer of {len(text)} digits")
+        raise InvalidInput(f"an integer of {len(text)} digits")
     return int(text)
 
 

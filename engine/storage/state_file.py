@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_write
 from .checkpoint import CheckpointError
+from ..errors import InvalidInput
 from .safe_files import parse_json, regular_file
 
 FORMAT = "tapdiff-state/1"
@@ -66,7 +67,7 @@ def _pack(obj: Any, where: str, tensors: dict[str, torch.Tensor]) -> Any:
         return obj
     if isinstance(obj, float):
         if not math.isfinite(obj):
-            raise ValueError(f"state {where!r} is {obj}: not a finite number")
+            raise InvalidInput(f"state {where!r} is {obj}: not a finite number")
         return obj
     raise TypeError(f"state {where!r} holds a {type(obj).__name__}, which a state file cannot store")
 

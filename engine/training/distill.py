@@ -36,8 +36,9 @@ from ..diffusion.score_model import GuidedDenoiser
 from ..diffusion.sde import loss_weight
 from ..diffusion.solvers import SamplerSpec, get_solver, sample
 from ..diffusion.taps import onehot
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InvalidInput
 from ..progress import tracked
+from ..storage.atomic import make_folder
 from ..storage.state_file import load_state, save_state
 
 logger = logging.getLogger(__name__)
@@ -63,11 +64,11 @@ class TrajectorySettings:
     def __post_init__(self):
         solver = get_solver(self.solver)
         if solver.noise_per_step or solver.evals_per_step != 1:
-            raise ValueError(f"teacher trajectories need a deterministic one-evaluation-per-step solver, got {self.solver!r}")
+            raise InvalidInput(f"teacher trajectories need a deterministic one-evaluation-per-step solver, got {self.solver!r}")
         if not (self.count >= 1 and self.steps >= 2 and self.chunk >= 1 and self.gamma_max >= DEFAULT_GUIDANCE
                 and 0 <= self.unconditional_share and 0 <= self.default_gamma_share
                 and self.unconditional_share + self.default_gamma_share <= 1):
-            raise ValueError(f"invalid trajectory settings {self}")
+            raise InvalidInput(f"invalid trajectory settings {self}")
 
     def record(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -88,7 +89,7 @@ class Trajectories:
         """(training, held-out): the last ``held_out`` trajectories are held out."""
         n = len(self) - held_out
         if n < 1 or held_out < 0:
-            raise ValueError(f"cannot hold out {held_out} of {len(self)} trajectories")
+            raise InvalidInput(f"cannot hold out {held_out} of {len(self)} trajectories")
         part = lambda s: Trajectories(self.states[s], self.sigmas, self.endpoints[s], self.labels[s], self.gammas[s])
         return part(slice(0, n)), part(slice(n, None))
 
@@ -140,7 +141,7 @@ def teacher_trajectories(teacher: GuidedDenoiser, labels: tuple[int, ...], setti
                          progress: bool = True) -> tuple[Trajectories, float]:
     """All of the teacher's trajectories, generated chunk by chunk into ``folder`` (one state file each,
     resumed from what is there); returns them with the seconds spent generating in this call."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     record = {"settings": settings.record(), "teacher": teacher_id, "labels": list(labels)}
     parts, seconds = [], 0.0
     chunks = range(0, settings.count, settings.chunk)
@@ -211,7 +212,7 @@ def init_from_teacher(student_net: torch.nn.Module, teacher_net: torch.nn.Module
     """The teacher's weights in the student; only the condition embedding (which starts at zero) is new."""
     missing, unexpected = student_net.load_state_dict(teacher_net.state_dict(), strict=False)
     if unexpected or any(not k.startswith("cond_embed.") for k in missing):
-        raise ValueError(f"student does not extend its teacher: missing {missing}, unexpected {unexpected}")
+        raise InvalidInput(f"student does not extend its teacher: missing {missing}, unexpected {unexpected}")
 
 
 def condition_parameters(student_net: torch.nn.Module) -> list[str]:

@@ -40,7 +40,7 @@ from ..diffusion.score_model import DistilledDenoiser, GuidedDenoiser, build_sco
 from ..diffusion.sde import loss_weight, perturb, precondition, sample_training_sigma
 from ..diffusion.solvers import SamplerSpec
 from ..diffusion.taps import Taps, onehot
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InvalidInput, NotFinite
 from ..storage.config import SDEConfig
 from ..storage.state_file import load_state, save_state
 from .distill import TrajectorySettings, draw_conditions, init_from_teacher
@@ -71,7 +71,7 @@ class DMDSettings:
                 and self.fake_updates >= 1 and self.warmup >= 0 and 0 <= self.ema < 1
                 and 0 <= self.min_level < self.max_level <= 1 and self.gan_weight >= 0
                 and self.recognition_weight >= 0):
-            raise ValueError(f"invalid DMD settings {self}")
+            raise InvalidInput(f"invalid DMD settings {self}")
 
     def record(self) -> dict:
         out = dataclasses.asdict(self)
@@ -151,7 +151,7 @@ class DMDTrainer:
         self.disc = self.disc_opt = None
         if settings.gan_weight > 0:
             if real is None:
-                raise ValueError("the GAN term needs real clips")
+                raise InvalidInput("the GAN term needs real clips")
             self.real_x, self.real_labels = real
             self.disc = TapDiscriminator(teacher.extractor.tap_channels[-1], teacher.n_classes)
             self.disc_opt = torch.optim.AdamW(self.disc.parameters(), lr=settings.fake_lr, betas=(0.0, 0.999),
@@ -284,7 +284,7 @@ class DMDTrainer:
     def _descend(self, loss: torch.Tensor, opt: torch.optim.Optimizer, net: torch.nn.Module, what: str) -> float:
         """One clipped optimiser step of ``net`` on ``loss``; its value."""
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"DMD: {what}'s loss became {float(loss)} at iteration {self.iteration}")
+            raise NotFinite(f"DMD: {what}'s loss became {float(loss)} at iteration {self.iteration}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

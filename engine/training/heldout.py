@@ -9,6 +9,7 @@ import torch
 
 from ..diffusion.score_model import GuidedDenoiser
 from ..diffusion.sde import SDEConfig
+from ..errors import InvalidInput
 from .score import dsm_loss
 
 # Band edges (sigma, in the normalised log-Mel space the SDE runs in): fine detail, the mid range where
@@ -48,7 +49,7 @@ class HeldOutDSM:
     def __init__(self, x0: torch.Tensor, sde: SDEConfig, seed: int = 0, batch_size: int = 50,
                  per_band: int = LEVELS_PER_BAND):
         if x0.dim() != 4 or len(x0) == 0:
-            raise ValueError(f"held-out clips must be a non-empty (N, 1, F, T) tensor, got {tuple(x0.shape)}")
+            raise InvalidInput(f"held-out clips must be a non-empty (N, 1, F, T) tensor, got {tuple(x0.shape)}")
         self.x0, self.sde, self.seed, self.batch_size = x0, sde, seed, batch_size
         self.bands = band_sigmas(sde, per_band)
 
@@ -84,7 +85,7 @@ def affordable_clips(seconds_per_clip_level: float, levels: int, points: int, bu
     """How many held-out clips ``points`` evaluations at ``levels`` noise levels each can use within ``budget_s``,
     at ``seconds_per_clip_level`` (measured); 0 when fewer than ``HELDOUT_MIN_CLIPS`` fit."""
     if seconds_per_clip_level <= 0 or levels <= 0 or points <= 0:
-        raise ValueError("held-out cost, levels and points must be positive")
+        raise InvalidInput("held-out cost, levels and points must be positive")
     n = min(most, int(budget_s / (seconds_per_clip_level * levels * points)))
     return n if n >= HELDOUT_MIN_CLIPS else 0
 

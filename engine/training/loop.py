@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import InvalidInput, NotFinite
 from ..progress import Progress
 from ..storage.checkpoint import CheckpointError
 from ..storage.config import TrainConfig
@@ -61,10 +62,10 @@ def parameter_groups(model: torch.nn.Module, lr_scales: dict[str, float]) -> lis
     groups, taken = [], set()
     for prefix, scale in lr_scales.items():
         if not (isinstance(scale, (int, float)) and scale > 0):
-            raise ValueError(f"learning-rate scale of {prefix!r} must be a number > 0, got {scale!r}")
+            raise InvalidInput(f"learning-rate scale of {prefix!r} must be a number > 0, got {scale!r}")
         params = [p for n, p in named if n.startswith(prefix) and n not in taken]
         if not params:
-            raise ValueError(f"no parameter of {type(model).__name__} is named {prefix!r}...")
+            raise InvalidInput(f"no parameter of {type(model).__name__} is named {prefix!r}...")
         taken |= {n for n, _ in named if n.startswith(prefix)}
         groups.append({"params": params, "lr_scale": float(scale)})
     groups.append({"params": [p for n, p in named if n not in taken], "lr_scale": 1.0})
@@ -112,8 +113,8 @@ def train_loop(
     if state_path is not None and state_path.exists():
         st = load_state(state_path)
         if st.get("world", 1) != world:
-            raise ValueError(f"{state_path} was saved by {st.get('world', 1)} process(es); resume it with as many "
-                             f"(this run has {world})")
+            raise InvalidInput(f"{state_path} was saved by {st.get('world', 1)} process(es); resume it with as many "
+                               f"(this run has {world})")
         try:
             model.load_state_dict(st["model"])
             ema.model.load_state_dict(st["ema"])
@@ -164,7 +165,7 @@ def train_loop(
             g["lr"] = cfg.lr * warm * g.get("lr_scale", 1.0)  # states saved before lr_scale: 1
         loss = loss_fn(gen)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss became {float(loss)} at step {step}")
+            raise NotFinite(f"{desc}: loss became {float(loss)} at step {step}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

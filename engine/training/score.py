@@ -15,6 +15,7 @@ from ..audio.datasets import FeatureSet, Normaliser
 from ..diffusion.score_model import GuidedDenoiser, build_score_model
 from ..diffusion.sde import loss_weight, perturb, sample_training_sigma
 from ..diffusion.taps import TapExtractor
+from ..errors import InvalidInput
 from ..models.registry import ScoreNetworkKind
 from ..bundle import Bundle
 from ..storage.checkpoint import load_weights
@@ -60,7 +61,7 @@ def train_score(train: FeatureSet, norm: Normaliser, extractor: TapExtractor, ki
     keep = torch.isin(train.labels, torch.tensor(cfg.labels))
     x_all = norm.normalise(train.mels[keep])[:, None]
     if len(x_all) == 0:
-        raise ValueError(f"no training clips with labels {cfg.labels}")
+        raise InvalidInput(f"no training clips with labels {cfg.labels}")
 
     def loss_fn(gen: torch.Generator) -> torch.Tensor:
         idx = torch.randint(len(x_all), (cfg.batch_size,), generator=gen)
@@ -77,10 +78,10 @@ def continuation(bundle: Bundle, kind: ScoreNetworkKind, widths: tuple[int, ...]
     its EMA weights as both the trained and the EMA copy, and its steps, seconds and curve from config.json."""
     cfg = bundle.config
     if kind.config_key not in cfg or kind.weights not in cfg.get("training", {}):
-        raise ValueError(f"--continue: {bundle.directory} has no trained {kind.weights} to continue")
+        raise InvalidInput(f"--continue: {bundle.directory} has no trained {kind.weights} to continue")
     net_cfg = from_dict(kind.config_cls, cfg[kind.config_key])
     if widths is not None and tuple(widths) != tuple(net_cfg.widths):
-        raise ValueError(f"--continue keeps the trained network's widths {list(net_cfg.widths)}; got --widths {list(widths)}")
+        raise InvalidInput(f"--continue keeps the trained network's widths {list(net_cfg.widths)}; got --widths {list(widths)}")
     before = cfg["training"][kind.weights]
 
     def init(net):

@@ -21,7 +21,9 @@ from ..bundle import load_bundle, normaliser_to_config
 from ..diffusion.score_model import build_score_model, score_model
 from ..diffusion.taps import TapExtractor
 from ..distributed import distributed_shard, finish_group
+from ..errors import InvalidInput
 from ..models.registry import SCORE_NETWORKS, score_network_kind
+from ..storage.atomic import make_folder
 from ..storage.checkpoint import SAMPLING_DEFAULTS, read_config, save_weights, update_config, write_config
 from ..storage.config import (ClassifierConfig, DataRegime, FeatureConfig, SDEConfig, TrainConfig, edm_sigma_max,
                               from_dict, to_dict)
@@ -114,16 +116,16 @@ def adapt_classifier_bundle(run: AdaptRun) -> dict:
     looks finished; rerunning a finished adaptation changes nothing. Returns the summary."""
     src, out = Path(run.checkpoint), Path(run.out)
     if out.resolve() == src.resolve():
-        raise ValueError(f"--out {out} is the bundle being adapted; give a new folder")
+        raise InvalidInput(f"--out {out} is the bundle being adapted; give a new folder")
     if (out / "config.json").exists():  # a finished adaptation (and what has been trained into it since) stays
         done = read_config(out).get("training", {}).get("classifier_adaptation")
         if done is None:
-            raise ValueError(f"--out {out} already holds a bundle that is not an adaptation; give a new folder")
+            raise InvalidInput(f"--out {out} already holds a bundle that is not an adaptation; give a new folder")
         asks_longer = run.max_steps > done["steps"] and run.seconds > done["seconds"] + 1  # stopped short of both
         if asks_longer or done.get("adapted_from") != str(src):
-            raise ValueError(f"--out {out} already holds an adaptation of {done.get('adapted_from')} for "
-                             f"{done['steps']} steps ({done['seconds']:.0f} s); give a new folder to adapt anew or "
-                             "for longer")
+            raise InvalidInput(f"--out {out} already holds an adaptation of {done.get('adapted_from')} for "
+                               f"{done['steps']} steps ({done['seconds']:.0f} s); give a new folder to adapt anew or "
+                               "for longer")
         return {"steps": done["steps"], "seconds": done["seconds"], "already_adapted": True,
                 "test_accuracy_by_sigma_before": done["test_accuracy_by_sigma_before"],
                 "test_accuracy_by_sigma": done["test_accuracy_by_sigma"]}
@@ -141,7 +143,7 @@ def adapt_classifier_bundle(run: AdaptRun) -> dict:
     before = accuracy_by_sigma(bundle.classifier, x_test, test.labels, bundle.sde)
     tcfg = TrainConfig(batch_size=run.batch_size, lr=run.lr, seconds=run.seconds, max_steps=run.max_steps, seed=run.seed, labels=labels,
                        ema_decay=run.ema)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     model, log = adapt_normalisation(bundle.classifier, train, bundle.normaliser, bundle.features.log_floor,
                                      bundle.sde, tcfg, path, test)
     after = accuracy_by_sigma(model, x_test, test.labels, bundle.sde)
@@ -217,7 +219,7 @@ def train_score_network(run: ScoreRun) -> dict | None:
     Returns the summary (None on ranks other than 0)."""
     kind = score_network_kind(run.model)
     if kind.teacher is not None:
-        raise ValueError(f"{run.model!r} is a distilled student: train it with `tapdiff distill --model {run.model}`")
+        raise InvalidInput(f"{run.model!r} is a distilled student: train it with `tapdiff distill --model {run.model}`")
     bundle = load_bundle(run.checkpoint, model=None)
     out = Path(run.checkpoint)
     name = kind.weights
@@ -230,10 +232,10 @@ def train_score_network(run: ScoreRun) -> dict | None:
         net_cfg = kind.default_config(run.widths)
     labels = run.labels or bundle.labels
     if not set(labels) <= set(bundle.labels):
-        raise ValueError(f"--digit {list(labels)} must be a subset of the classifier's labels {list(bundle.labels)}")
+        raise InvalidInput(f"--digit {list(labels)} must be a subset of the classifier's labels {list(bundle.labels)}")
     rank, world = distributed_shard() or (0, 1)
     if run.batch_size % world:
-        raise ValueError(f"--batch-size {run.batch_size} (the global batch) does not split over {world} processes")
+        raise InvalidInput(f"--batch-size {run.batch_size} (the global batch) does not split over {world} processes")
     feats = bundle.features
     train = load_features(list_items(run.data, "train", labels, run.regime.speakers), feats, progress=rank == 0,
                           regime=run.regime)
@@ -308,8 +310,8 @@ def distill_student(run: DistillRun) -> dict:
     write its weights, config, training record and sampling entry into the bundle. Returns the summary."""
     kind = score_network_kind(run.model)
     if kind.teacher is None:
-        raise ValueError(f"{run.model!r} is not a distilled student; students: "
-                         f"{[k for k, v in SCORE_NETWORKS.items() if v.teacher]}")
+        raise InvalidInput(f"{run.model!r} is not a distilled student; students: "
+                           f"{[k for k, v in SCORE_NETWORKS.items() if v.teacher]}")
     out = Path(run.checkpoint)
     path = state_path(out / "state", kind.weights)
     if (legacy := legacy_state_error(path)) is not None:
@@ -412,8 +414,8 @@ def distill_student_dmd(run: DMDRun, judge: Callable[[Path, str, int], dict] | N
 
     kind = score_network_kind(run.model)
     if kind.teacher is None:
-        raise ValueError(f"{run.model!r} is not a distilled student; students: "
-                         f"{[k for k, v in SCORE_NETWORKS.items() if v.teacher]}")
+        raise InvalidInput(f"{run.model!r} is not a distilled student; students: "
+                           f"{[k for k, v in SCORE_NETWORKS.items() if v.teacher]}")
     out = Path(run.checkpoint)
     path = state_path(out / "state", f"{kind.weights}_dmd")
     teacher_bundle = load_bundle(out, model=kind.teacher)
