@@ -80,9 +80,9 @@ def judge_points(args, model: str, judge: QualityJudge, cache: dict, earlier: di
     engine = None
     rows = []
     points = {}
-    for point in curve:  # a continued run repeats its starting point: keep the latest record
-        points[(point["step"], point.get("snapshot"))] = {**points.get((point["step"], point.get("snapshot")), {}),
-                                                          **point}
+    for point in curve:  # a continued run repeats its starting point (its snapshot name from the recorded seconds,
+        # which are rounded, so the name may differ): one point per step, the latest record's
+        points[point["step"]] = {**points.get(point["step"], {}), **point}
     for point in points.values():
         row = {"model": model, **point}
         f = snaps / f"{point.get('snapshot')}.safetensors"

@@ -13,7 +13,16 @@ from engine.storage import atomic
 from engine.storage.atomic import STAGING_PREFIX, StagedFolder, signals_deferred, write_files_or_none
 
 
-def test_sigint_is_held_back_until_the_block_ends():
+@pytest.fixture
+def ctrl_c_interrupts():
+    """SIGINT raising KeyboardInterrupt, as in a terminal: a process started in the background by a
+    non-interactive shell (some CI runners) inherits SIGINT ignored, and Python then keeps it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_sigint_is_held_back_until_the_block_ends(ctrl_c_interrupts):
     got = []
     with pytest.raises(KeyboardInterrupt):
         with signals_deferred():
@@ -23,7 +32,8 @@ def test_sigint_is_held_back_until_the_block_ends():
 
 
 @pytest.mark.parametrize("other_thread", [False, True])
-def test_sigint_during_the_final_renames_leaves_all_files_not_some(tmp_path, monkeypatch, other_thread):
+def test_sigint_during_the_final_renames_leaves_all_files_not_some(tmp_path, monkeypatch, other_thread,
+                                                                   ctrl_c_interrupts):
     """Also with another thread alive (a runtime's worker), which the kernel may hand the signal to."""
     import threading
 
