@@ -45,8 +45,7 @@ def row(engine: Engine, judge: QualityJudge, spec: SamplerSpec, seeds: list[int]
         cache_path: str | None, weights: str) -> dict:
     per_seed = []
     for seed in seeds:
-        key = cache_key(engine.model_name, weights, spec.label(), n, seed, DEFAULT_GUIDANCE,
-                        *([] if engine.vocoder_name == "griffin-lim" else [engine.vocoder_name]))
+        key = cache_key(engine.model_name, weights, spec.label(), n, seed, DEFAULT_GUIDANCE, engine.vocoder_name)
         if key not in cache:
             r = evaluate_quality(engine, judge, n, DEFAULT_GUIDANCE, seed, spec)
             cache[key] = {"recognised": r.recognised, "fd": r.fd}

@@ -143,7 +143,8 @@ with torch.no_grad():
     for _ in range(3):
         fn(x, s)
 peak = status_kb("VmHWM")
-print(json.dumps({"rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024, "step_peak_increase_mb": (peak - before) / 1024}))
+sys.stdout.write(json.dumps({"rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024,
+                            "step_peak_increase_mb": (peak - before) / 1024}) + "\n")
 """
 
 
