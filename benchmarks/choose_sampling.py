@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from report import cache_key, command, emit, header, record
@@ -28,6 +27,7 @@ from engine.audio.datasets import DEFAULT_DATA
 from engine.api import Engine
 from engine.diffusion.solvers import SOLVERS, SamplerSpec
 from engine.evaluation.quality import QualityJudge, evaluate_quality
+from engine.evaluation.timing import timed
 from engine.models.registry import score_network_kind
 from engine.storage.atomic import atomic_write_bytes
 from engine.bundle import load_bundle
@@ -78,9 +78,9 @@ def time_points(rows: list[dict], args) -> None:
             if r["model"] == model:
                 spec = SamplerSpec(r["solver"], r["steps"], r.get("rho"), fade_sigma=r["fade"])
                 engine.generate(labels, n=1, guidance=args.guidance, spec=spec)  # builds this fade's denoiser
-                t0 = time.perf_counter()
-                engine.generate(labels, n=1, guidance=args.guidance, seed=args.seed, spec=spec)
-                r["seconds_per_clip"] = (time.perf_counter() - t0) / len(labels)
+                once = timed(lambda: engine.generate(labels, n=1, guidance=args.guidance, seed=args.seed, spec=spec),
+                             repeats=1, warmup=0)
+                r["seconds_per_clip"] = once[0] / len(labels)
 
 
 def choose(rows: list[dict], model: str, tolerance: float, fd_ratio: float) -> tuple[dict | None, dict | None]:

@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import math
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ from report import emit, header
 from engine.bundle import load_bundle
 from engine.diffusion.score_model import score_model
 from engine.evaluation.cost import score_eval
+from engine.evaluation.timing import quantiles, timed
 
 SYSTEMS = ("tapdiff", "two-model")
 
@@ -74,19 +74,14 @@ def replayer(calls: list):
                       f"{', channels-last in' if layout is torch.channels_last else ''}")
         prepared.append((ops[op], x, weight, bias, args, kwargs))
 
-    def run() -> list[float]:
-        seconds = []
-        for fn, x, weight, bias, args, kwargs in prepared:
-            t0 = time.perf_counter()
-            fn(x, weight, bias, *args, **kwargs)
-            seconds.append(time.perf_counter() - t0)
-        return seconds
+    def run() -> list[float]:  # one round: each call timed once, in the recorded order
+        return [timed(lambda c=c: c[0](c[1], c[2], c[3], *c[4], **c[5]), repeats=1, warmup=0)[0] for c in prepared]
     return run, macs, labels
 
 
 def spread(values: list[float]) -> str:
-    q = statistics.quantiles(values, n=10)
-    return f"{statistics.median(values):.3f} [{q[0]:.3f}, {q[-1]:.3f}]"
+    q = quantiles(values)
+    return f"{q['median']:.3f} [{q['p10']:.3f}, {q['p90']:.3f}]"
 
 
 @torch.no_grad()
@@ -116,9 +111,7 @@ def main(argv=None) -> None:
     per_call = {n: [] for n in SYSTEMS}
     for _ in range(args.rounds):
         for name in SYSTEMS:
-            t0 = time.perf_counter()
-            evals[name]()
-            times[(name, "eval")].append(time.perf_counter() - t0)
+            times[(name, "eval")] += timed(evals[name], repeats=1, warmup=0)
             seconds = replays[name]()
             times[(name, "conv")].append(sum(seconds))
             per_call[name].append(seconds)

@@ -13,7 +13,7 @@ import torch
 from report import emit, header
 
 from engine.api import Engine
-from engine.evaluation.bench import interleaved, paired_ratio, quantiles
+from engine.evaluation.timing import interleaved, paired_ratio, quantiles
 from engine.storage.checkpoint import DEFAULT_CHECKPOINT
 
 

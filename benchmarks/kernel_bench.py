@@ -2,10 +2,11 @@
 
     python benchmarks/kernel_bench.py [--threads N] [--batches 1,16] [--quick] [--out benchmarks/results/kernels.md]
 
-On a CUDA GPU: ``triton.testing.do_bench`` (median, 20th-80th percentile; L2 flushed between runs) of each
-Triton path and of the reference, in fp32 and fp16, with achieved GB/s over the minimum traffic (every input
+Timed with the project's one timer (``engine.evaluation.timing``: interleaved rounds, median and p10-p90; each
+sample the mean of back-to-back calls lasting about 1 ms, so caches are warm). On a CUDA GPU: each Triton path
+and the reference, in fp32 and fp16, the device synchronised before the clock stops, with achieved GB/s over the minimum traffic (every input
 read once, every output written once) and TFLOP/s for attention (4 * B * N^2 * C: QK^T and PV, 2 per MAC).
-On CPU: ``torch.utils.benchmark`` (median and IQR) of the references only, fp32: outside TRITON_INTERPRET=1
+On CPU: the references only, fp32: outside TRITON_INTERPRET=1
 the Triton kernels need a GPU, and interpreter timings measure Python emulation, not the kernel.
 Either way it ends with every kernel's compile-time metadata for sm_90 and sm_80 (``kernels.aot``: real
 ``triton.compile``, no GPU needed): warps, stages, shared memory, registers, spills, matrix instructions.
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 from report import emit, header
+
+from engine.evaluation.timing import calls_per_sample, device_sync, interleaved, quantiles
 
 from kernels import (
     silu_affine_adjoint_reference,
@@ -108,38 +111,28 @@ def cases(device: str, dtypes: list[torch.dtype], batches: list[int], with_trito
                     yield Case("silu_affine_adjoint", f"S={S} B={B} {C}x{H}x{W} {what}", dt, impls, moved)
 
 
-def time_cpu(fn: Callable, min_run_time: float) -> tuple[float, str]:
-    """(median seconds, "IQR" in us) over torch.utils.benchmark's blocked runs, after one warm-up call."""
-    from torch.utils import benchmark
-
-    fn()
-    m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run_time)
-    return m.median, f"{m.iqr * 1e6:.1f}"
-
-
-def time_gpu(fn: Callable, rep_ms: int) -> tuple[float, str]:
-    """(median seconds, "p20-p80" in us) from triton.testing.do_bench (which flushes L2 between runs)."""
-    import triton.testing
-
-    med, lo, hi = triton.testing.do_bench(fn, warmup=max(10, rep_ms // 4), rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
-    return med / 1e3, f"{lo * 1e3:.1f}-{hi * 1e3:.1f}"
+def time_impls(impls: dict[str, Callable], device: str, quick: bool) -> dict[str, dict]:
+    """``timing.quantiles`` of each implementation's seconds per call, interleaved rounds; each sample the mean of
+    back-to-back calls lasting about 1 ms (warm caches), the device synchronised before the clock stops."""
+    sync = device_sync(device)
+    number = calls_per_sample(next(iter(impls.values())), sync)
+    times = interleaved(impls, repeats=10 if quick else 30, warmup=2, sync=sync, number=number)
+    return {name: quantiles(t) for name, t in times.items()}
 
 
 def timing_table(device: str, dtypes: list[torch.dtype], batches: list[int], quick: bool) -> list[str]:
     gpu = device == "cuda"
-    spread = "p20-p80" if gpu else "IQR"
     rate = "TFLOP/s" if gpu else "GFLOP/s"
-    lines = [f"| kernel | shape | dtype | impl | median us | {spread} us | GB/s | {rate} | vs torch | note |",
+    lines = [f"| kernel | shape | dtype | impl | median us | p10-p90 us | GB/s | {rate} | vs torch | note |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
     for case in cases(device, dtypes, batches, with_triton=gpu):
-        base = None
-        for name, fn in case.impls.items():
-            med, spread_us = time_gpu(fn, 20 if quick else 100) if gpu else time_cpu(fn, 0.05 if quick else 0.3)
-            base = base or med
+        timings = time_impls(case.impls, device, quick)
+        base = timings["torch"]["median"]
+        for name, q in timings.items():
+            med = q["median"]
             flops = f"{case.flops / med / (1e12 if gpu else 1e9):.2f}" if case.flops else ""
             lines.append(f"| {case.kernel} | {case.shape} | {str(case.dtype).split('.')[1]} | {name} | {med * 1e6:.1f} | "
-                         f"{spread_us} | {case.bytes / med / 1e9:.1f} | {flops} | "
+                         f"{q['p10'] * 1e6:.1f}-{q['p90'] * 1e6:.1f} | {case.bytes / med / 1e9:.1f} | {flops} | "
                          f"{'' if name == 'torch' else f'x{base / med:.2f}'} | {case.note if name != 'torch' else ''} |")
     return lines
 
@@ -188,13 +181,13 @@ def main() -> None:
     lines = [header(__file__), f"Load average (1 min) at start: {load:.2f} on {os.cpu_count()} cores"
              + (": other processes were running, CPU timings are noisy." if load > 0.5 else "."), ""]
     if gpu:
-        lines += [(f"Device: {torch.cuda.get_device_name()}. Times: triton.testing.do_bench median (ms -> us) and "
-                  "20th-80th percentile, L2 flushed between runs."), ""]
+        lines += [(f"Device: {torch.cuda.get_device_name()}. Times: median and p10-p90 of interleaved rounds "
+                  "(engine.evaluation.timing), warm caches."), ""]
     else:
         lines += [("Device: CPU only, no CUDA. The Triton kernels were NOT run: outside TRITON_INTERPRET=1 they need a "
                   "GPU, and interpreter timings measure Python emulation, not the kernel (their correctness is checked "
                   "under the interpreter by tests/test_kernels.py). Below: the PyTorch references, "
-                  "torch.utils.benchmark median and IQR, fp32. The largest cases (e.g. tap_pair_norm at B=16, full "
+                  "median and p10-p90 of interleaved rounds, fp32. The largest cases (e.g. tap_pair_norm at B=16, full "
                   "resolution) are dominated by page faults on fresh multi-MB temporaries, which the CPU allocator "
                   "returns to the OS on free, not by arithmetic."), ""]
     lines += [("GB/s: minimum traffic (each input read once, each output written once) / median time. Attention FLOPs: "

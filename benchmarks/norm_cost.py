@@ -10,24 +10,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from report import emit, header
 
 from engine.evaluation.cost import count_macs
+from engine.evaluation.timing import timed
 from engine.models.classifier import NoiseConditionedClassifier
 from engine.storage.config import ClassifierConfig
 
 
 def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timed(fn, repeats))
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ import torch
 from report import emit, header, record
 
 from engine.api import Engine
-from engine.evaluation.bench import interleaved, paired_ratio
+from engine.evaluation.timing import interleaved, paired_ratio
 from engine.evaluation.cost import score_eval
 from engine.storage.checkpoint import DEFAULT_CHECKPOINT
 from export.artifacts import GraphSpec, default_cache_dir, ensure_score_graphs

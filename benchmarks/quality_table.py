@@ -24,7 +24,9 @@ from report import cache_key, emit, header, load_cache, record, save_cache
 
 from engine.audio.datasets import DEFAULT_DATA
 from engine.api import Engine
-from engine.evaluation.cost import peak_step_memory, step_cost, time_score_eval
+from engine.evaluation.cost import step_cost, time_score_eval
+from engine.evaluation.memory import MIB
+from engine.evaluation.memory.process_probe import Runtime, measured_memory
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import SCORE_NETWORKS
 from engine.bundle import has_model, load_bundle
@@ -48,8 +50,9 @@ def quality(engine: Engine, ev, data: str, clips: int, seed: int, sampler: str |
 
 def performance(engine: Engine, checkpoint: str) -> dict:
     """Median wall time and peak-RSS increase of one score evaluation, guided and unguided, batch 1 and 16."""
-    return {f"{b}/{g}": {"median_s": time_score_eval(engine.bundle, b, g)["median_s"],
-                         "peak_mb": peak_step_memory(checkpoint, engine.model_name, b, g)["step_peak_increase_mb"]}
+    return {f"{b}/{g}": {"median_s": time_score_eval(engine.bundle, b, g)["median"],
+                         "peak_mb": measured_memory(checkpoint, engine.model_name, Runtime("torch"), b, g,
+                                                   evals=4)["steady_peak_increase_bytes"] / MIB}
             for b in BATCHES for g in GAMMAS}
 
 

@@ -38,14 +38,14 @@ def main() -> int:
         f"| **step, unguided** | **{c.unguided_macs / g:.3f}** |",
         f"| **step, guided** | **{c.guided_macs / g:.3f}** |",
         "",
-        "| batch | guidance | median s / score eval | q1 | q3 | ms per clip |",
+        "| batch | guidance | median s / score eval | p10 | p90 | ms per clip |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for b in args.batches:
         for gamma in (0.0, 3.0):
             t = time_score_eval(bundle, b, gamma, repeats=args.repeats)
-            lines.append(f"| {b} | {gamma:g} | {t['median_s']:.4f} | {t['q1_s']:.4f} | {t['q3_s']:.4f} | "
-                         f"{1000 * t['median_s'] / b:.1f} |")
+            lines.append(f"| {b} | {gamma:g} | {t['median']:.4f} | {t['p10']:.4f} | {t['p90']:.4f} | "
+                         f"{1000 * t['median'] / b:.1f} |")
     emit("\n".join(lines) + "\n", args.out)
     return 0
 

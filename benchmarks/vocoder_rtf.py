@@ -24,7 +24,7 @@ import torch
 from report import emit, header
 
 from engine.audio.datasets import DEFAULT_DATA
-from engine.audio.vocoder_compare import (HALVES, QUALITY_FORMATS, against_baseline, compare_vocoders,
+from engine.evaluation.vocoder_compare import (HALVES, QUALITY_FORMATS, against_baseline, compare_vocoders,
                                           load_reference_clips)
 from engine.audio.vocoders import GriffinLim, PGHIGriffinLim, make_vocoder
 from engine.bundle import load_bundle

@@ -112,7 +112,8 @@ class Engine:
     def __init__(self, checkpoint: str | Path | None = None, model: str | None = None, vocoder: str | None = None,
                  batch_size: int = 16, progress: bool = False, hifigan_dir: str | Path | None = None,
                  device: str = "cpu", backend: str = DEFAULT_BACKEND, artifacts: str | Path | None = None,
-                 limits: Limits | None = None, batch_invariant: bool | None = None, fades: Sequence[float] = ()):
+                 limits: Limits | None = None, batch_invariant: bool | None = None, fades: Sequence[float] = (),
+                 capture: bool = True):
         """``model``: the score network (``engine.models.registry``); None: the checkpoint's default
         (``engine.bundle.default_model``: tapdiff, or its distilled student once that met the quality rule);
         ``backend``: which runtime evaluates the score (``engine.backends``: torch, onnxruntime, tensorrt, or
@@ -128,7 +129,10 @@ class Engine:
         with copies of the last clip, which costs a lone clip the full batch. None (the default): on where it
         costs no padding, off elsewhere;
         ``fades``: guidance fades whose denoisers are built at load, besides the checkpoint's (a service that must
-        never export while it answers names the fades it allows here; at most ``limits.max_fades`` in all)."""
+        never export while it answers names the fades it allows here; at most ``limits.max_fades`` in all);
+        ``capture``: False samples with the eager solver loop even where CUDA graphs would be captured (to time
+        what capture gains, or to debug a step). Which fused kernels run is ``kernels.dispatch``'s switch
+        (``TAPDIFF_KERNELS``)."""
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"device {device!r} requested but CUDA is not available to torch")
@@ -158,7 +162,7 @@ class Engine:
         self._denoisers_lock = threading.Lock()
         # static-buffer runners (CapturedSampler) per (spec, batch, guided): on CUDA for backends that run on the
         # capturing stream; elsewhere the eager loop (tests switch them on on CPU, where they step eagerly)
-        self.static_runners = can_capture(self.device) and backend_can_be_captured(self.backend)
+        self.static_runners = bool(capture) and can_capture(self.device) and backend_can_be_captured(self.backend)
         self._runners: dict = {}
         self._runners_lock = threading.Lock()
         # the checkpoint's measured choice (benchmarks/choose_sampling.py --write), checked on load

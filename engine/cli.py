@@ -253,7 +253,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_memory(args) -> int:
-    from .evaluation.memory import RUNTIME_NAMES, memory_report, write_report
+    from .evaluation.memory.process_probe import RUNTIME_NAMES
+    from .evaluation.memory.report import memory_report, write_report
     from .provenance import run_record
 
     record = run_record(_command(args))
@@ -298,7 +299,7 @@ def cmd_vocoder_import(args) -> int:
 
 
 def cmd_vocoder_compare(args) -> int:
-    from .audio.vocoder_compare import compare_vocoders, load_reference_clips, render_rows
+    from .evaluation.vocoder_compare import compare_vocoders, load_reference_clips, render_rows
     from .audio.vocoders import make_vocoder
     from .bundle import load_bundle
     from .evaluation.quality import QualityJudge

@@ -37,7 +37,7 @@ SCORE_NETWORKS = {
     "two-model-distilled": ("U-Net distilled from the guided two-model pipeline: no classifier when sampling",
                             "two-model"),
 }
-MEMORY_RUNTIMES = ("torch", "ort", "ort-off", "ort-arena", "ort-pattern")  # engine.evaluation.memory.RUNTIME_NAMES
+MEMORY_RUNTIMES = ("torch", "ort", "ort-off", "ort-arena", "ort-pattern")  # engine.evaluation.memory.process_probe.RUNTIME_NAMES
 CLASSIFIER_WIDTHS = (32, 48, 96, 192)  # engine.storage.config.ClassifierConfig().widths
 # engine.training.workflows.AdaptRun, DistillRun; engine.training.distill.TrajectorySettings;
 # engine.training.dmd.DMDSettings: the defaults the CLI shows and passes

@@ -12,13 +12,17 @@ under Ray Serve (optional extra ``tapdiff[replicas]``: ``ray[serve]``).
   logs, timeouts and disconnects are those of ``create_app``, per replica. Ray Serve checks each replica's
   health (``check_health``: the engine answers) and replaces one that fails. ``/metrics`` is the metrics of
   the replica that answered the scrape (label ``replica``).
+- The port is taken by this process before Ray starts (``reserve_port``; ``--port 0``: a free one) and held while
+  it serves; Ray Serve's proxy listens on it beside the held socket, and the line saying where it serves names it.
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import Future
@@ -27,7 +31,7 @@ import torch
 
 from .api import DEFAULT_GUIDANCE, Engine
 from .diffusion.solvers import SamplerSpec
-from .errors import InvalidInput, MissingDependency
+from .errors import InvalidInput, MissingDependency, PortUnavailable
 from .limits import ServerLimits
 
 logger = logging.getLogger(__name__)
@@ -140,14 +144,39 @@ def deployment(replicas: int, threads: int = 1, max_ongoing: int = 64):
     return TapdiffReplica
 
 
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (``port`` 0: a free one, which the kernel picks), with SO_REUSEPORT, that never
+    listens: it holds the port for Ray Serve's proxy, which binds the same address with SO_REUSEPORT too (Serve's
+    default, ``SERVE_SOCKET_REUSE_PORT_ENABLED=1``) and is the only socket on it that listens, so every connection
+    reaches the proxy. Ray Serve binds port 0 if asked, but nothing in it says which port its proxy got (the proxy
+    keeps the 0 it was given) and a restarted proxy would get another; held here, the port is known before Ray
+    starts, is the one the log names and the replicas' Host check uses, survives a proxy restart, and no other
+    process can take it meanwhile (only a socket of this user asking for SO_REUSEPORT on this very port could share
+    it). A taken port or a bad host fails here, with an error naming them, before the engine loads or Ray starts."""
+    try:  # the address family Ray Serve's proxy uses: IPv6 for an IPv6 address, else IPv4
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise PortUnavailable(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    return sock
+
+
 def serve_replicas(engine_kwargs: dict, replicas: int, host: str, port: int, max_batch: int, max_delay_ms: float,
                    limits: ServerLimits = ServerLimits(), threads: int = 1, allowed_hosts: set[str] | None = None,
                    log_level: int = logging.INFO) -> None:
-    """Start a local Ray instance, serve ``replicas`` replicas on ``host:port`` until SIGTERM or Ctrl-C, then shut
-    Serve down (each replica finishes its requests in flight, up to the graceful shutdown timeout). Each replica's
-    app answers the Host headers ``allowed_hosts`` (default: ``engine.serve.allowed_hosts_for(host, port)``), as
-    the single-process server does. Each replica shows its log records on stderr at ``log_level``
-    (``engine.cli_logging``), which Ray passes on to this process."""
+    """Start a local Ray instance, serve ``replicas`` replicas on ``host:port`` (``port`` 0: a free one; the line
+    saying where it serves names it) until SIGTERM or Ctrl-C, then shut Serve down (each replica finishes its
+    requests in flight, up to the graceful shutdown timeout). Each replica's app answers the Host headers
+    ``allowed_hosts`` (default: ``engine.serve.allowed_hosts_for(host, port)``), as the single-process server does.
+    Each replica shows its log records on stderr at ``log_level`` (``engine.cli_logging``), which Ray passes on to
+    this process."""
     from .serve import allowed_hosts_for
 
     try:
@@ -159,21 +188,24 @@ def serve_replicas(engine_kwargs: dict, replicas: int, host: str, port: int, max
         raise InvalidInput(f"--replicas must be >= 2 for Ray Serve (1 is the in-process server), got {replicas}")
     if threads < 1:
         raise InvalidInput(f"--threads must be >= 1, got {threads}")
-    Engine(**engine_kwargs)  # bad arguments fail here, before Ray starts; builds the exported graphs once
-    # Ray starts its workers at niceness 15; the replicas are this service's work, so they run at the caller's
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(num_cpus=replicas, include_dashboard=False, configure_logging=False, log_to_driver=True)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        serve.start(http_options={"host": host, "port": port})
-        hosts = allowed_hosts if allowed_hosts is not None else allowed_hosts_for(host, port)
-        serve.run(deployment(replicas, threads).bind(engine_kwargs, max_batch, max_delay_ms, limits, hosts,
-                                                     log_level),
-                  name="tapdiff", route_prefix="/")
-        logger.info(f"serving {replicas} replicas on http://{host}:{port}")
-        stop.wait()
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with reserve_port(host, port) as held:  # a taken port fails now, not after the engine has loaded
+        port = held.getsockname()[1]
+        Engine(**engine_kwargs)  # bad arguments fail here, before Ray starts; builds the exported graphs once
+        # Ray starts its workers at niceness 15; the replicas are this service's work, so they run at the caller's
+        os.environ.setdefault("RAY_worker_niceness", "0")
+        os.environ["SERVE_SOCKET_REUSE_PORT_ENABLED"] = "1"  # the proxy binds the port beside the held socket
+        ray.init(num_cpus=replicas, include_dashboard=False, configure_logging=False, log_to_driver=True)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        try:
+            serve.start(http_options={"host": host, "port": port})  # returns once the proxy listens
+            hosts = allowed_hosts if allowed_hosts is not None else allowed_hosts_for(host, port)
+            serve.run(deployment(replicas, threads).bind(engine_kwargs, max_batch, max_delay_ms, limits, hosts,
+                                                         log_level),
+                      name="tapdiff", route_prefix="/")
+            logger.info(f"serving {replicas} replicas on http://{host}:{port}")
+            stop.wait()
+        finally:
+            serve.shutdown()
+            ray.shutdown()

@@ -13,7 +13,8 @@ until a CUDA tensor asks for one. They are verified on CPU only, under TRITON_IN
 (not run) for sm_90/sm_80 by ``kernels.aot``.
 """
 from .attention import multi_head_attention, tap_attention, tap_attention_reference
-from .dispatch import SUPPORTED_DTYPES, backend_for, may_overwrite, needs_grad, triton_available
+from .dispatch import (KERNELS_ENV, SUPPORTED_DTYPES, backend_for, kernel_choice, may_overwrite, needs_grad,
+                       triton_available, using_kernels)
 from .rowwise import per_row, row_linear
 from .silu_adjoint import (
     silu_affine_adjoint,
@@ -49,4 +50,7 @@ __all__ = [
     "tap_rms_norm",
     "tap_rms_norm_reference",
     "triton_available",
+    "KERNELS_ENV",
+    "kernel_choice",
+    "using_kernels",
 ]

@@ -4,20 +4,7 @@ import json
 import pytest
 
 from engine.cli import main
-from engine.evaluation.bench import interleaved, paired_ratio, quantiles, scaling
-
-
-def test_interleaving_runs_one_call_of_each_per_round():
-    order = []
-    times = interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1)
-    assert order == ["a", "b"] * 4 and [len(v) for v in times.values()] == [3, 3]
-
-
-def test_ratios_are_paired_per_round():
-    a, b = [2.0, 4.0, 6.0, 8.0], [1.0, 2.0, 3.0, 4.0]  # a drifts, but is always twice b
-    assert paired_ratio(a, b) == {"median": 2.0, "p10": 2.0, "p90": 2.0}
-    q = quantiles([1.0, 2.0, 3.0, 4.0, 5.0])
-    assert q["median"] == 3.0 and q["p10"] < 1.5 and q["p90"] > 4.5
+from engine.evaluation.bench import scaling
 
 
 def test_scaling_finds_where_throughput_stops_improving():
@@ -25,6 +12,7 @@ def test_scaling_finds_where_throughput_stops_improving():
     assert scaling(rows, ["m"]) == {"m": {"clips_per_s": {1: 2.0, 4: 6.0, 16: 9.7, 64: 10.0}, "saturates_at_batch": 16}}
 
 
+@pytest.mark.slow  # the quick tier (-m "not slow") leaves it out
 def test_bench_command_writes_json_markdown_and_plot_and_reports_skips(tiny_with_baselines, tmp_path):
     out = tmp_path / "bench"
     assert main(["bench", "--checkpoint", str(tiny_with_baselines), "--models", "tapdiff,two-model",
@@ -51,6 +39,20 @@ def test_bench_command_writes_json_markdown_and_plot_and_reports_skips(tiny_with
     md = (out / "bench.md").read_text()
     assert md.startswith("Command: `tapdiff bench") and "| tapdiff/onnxruntime / tapdiff/torch |" in md
     assert "live activations (planned) MiB | process peak over pre-evaluation state (measured) MiB" in md
+    assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_small_bench_writes_its_report_with_the_reference_rate_before_and_after(tiny_checkpoint, tmp_path):
+    """The quick tier's bench: one system, no memory probes; the slow test above runs every system."""
+    out = tmp_path / "bench"
+    assert main(["bench", "--checkpoint", str(tiny_checkpoint), "--models", "tapdiff", "--backends", "torch",
+                 "--batch", "1", "--guidance", "3", "--repeats", "3", "--gen-repeats", "1", "--nfe", "2",
+                 "--sampler", "dpmpp_2m", "--no-memory", "--out", str(out)]) == 0
+    r = json.loads((out / "bench.json").read_text())
+    assert set(r["systems"]) == {"tapdiff/torch"} and len(r["score_eval"][0]["times_s"]["tapdiff/torch"]) == 3
+    rates = r["matmul_gmac_per_s"]
+    assert rates["before"] > 0 and rates["after"] > 0 and isinstance(r["disturbed"], list)
+    assert (out / "bench.md").read_text().startswith("Command: `tapdiff bench")
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -49,7 +49,7 @@ def test_the_parser_copies_equal_the_engine():
     from engine.backends import BACKENDS, DEFAULT_BACKEND
     from engine.diffusion.guidance import DEFAULT_GUIDANCE
     from engine.diffusion.solvers import SOLVERS
-    from engine.evaluation.memory import RUNTIME_NAMES
+    from engine.evaluation.memory.process_probe import RUNTIME_NAMES
     from engine.models.registry import SCORE_NETWORKS
     from engine.storage.checkpoint import DEFAULT_CHECKPOINT
     from engine.storage.config import ClassifierConfig
@@ -165,7 +165,7 @@ def test_memory_is_a_subcommand_of_the_main_parser(capsys):
 
 def test_memory_writes_its_report(tmp_path, monkeypatch, capsys):
     """The wiring of ``tapdiff memory`` (the measurement itself: tests/test_memory_report.py)."""
-    from engine.evaluation import memory
+    from engine.evaluation.memory import report
     from engine.storage.checkpoint import DEFAULT_CHECKPOINT
 
     seen = {}
@@ -174,8 +174,8 @@ def test_memory_writes_its_report(tmp_path, monkeypatch, capsys):
         seen.update(checkpoint=checkpoint, models=models, batches=batches, runtimes=[r.label for r in runtimes])
         return {"rows": [], "checkpoint": checkpoint}
 
-    monkeypatch.setattr(memory, "memory_report", fake_report)
-    monkeypatch.setattr(memory, "render", lambda report, header: header + "the table\n")
+    monkeypatch.setattr(report, "memory_report", fake_report)
+    monkeypatch.setattr(report, "render", lambda result, header: header + "the table\n")
     out = tmp_path / "mem"
     assert main(["memory", "--models", "tapdiff", "--batch", "2,4", "--runtimes", "torch,ort-off", "--out", str(out)]) == 0
     assert seen == {"checkpoint": str(DEFAULT_CHECKPOINT), "models": ["tapdiff"], "batches": (2, 4),

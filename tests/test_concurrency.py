@@ -1,7 +1,6 @@
 """Concurrent callers and request batching: every request gets what it gets alone (per-clip seeds), its own
 errors, and no future is left hanging."""
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -74,14 +73,25 @@ def test_each_request_gets_its_own_error(engine, alone):
 
 def test_close_drains_or_fails_pending_requests_and_never_hangs(engine, monkeypatch):
     real = engine.sample_clips
-    monkeypatch.setattr(engine, "sample_clips", lambda clips, spec: time.sleep(0.3) or real(clips, spec))
+    sampling, gate = threading.Event(), threading.Event()
+
+    def gated(clips, spec):  # a batch starts, then waits for the test to let it run
+        sampling.set()
+        assert gate.wait(timeout=60), "the test never opened the gate"
+        return real(clips, spec)
+
+    monkeypatch.setattr(engine, "sample_clips", gated)
     batcher = Batcher(engine, max_batch=1, max_delay_ms=0)
     futures = [batcher.submit(labels=[1], seed=s, **SPEC) for s in range(4)]
-    batcher.close(cancel_pending=True, timeout=60)
-    assert not batcher._worker.is_alive()
-    done = [f for f in futures if f.exception(timeout=0) is None]
-    failed = [f for f in futures if isinstance(f.exception(timeout=0), BatcherClosed)]
-    assert len(done) + len(failed) == 4 and failed  # none hangs; the queued ones were failed, not dropped
+    assert sampling.wait(timeout=60)  # the first request is in a batch; the other three wait behind it
+    closing = threading.Thread(target=batcher.close, kwargs=dict(cancel_pending=True, timeout=60))
+    closing.start()  # close() fails the waiting requests, then waits for the running batch
+    for f in futures[1:]:
+        assert isinstance(f.exception(timeout=60), BatcherClosed)  # failed, not dropped, while the batch still runs
+    gate.set()
+    closing.join(timeout=120)
+    assert not closing.is_alive() and not batcher._worker.is_alive()
+    assert futures[0].result(timeout=0).mels.shape == (1, 80, 72)  # the running request was finished
     with pytest.raises(BatcherClosed):
         batcher.submit(labels=[1], **SPEC).result(timeout=1)
     drained = Batcher(engine, max_batch=1, max_delay_ms=0)
@@ -105,8 +115,12 @@ def test_generation_sharded_over_two_torchrun_processes_writes_the_single_proces
     one = subprocess.run([sys.executable, "-m", "engine.cli", *args, "--out", str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29517", "-m", "engine.cli", *args, "--out", str(tmp_path / "two")], env=env,
+    # --standalone: the rendezvous is a c10d store on localhost:0, a port the kernel picks as torchrun binds it, and
+    # the workers' process group shares that store (no second port picked first and bound later, which another
+    # process could take in between, as a fixed --master_port could already be taken)
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                          "--nproc_per_node", "2", "-m", "engine.cli", *args, "--out", str(tmp_path / "two")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     import numpy as np

@@ -11,7 +11,7 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper  # noqa: E402
 
-from engine.evaluation import memory  # noqa: E402
+from engine.evaluation.memory import MIB, graph_plan, live_tensors, process_probe, report  # noqa: E402
 
 F = 4  # bytes per float32
 
@@ -34,7 +34,7 @@ def test_chain_holds_a_nodes_input_and_output_together():
     graph input x is made before the evaluation and counted apart."""
     m = _model([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Sigmoid", ["a"], ["b"]),
                 helper.make_node("Relu", ["b"], ["y"])], [_x()], [_y(1000)])
-    p = memory.plan_graph(m)
+    p = graph_plan.plan_graph(m)
     assert p.timeline == [1000 * F, 2000 * F, 2000 * F]
     assert (p.peak_bytes, p.peak_node, p.input_bytes, p.n_fallback) == (2000 * F, 1, 1000 * F, 0)
 
@@ -46,7 +46,7 @@ def test_diamond_keeps_the_long_branch_alive():
     nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Concat", ["a", "a"], ["b"], axis=1),
              helper.make_node("Sigmoid", ["a"], ["c"]), helper.make_node("Concat", ["c", "c"], ["d"], axis=1),
              helper.make_node("Add", ["b", "d"], ["y"])]
-    p = memory.plan_graph(_model(nodes, [_x()], [_y(2000)]))
+    p = graph_plan.plan_graph(_model(nodes, [_x()], [_y(2000)]))
     assert p.timeline == [f * F for f in (1000, 3000, 4000, 5000, 6000)]
     assert p.peak_bytes == 6000 * F and p.peak_node == 4 and p.peak_op == "Add"
     assert sorted(t["name"] for t in p.alive_at_peak) == ["b", "d", "y"]
@@ -59,7 +59,7 @@ def test_unread_tensor_lives_at_its_producer_only_and_weights_are_apart():
     nodes = [helper.make_node("Constant", [], ["k"], value=helper.make_tensor("kv", T.FLOAT, [1, 1000], [0.5] * 1000)),
              helper.make_node("Mul", ["x", "w"], ["a"]), helper.make_node("Relu", ["a"], ["dead"]),
              helper.make_node("Add", ["a", "k"], ["y"])]
-    p = memory.plan_graph(_model(nodes, [_x()], [_y(1000)], [w]))
+    p = graph_plan.plan_graph(_model(nodes, [_x()], [_y(1000)], [w]))
     assert p.timeline == [0, 1000 * F, 2000 * F, 2000 * F]  # Constant; a; a + dead; a + y
     assert (p.weights_bytes, p.constants_bytes) == (1000 * F, 1000 * F)
 
@@ -70,8 +70,8 @@ def test_views_share_their_input_buffer_with_alias():
     nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Reshape", ["a", "s1"], ["b"]),
              helper.make_node("Reshape", ["b", "s2"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
     m = _model(nodes, [_x()], [_y(1000)], [s1, s2])
-    assert memory.plan_graph(m).timeline == [f * F for f in (1000, 2000, 2000, 2000)]
-    assert memory.plan_graph(m, alias=True).timeline == [f * F for f in (1000, 1000, 1000, 2000)]
+    assert graph_plan.plan_graph(m).timeline == [f * F for f in (1000, 2000, 2000, 2000)]
+    assert graph_plan.plan_graph(m, alias=True).timeline == [f * F for f in (1000, 1000, 1000, 2000)]
 
 
 def test_a_shape_inference_cannot_give_comes_from_a_run_and_a_missing_one_is_an_error():
@@ -80,29 +80,29 @@ def test_a_shape_inference_cannot_give_comes_from_a_run_and_a_missing_one_is_an_
     y = helper.make_tensor_value_info("y", T.FLOAT, None)
     m = _model([helper.make_node("NonZero", ["x"], ["nz"]), helper.make_node("Cast", ["nz"], ["y"], to=T.FLOAT)], [x], [y])
     feeds = {"x": np.array([[1, 0, 2], [0, 3, 4]], np.float32)}
-    p = memory.plan_graph(m, feeds=feeds)
+    p = graph_plan.plan_graph(m, feeds=feeds)
     assert p.n_fallback >= 1 and p.n_unresolved == 0
     assert p.timeline == [2 * 4 * 8, 2 * 4 * 8 + 2 * 4 * F]
-    inferred, _ = memory.resolve_shapes(m, fallback=False)
+    inferred, _ = graph_plan.resolve_shapes(m, fallback=False)
     with pytest.raises(ValueError, match="no resolved shape"):
-        memory.liveness(inferred, {})
+        graph_plan.liveness(inferred, {})
 
 
 def test_batch_is_fixed_on_inputs_and_outputs_only_where_it_is_the_batch():
     x = helper.make_tensor_value_info("x", T.FLOAT, ["batch", 8])
     y = helper.make_tensor_value_info("y", T.FLOAT, ["batch", "out_dim"])
-    m = memory.fix_batch(_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y]), 5)
+    m = graph_plan.fix_batch(_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y]), 5)
     dims = lambda vi: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]  # noqa: E731
     assert dims(m.graph.input[0]) == [5, 8] and dims(m.graph.output[0]) == [5, None]
-    assert memory.plan_graph(m).peak_bytes == 5 * 8 * F
+    assert graph_plan.plan_graph(m).peak_bytes == 5 * 8 * F
 
 
 def test_compare_gives_a_verdict_with_its_margin():
-    lo, hi = memory.MARGIN["low"], memory.MARGIN["high"]
-    assert memory.compare(100.0, 100.0)["agree"] is True
-    assert memory.compare(100.0, hi * 100 + memory.MARGIN["fixed_mib"] + 1)["agree"] is False
-    assert memory.compare(100.0, lo * 100 - 1)["agree"] is False
-    assert memory.compare(None, 5.0)["agree"] is None
+    lo, hi = report.MARGIN["low"], report.MARGIN["high"]
+    assert report.compare(100.0, 100.0)["agree"] is True
+    assert report.compare(100.0, hi * 100 + report.MARGIN["fixed_mib"] + 1)["agree"] is False
+    assert report.compare(100.0, lo * 100 - 1)["agree"] is False
+    assert report.compare(None, 5.0)["agree"] is None
 
 
 # ------------------------------------------------------------------------------------------- the tiny bundle
@@ -119,7 +119,7 @@ def tiny_tapdiff(tiny_checkpoint, tmp_path_factory):
 
 def test_planned_figure_of_the_real_graph_resolves_every_shape_and_scales_with_batch(tiny_tapdiff):
     bundle, model, art = tiny_tapdiff
-    plans = {b: memory.planned_onnx(bundle, b, 3.0, art, model) for b in (1, 4, 8)}
+    plans = {b: graph_plan.planned_onnx(bundle, b, 3.0, art, model) for b in (1, 4, 8)}
     for p in plans.values():
         assert p.n_unresolved == 0 and p.n_tensors > 100 and p.peak_bytes > 0 and p.weights_bytes > 0
     assert plans[1].weights_bytes == plans[8].weights_bytes  # weights apart: they do not grow with the batch
@@ -128,9 +128,9 @@ def test_planned_figure_of_the_real_graph_resolves_every_shape_and_scales_with_b
     # shape inference's shapes are the runtime's: every inferred activation checked against a run
     import onnx as _onnx
 
-    from engine.evaluation.memory import _activation_names, _score_feeds, fix_batch, resolve_shapes, run_shapes
+    from engine.evaluation.memory.graph_plan import _activation_names, _score_feeds, fix_batch, resolve_shapes, run_shapes
 
-    m = fix_batch(_onnx.load(str(memory.score_graph(bundle, True, art, model))), 4)
+    m = fix_batch(_onnx.load(str(graph_plan.score_graph(bundle, True, art, model))), 4)
     feeds = _score_feeds(bundle, model, 4, True)
     inferred, res = resolve_shapes(m, feeds)
     names = [n for n in _activation_names(inferred.graph) if n not in res.fallback]
@@ -140,25 +140,26 @@ def test_planned_figure_of_the_real_graph_resolves_every_shape_and_scales_with_b
 
 def test_planned_torch_counts_op_outputs_within_the_allocator_peak(tiny_tapdiff):
     bundle, model, _ = tiny_tapdiff
-    p = memory.planned_torch(bundle, 4, 3.0, model)
+    p = live_tensors.planned_torch(bundle, 4, 3.0, model)
     assert 0 < p["tensors_peak_bytes"] <= p["peak_bytes"]
     assert p["tensors_alive_at_peak"] and p["tensors_peak_op"]
 
 
 def test_measured_figure_in_a_fresh_process_and_its_verdict(tiny_checkpoint, tiny_tapdiff):
     bundle, model, art = tiny_tapdiff
-    planned = memory.planned_torch(bundle, 8, 3.0, model)["peak_mib"]
-    m = memory.measured_memory(tiny_checkpoint, "tapdiff", memory.Runtime("torch"), 8, 3.0, artifacts=art)
+    planned = live_tensors.planned_torch(bundle, 8, 3.0, model)["peak_mib"]
+    m = process_probe.measured_memory(tiny_checkpoint, "tapdiff", process_probe.Runtime("torch"), 8, 3.0, artifacts=art)
     assert m["measured_bytes"] > 0 and m["pid"] > 0 and m["rss_before_kib"] > 0
-    assert isinstance(memory.compare(planned, m["measured_bytes"] / memory.MIB)["agree"], bool)
-    ort = memory.measured_memory(tiny_checkpoint, "tapdiff", memory.Runtime("onnxruntime", False, False), 8, 3.0,
+    assert isinstance(report.compare(planned, m["measured_bytes"] / MIB)["agree"], bool)
+    ort = process_probe.measured_memory(tiny_checkpoint, "tapdiff", process_probe.Runtime("onnxruntime", False, False), 8, 3.0,
                                  artifacts=art)
     assert ort["measured_bytes"] > 0
 
 
+@pytest.mark.slow  # the quick tier (-m "not slow") leaves it out
 def test_report_command_writes_markdown_and_json(tiny_with_baselines, tmp_path):
     out = tmp_path / "mem"
-    assert memory.main(["--checkpoint", str(tiny_with_baselines), "--models", "tapdiff,two-model", "--batch", "2",
+    assert report.main(["--checkpoint", str(tiny_with_baselines), "--models", "tapdiff,two-model", "--batch", "2",
                         "--processes", "1", "--runtimes", "torch,ort-off", "--artifacts", str(tmp_path / "art"),
                         "--out", str(out)]) == 0
     md = (out / "memory.md").read_text()

@@ -1,17 +1,21 @@
-"""The side-by-side table CLI (benchmarks/quality_table.py) and the peak-memory probe it relies on."""
+"""The side-by-side table CLI (benchmarks/quality_table.py) and the peak-memory figure it takes from the process probe."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from engine.evaluation.cost import peak_step_memory
+from engine.evaluation.memory import MIB
+from engine.evaluation.memory.process_probe import Runtime, measured_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_step_peak_memory_grows_with_batch(tiny_checkpoint):
-    one = peak_step_memory(tiny_checkpoint, "tapdiff", 1, 3.0)["step_peak_increase_mb"]
-    many = peak_step_memory(tiny_checkpoint, "tapdiff", 16, 3.0)["step_peak_increase_mb"]
+    def warmed_peak(batch):  # the table's figure: the probe's peak of evaluations 2-4 over the warmed process
+        return measured_memory(tiny_checkpoint, "tapdiff", Runtime("torch"), batch, 3.0, evals=4)[
+            "steady_peak_increase_bytes"] / MIB
+
+    one, many = warmed_peak(1), warmed_peak(16)
     assert 0 <= one < many  # the warm-up's buffers were returned, so batch 16's activations show
 
 

@@ -4,7 +4,9 @@ same settings at the replicas' thread count; bad requests are refused as by one 
 replica; SIGTERM shuts Ray down."""
 import concurrent.futures as cf
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,35 +23,47 @@ if os.environ.get("CI") != "true":
     pytest.importorskip("ray.serve", reason="tapdiff[replicas] (Ray Serve) is not installed")
 
 
-def _free_port() -> int:
-    import socket
+SERVING = re.compile(r"serving 2 replicas on (http://127\.0\.0\.1:\d+)")
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def _until(condition, seconds: float, what: str):
+    """``condition()``'s first truthy value, asked every 0.2 s; fails naming ``what`` after ``seconds`` (a bound on a
+    hang, not a guess at how long something takes)."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"waited {seconds} s for {what}"
+        time.sleep(0.2)
+    return value
+
+
+def _serving(proc) -> re.Match | None:
+    log = open(proc.log_path).read()
+    assert proc.poll() is None, log[-3000:]
+    return SERVING.search(log)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 @pytest.fixture(scope="module")
 def replicas(tiny_checkpoint):
-    port = _free_port()
+    """``--port 0``: the command takes a free port itself and holds it for Ray Serve's proxy (no port picked here and
+    bound later, which another process could take in between); the line saying where it serves names it."""
     log = tempfile.NamedTemporaryFile(prefix="tapdiff-replicas-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--replicas", "2", "--threads", "1",
-                             "--checkpoint", str(tiny_checkpoint), "--port", str(port), "--max-batch", "8",
+                             "--checkpoint", str(tiny_checkpoint), "--port", "0", "--max-batch", "8",
                              "--max-delay-ms", "200", "--max-clips", "4"], stdout=subprocess.DEVNULL, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300  # Ray's start-up: tens of seconds on this machine
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, open(log.name).read()[-3000:]
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200 and "serving 2 replicas" in open(log.name).read():
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    else:
+    proc.log_path = log.name
+    try:
+        url = _until(lambda: _serving(proc), 300, "the server to say where it serves").group(1)  # Ray: tens of s
+        _until(lambda: _answers(url), 60, f"{url}/health to answer")
+    except Exception:  # it died, or never said where it serves, or never answered there
         proc.kill()
         pytest.fail("tapdiff serve --replicas 2 did not come up:\n" + open(log.name).read()[-3000:])
-    proc.log_path = log.name
     yield url, proc
     if proc.poll() is None:
         proc.kill()
@@ -106,9 +120,8 @@ def test_every_replica_logs_its_requests_as_one_process_does(replicas):
     ids = [f"replica-log-{word}" for word in ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot")]
     for rid in ids:
         assert httpx.get(f"{url}/health", headers={"x-request-id": rid}, timeout=30).status_code == 200
-    deadline = time.monotonic() + 60  # Ray passes a replica's lines on to the driver in batches
-    while time.monotonic() < deadline and not all(rid in open(proc.log_path).read() for rid in ids):
-        time.sleep(0.5)
+    # Ray passes a replica's lines on to the driver in batches: wait for them (a bounded wait for the event)
+    _until(lambda: all(rid in open(proc.log_path).read() for rid in ids), 60, "every request's log line")
     log = open(proc.log_path).read()
     assert all(f'"request_id": "{rid}"' in log for rid in ids), log[-3000:]
 
@@ -121,6 +134,18 @@ def test_sigterm_stops_the_replicas_and_ray(replicas):
     assert "Traceback" not in log.split("serving 2 replicas")[-1]
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/health", timeout=5)
+
+
+def test_a_taken_port_is_one_line_before_ray_starts(tiny_checkpoint, capsys):
+    from engine.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--checkpoint", str(tiny_checkpoint), "--replicas", "2", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("args,reason", [(["--replicas", "0"], "--replicas must be >= 2"),

@@ -26,6 +26,7 @@ def test_shipped_checkpoint_is_complete_and_records_its_provenance():
     assert sub < clf  # the adapter stays smaller than its backbone
 
 
+@pytest.mark.slow  # the quick tier (-m "not slow") leaves it out
 def test_guided_samples_are_recognised_more_often_than_unguided(engine, fsdd_root):
     judge = QualityJudge(load_bundle(DEFAULT_CHECKPOINT, model=None, need_evaluator=True), fsdd_root, range(10))
     rates = {}

@@ -5,8 +5,8 @@ import torch
 
 from engine.api import MAX_RUNNERS, Engine
 
-REQUESTS = [dict(labels=[1, 7], n=1, guidance=3.0, seed=1), dict(labels=[7, 7], n=1, guidance=0.5, seed=2),
-            dict(labels=[7, 1], n=1, guidance=0.0, seed=3), dict(labels=[1, 1], n=1, guidance=5.0, seed=4)]
+REQUESTS = [dict(digit=[1, 7], n=1, guidance=3.0, seed=1), dict(digit=[7, 7], n=1, guidance=0.5, seed=2),
+            dict(digit=[7, 1], n=1, guidance=0.0, seed=3), dict(digit=[1, 1], n=1, guidance=5.0, seed=4)]
 
 
 def test_a_kept_runner_sees_each_requests_noise_and_conditioning(tiny_checkpoint):

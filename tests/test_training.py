@@ -149,6 +149,7 @@ if world > 1:
 """
 
 
+@pytest.mark.slow  # the quick tier (-m "not slow") leaves it out
 def test_ddp_under_torchrun_matches_the_single_process_loss_curve_at_equal_global_batch(tmp_path):
     import json
     import os

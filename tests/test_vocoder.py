@@ -9,7 +9,7 @@ from engine.storage.config import FeatureConfig
 from engine.audio.features import log_mel
 from engine.audio.hifigan_import import ts_package_installed
 from engine.audio.vocoders import GriffinLim, PGHIGriffinLim, make_vocoder
-from engine.audio.vocoder_compare import (REAL, against_baseline, copy_synthesis, load_reference_clips,
+from engine.evaluation.vocoder_compare import (REAL, against_baseline, copy_synthesis, load_reference_clips,
                                           spectral_convergence)
 
 CFG = FeatureConfig()
@@ -248,7 +248,7 @@ def test_real_recordings_row_is_the_reference_a_destroyed_vocoder_misses(referen
 
 @pytest.mark.parametrize("clips", [2, 3, 10, 251])
 def test_halves_are_disjoint_and_cover_the_set(clips):
-    from engine.audio.vocoder_compare import HALVES, split_halves
+    from engine.evaluation.vocoder_compare import HALVES, split_halves
 
     halves = split_halves(clips)
     assert tuple(halves) == HALVES
@@ -275,7 +275,7 @@ def test_copy_synthesis_refuses_bad_input_by_name(reference, judge, fsdd_root):
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from engine.audio.vocoder_compare import ReferenceClips, split_halves
+    from engine.evaluation.vocoder_compare import ReferenceClips, split_halves
 
     with pytest.raises(ValueError, match="'short'.*shape"):
         copy_synthesis({"short": lambda m: _destroyed(m)[:, :-1]}, reference, judge)

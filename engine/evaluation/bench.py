@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -26,7 +24,7 @@ from ..api import Engine
 from ..audio.datasets import DEFAULT_DATA
 from ..bundle import has_model, load_bundle
 from .cost import score_eval, step_cost
-from .disturbance import quantiles, spread_too_wide, warning_line
+from .timing import RateWatch, device_sync, interleaved, paired_ratio, quantiles, spread_too_wide, warning_line
 from ..errors import InvalidInput
 
 logger = logging.getLogger(__name__)
@@ -50,22 +48,6 @@ class BenchConfig:
     reference: str = "two-model"  # the model ratios are taken against
     device: str = "cpu"
     vocoder: str | None = None  # the whole generations' vocoder (None: the checkpoint's)
-
-
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Wall seconds of each fn, one call of each per round, ``repeats`` rounds after ``warmup`` rounds."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(warmup + repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            if r >= warmup:
-                times[k].append(time.perf_counter() - t0)
-    return times
-
-
-def paired_ratio(a: list[float], b: list[float]) -> dict:
-    return quantiles([x / y for x, y in zip(a, b)])
 
 
 def _engines(checkpoint, cfg: BenchConfig) -> tuple[dict, dict]:
@@ -129,44 +111,46 @@ def run_bench(checkpoint, cfg: BenchConfig) -> dict:
             "sampler": e.sampler_spec(cfg.sampler, nfe=cfg.nfe).label()}
     pairs = _ratio_pairs(names, cfg)
     planned_cache: dict = {}  # (model, guided, batch) -> the exported graph's plan, shared by its runtimes
-    for batch in cfg.batches:
-        for gamma in cfg.guidances:
+    with RateWatch(cfg.device) as watch:  # the reference rate at the start and the end of the timed work
+        for batch in cfg.batches:
+            for gamma in cfg.guidances:
+                fns = {}
+                for name, e in engines.items():
+                    fn, x, s = score_eval(e.bundle, batch, gamma, e.denoiser, e.device)
+                    fns[name] = lambda fn=fn, x=x, s=s: fn(x, s)
+                times = interleaved(fns, cfg.repeats, sync=device_sync(cfg.device))
+                row = {"batch": batch, "guidance": gamma, "times_s": times,
+                       "latency_s": {k: quantiles(v) for k, v in times.items()},
+                       "ratios": {f"{a} / {b}": paired_ratio(times[a], times[b]) for a, b in pairs}}
+                if cfg.memory:
+                    memory = {n: _memory(checkpoint, engines[n], batch, gamma, cfg, planned_cache) for n in names}
+                    row["peak_mb"] = {n: m["peak_mb"] for n, m in memory.items()}
+                    row["planned_mib"] = {n: m["planned_mib"] for n, m in memory.items()}
+                    row["measured_mib"] = {n: m["measured_mib"] for n, m in memory.items()}
+                    row["memory"] = memory
+                result["score_eval"].append(row)
+                logger.info(f"bench: score evaluation, batch {batch}, guidance {gamma:g}: " + ", ".join(
+                    f"{k} {1e3 * v['median']:.1f} ms" for k, v in row["latency_s"].items()))
+        gamma = max(cfg.guidances)
+        for batch in cfg.batches:
             fns = {}
             for name, e in engines.items():
-                fn, x, s = score_eval(e.bundle, batch, gamma, e.denoiser, e.device)
-                fns[name] = lambda fn=fn, x=x, s=s: fn(x, s)
-            times = interleaved(fns, cfg.repeats)
+                labels = [e.labels[i % len(e.labels)] for i in range(batch)]
+                spec = e.sampler_spec(cfg.sampler, nfe=cfg.nfe)
+                fns[name] = lambda e=e, labels=labels, spec=spec: e.generate(labels, guidance=gamma, spec=spec)
+            times = interleaved(fns, cfg.gen_repeats, sync=device_sync(cfg.device))
             row = {"batch": batch, "guidance": gamma, "times_s": times,
-                   "latency_s": {k: quantiles(v) for k, v in times.items()},
+                   "seconds": {k: quantiles(v) for k, v in times.items()},
+                   "seconds_per_clip": {k: quantiles([t / batch for t in v]) for k, v in times.items()},
+                   "clips_per_s": {k: batch / statistics.median(v) for k, v in times.items()},
+                   "rtf": {k: statistics.median(v) / (batch * clip_seconds) for k, v in times.items()},
                    "ratios": {f"{a} / {b}": paired_ratio(times[a], times[b]) for a, b in pairs}}
-            if cfg.memory:
-                memory = {n: _memory(checkpoint, engines[n], batch, gamma, cfg, planned_cache) for n in names}
-                row["peak_mb"] = {n: m["peak_mb"] for n, m in memory.items()}
-                row["planned_mib"] = {n: m["planned_mib"] for n, m in memory.items()}
-                row["measured_mib"] = {n: m["measured_mib"] for n, m in memory.items()}
-                row["memory"] = memory
-            result["score_eval"].append(row)
-            logger.info(f"bench: score evaluation, batch {batch}, guidance {gamma:g}: " + ", ".join(
-                f"{k} {1e3 * v['median']:.1f} ms" for k, v in row["latency_s"].items()))
-    gamma = max(cfg.guidances)
-    for batch in cfg.batches:
-        fns = {}
-        for name, e in engines.items():
-            labels = [e.labels[i % len(e.labels)] for i in range(batch)]
-            spec = e.sampler_spec(cfg.sampler, nfe=cfg.nfe)
-            fns[name] = lambda e=e, labels=labels, spec=spec: e.generate(labels, guidance=gamma, spec=spec)
-        times = interleaved(fns, cfg.gen_repeats)
-        row = {"batch": batch, "guidance": gamma, "times_s": times,
-               "seconds": {k: quantiles(v) for k, v in times.items()},
-               "seconds_per_clip": {k: quantiles([t / batch for t in v]) for k, v in times.items()},
-               "clips_per_s": {k: batch / statistics.median(v) for k, v in times.items()},
-               "rtf": {k: statistics.median(v) / (batch * clip_seconds) for k, v in times.items()},
-               "ratios": {f"{a} / {b}": paired_ratio(times[a], times[b]) for a, b in pairs}}
-        result["generate"].append(row)
-        logger.info(f"bench: generate {batch} clips: "
-                    + ", ".join(f"{k} {v['median']:.2f} s" for k, v in row["seconds"].items()))
+            result["generate"].append(row)
+            logger.info(f"bench: generate {batch} clips: "
+                        + ", ".join(f"{k} {v['median']:.2f} s" for k, v in row["seconds"].items()))
     result["scaling"] = scaling(result["generate"], names)
-    result["disturbed"] = disturbances(result)
+    result["matmul_gmac_per_s"] = {"before": watch.before, "after": watch.after}
+    result["disturbed"] = disturbances(result) + watch.problems
     if result["disturbed"]:
         logger.warning(warning_line(result["disturbed"]))
     result["parity"] = parity(engines, cfg)
@@ -215,9 +199,12 @@ def _memory(checkpoint, engine: Engine, batch: int, gamma: float, cfg: BenchConf
       set's peak (on GPU: device memory in use) over its state once the model and runtime are built, the
       first evaluations included, with the engine's runtime settings; None with ``measured_reason`` where
       this machine cannot take it;
-    - ``peak_mb``, the earlier figure, kept: on CPU the resident set's peak of three evaluations over the
-      process warmed by one (the same probe's), on GPU torch's allocator peak in this process."""
-    from .memory import MIB, Runtime, measured_memory, planned_onnx, planned_torch
+    - ``peak_mb``, the earlier figure, kept, from the same probe: on CPU the resident set's peak of three
+      evaluations over the process warmed by one, on GPU torch's allocator peak over the evaluations."""
+    from .memory import MIB
+    from .memory.graph_plan import planned_onnx
+    from .memory.live_tensors import planned_torch
+    from .memory.process_probe import Runtime, measured_memory
 
     out: dict = {}
     if engine.backend == "torch":
@@ -229,7 +216,6 @@ def _memory(checkpoint, engine: Engine, batch: int, gamma: float, cfg: BenchConf
             on_cpu = engine.torch_denoiser if engine.device.type == "cpu" else None  # export needs a CPU model
             planned_cache[key] = planned_onnx(engine.bundle, batch, gamma, cfg.artifacts, on_cpu).peak_mib
         out["planned_mib"], out["planned_source"] = planned_cache[key], "exported ONNX graph, liveness"
-    cuda = engine.device.type == "cuda"
     try:
         m = measured_memory(checkpoint, engine.model_name, Runtime(engine.backend), batch, gamma,
                             threads=torch.get_num_threads(), evals=4, device=str(engine.device),
@@ -243,17 +229,11 @@ def _memory(checkpoint, engine: Engine, batch: int, gamma: float, cfg: BenchConf
     for k in ("torch_allocator_peak_bytes", "nvml_delta_bytes", "tensorrt_context_bytes"):
         if k in m:
             out[k] = m[k]
-    if cuda:
-        fn, x, s = score_eval(engine.bundle, batch, gamma, engine.denoiser, engine.device)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn(x, s)
-        torch.cuda.synchronize()
-        out["peak_mb"] = (torch.cuda.max_memory_allocated() - before) / 2 ** 20
-    else:
-        steady = m.get("steady_peak_increase_bytes")
-        out["peak_mb"] = None if steady is None else steady / 2 ** 20
+    if engine.device.type == "cuda":  # torch's allocator peak over the evaluations, from the same probe
+        peak = m.get("torch_allocator_peak_bytes")
+    else:  # the resident set's peak of evaluations 2-4 over the process warmed by the first
+        peak = m.get("steady_peak_increase_bytes")
+    out["peak_mb"] = None if peak is None else peak / MIB
     return out
 
 

@@ -8,8 +8,6 @@ the engine samples with (``engine.diffusion.score_model.score_model``).
 """
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +17,7 @@ from ..diffusion.guidance import conditioned
 from ..diffusion.score_model import DistilledDenoiser, GuidedDenoiser, score_model
 from ..diffusion.taps import onehot
 from ..bundle import Bundle
+from .timing import quantiles, timed
 
 
 def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -107,64 +106,8 @@ def score_eval(bundle: Bundle, batch: int, guidance: float, model=None, device: 
 
 @torch.no_grad()
 def time_score_eval(bundle: Bundle, batch: int, guidance: float, repeats: int = 10, warmup: int = 2) -> dict:
-    """Median and spread of the wall time of one score evaluation (the sampler's unit of work), with the
-    raw times."""
+    """Wall seconds of one score evaluation (the sampler's unit of work): ``timing.quantiles`` of the rounds,
+    with the raw times."""
     fn, x, sigma = score_eval(bundle, batch, guidance)
-    for _ in range(warmup):
-        fn(x, sigma)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(x, sigma)
-        times.append(time.perf_counter() - t0)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"batch": batch, "guidance": guidance, "median_s": statistics.median(times), "q1_s": q[0], "q3_s": q[2],
-            "times_s": times}
-
-
-_MEMORY_PROBE = r"""
-import json, sys, torch
-from engine.api import Engine
-from engine.evaluation.cost import score_eval
-
-def status_kb(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-
-ckpt, model, batch, gamma, backend, artifacts = sys.argv[1:7]
-engine = Engine(ckpt, model=model, backend=backend, artifacts=artifacts or None)
-fn, x, s = score_eval(engine.bundle, int(batch), float(gamma), engine.denoiser)
-with torch.no_grad():
-    fn(x, s)  # warm-up: allocator pools and lazy initialisation are not the step's
-    before = status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as cr:
-        cr.write("5")  # reset the peak-RSS high-water mark (VmHWM) to the current RSS
-    for _ in range(3):
-        fn(x, s)
-peak = status_kb("VmHWM")
-sys.stdout.write(json.dumps({"rss_before_mb": before / 1024, "peak_rss_mb": peak / 1024,
-                            "step_peak_increase_mb": (peak - before) / 1024}) + "\n")
-"""
-
-
-def peak_step_memory(checkpoint, model: str, batch: int, guidance: float, backend: str = "torch",
-                     artifacts=None) -> dict:
-    """Peak over the warmed process: the resident-set increase of score evaluations after a warm-up one, in
-    a fresh Linux process: after loading and one warm-up evaluation the peak-RSS mark is reset
-    (/proc/self/clear_refs), then three evaluations run; the increase of the peak over the resident size
-    before them is the figure. What the warm-up made a runtime keep (onnxruntime's arena, torch's pools) is
-    NOT in it, so it is not comparable across backends: ``engine.evaluation.memory`` has the figures that
-    are (live activations, planned; the process peak over its pre-evaluation state, measured).
-    ``backend``: which runtime evaluates."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    # A fixed mmap threshold stops glibc from raising it as large blocks are freed, so every tensor buffer
-    # above 128 KiB is mapped and unmapped on its own and the warm-up's buffers do not stay resident.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-    args = [str(checkpoint), model, str(batch), str(guidance), backend, str(artifacts or "")]
-    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, *args], capture_output=True, text=True, check=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    times = timed(lambda: fn(x, sigma), repeats, warmup)
+    return {"batch": batch, "guidance": guidance, **quantiles(times), "times_s": times}

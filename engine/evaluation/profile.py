@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from ..diffusion.solvers import get_solver
 from ..stages import STAGES, current_stage, stage
 from ..storage.atomic import atomic_write, atomic_write_bytes, make_folder
 from .cost import _EXTRA_FORMULAS
-from .disturbance import drifted, quantiles, spread_too_wide, warning_line
+from .timing import RateWatch, device_sync, interleaved, quantiles, spread_too_wide, warning_line
 
 STEP = "preconditioning, guidance and solver update"
 
@@ -41,21 +40,6 @@ class StageFlopCounter(FlopCounterMode):
         if func_packet in self.flop_registry:
             self.by_stage[current_stage()] += self.flop_registry[func_packet](*args, **kwargs, out_val=out)
         return super()._count_flops(func_packet, out, args, kwargs)
-
-
-def matmul_rate(sizes=(512, 1024, 2048), repeats: int = 5) -> float:
-    """This machine's float32 matmul rate in GMAC/s: the best over square sizes of the median of ``repeats``."""
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        a @ b
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t0)
-        best = max(best, n ** 3 / statistics.median(times) / 1e9)
-    return best
 
 
 def _stage_times(events) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
@@ -111,17 +95,11 @@ def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 
     def run_vocoder(x):
         return engine.finish(labels, x.clamp(-20, 20))
 
-    x = run_steps()  # warm-up
-    run_vocoder(x)
-    rate_before = matmul_rate()
-    step_times, voc_times = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        x = run_steps()
-        t1 = time.perf_counter()
-        run_vocoder(x)
-        step_times.append((t1 - t0) / steps)
-        voc_times.append(time.perf_counter() - t1)
+    state = {}
+    rounds = {"steps": lambda: state.update(x=run_steps()), "vocoder": lambda: run_vocoder(state["x"])}
+    watch = RateWatch(engine.device).start()  # the reference rate now and after the profiled runs
+    times = interleaved(rounds, repeats, warmup=1, sync=device_sync(engine.device))
+    step_times, voc_times = [t / steps for t in times["steps"]], times["vocoder"]
     activities = [torch.profiler.ProfilerActivity.CPU]
     if engine.device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -134,8 +112,9 @@ def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 
     ops = runs[len(runs) // 2][1]
     with StageFlopCounter() as counter:
         run_vocoder(run_steps())
-    rate = matmul_rate()  # the machine's best float32 matmul: what "of matmul rate" compares against
-    disturbed = drifted("matmul rate, GMAC/s", rate_before, rate) + spread_too_wide(
+    watch.stop()
+    rate = watch.after  # the machine's best float32 matmul: what "of matmul rate" compares against
+    disturbed = watch.problems + spread_too_wide(
         {"solver step": quantiles(step_times), "vocoder": quantiles(voc_times)})
     rows = []
     for name in STAGES:
@@ -154,7 +133,7 @@ def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 
     result = {"model": engine.model_name, "backend": engine.backend, "batch": batch, "steps": steps, "guidance": guidance,
               "sampler": spec.label(), "stages": rows, "profiled_step_s": total,
               "measured_step_s": statistics.median(step_times), "measured_vocoder_s": statistics.median(voc_times),
-              "matmul_gmac_per_s": rate, "matmul_gmac_per_s_before": rate_before, "disturbed": disturbed,
+              "matmul_gmac_per_s": rate, "matmul_gmac_per_s_before": watch.before, "disturbed": disturbed,
               "unattributed_ops": ops.get("outside any stage", {}),
               "stages_sum_over_measured": total / statistics.median(step_times)}
     if out_dir is not None:

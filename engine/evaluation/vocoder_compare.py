@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
@@ -14,6 +13,7 @@ import torch
 
 from ..errors import InvalidInput, MissingDependency
 from ..storage.config import FeatureConfig
+from .timing import interleaved
 
 SAMPLE_RATE = 16000
 
@@ -68,7 +68,7 @@ def copy_synthesis_metrics(reference_wave: np.ndarray, vocoded_wave: np.ndarray,
 def spectral_convergence(wave: torch.Tensor, target_mag: torch.Tensor, feature_cfg) -> torch.Tensor:
     """Per clip ||(|STFT(wave)| - target_mag)|| / ||target_mag|| (Frobenius norms, the engine's STFT): how far a
     (B, samples) waveform's magnitudes are from the (B, bins, frames) ones it was made from; 0 meets them all."""
-    from .features import stft_magnitude
+    from ..audio.features import stft_magnitude
 
     return (stft_magnitude(wave, feature_cfg) - target_mag).norm(dim=(1, 2)) / target_mag.norm(dim=(1, 2))
 
@@ -80,17 +80,15 @@ def seconds_per_clip(vocoders: dict[str, Callable[[torch.Tensor], torch.Tensor]]
     once, interleaved so that a drift in the machine's speed falls on all of them alike."""
     if rounds < 1:
         raise InvalidInput("rounds must be >= 1")
-    times = {name: {b: [] for b in batches} for name in vocoders}
+
+    def vocode_all(fn, b):
+        for i in range(0, len(mels), b):
+            fn(mels[i:i + b])
+
+    runs = {(name, b): (lambda fn=fn, b=b: vocode_all(fn, b)) for name, fn in vocoders.items() for b in batches}
     with torch.inference_mode():
-        for r in range(rounds + 1):
-            for name, fn in vocoders.items():
-                for b in batches:
-                    t0 = time.perf_counter()
-                    for i in range(0, len(mels), b):
-                        fn(mels[i:i + b])
-                    if r:
-                        times[name][b].append((time.perf_counter() - t0) / len(mels))
-    return times
+        times = interleaved(runs, rounds, warmup=1)
+    return {name: {b: [t / len(mels) for t in times[(name, b)]] for b in batches} for name in vocoders}
 
 
 class RecognitionJudge(Protocol):
@@ -128,9 +126,9 @@ def load_reference_clips(data: str, clips: int | None, cfg: FeatureConfig,
                          digits: Sequence[int] | None = None) -> ReferenceClips:
     """The test split of ``data`` (only ``digits``, if given), in file-name order: every clip, or ``clips`` of them
     spread evenly over it (every k-th). Each resampled, peak-normalised and fitted to the clip window."""
-    from .datasets import list_items
-    from .features import fit_to_window, peak_normalise
-    from .wav import read_wav, resample
+    from ..audio.datasets import list_items
+    from ..audio.features import fit_to_window, peak_normalise
+    from ..audio.wav import read_wav, resample
 
     if clips is not None and clips < 2:
         raise InvalidInput(f"clips must be at least 2 (one per half of the test set), got {clips}")
@@ -203,7 +201,7 @@ def copy_synthesis(vocoders: dict[str, Callable[[torch.Tensor], torch.Tensor]], 
                    judge: RecognitionJudge) -> list[dict]:
     """The reference clips' log-Mels (the judge's features) through each vocoder, judged by
     ``copy_synthesis_quality``: one row per vocoder, after the row of the real recordings themselves."""
-    from .features import log_mel
+    from ..audio.features import log_mel
 
     cfg = judge.features
     mels = log_mel(torch.from_numpy(reference.waves), cfg).float()
@@ -237,7 +235,7 @@ def compare_vocoders(vocoders: dict[str, Callable[[torch.Tensor], torch.Tensor]]
     """``copy_synthesis`` rows, each vocoder's with its milliseconds per clip at each batch size
     (``seconds_per_clip`` on ``timed_clips`` of the clips spread evenly over them: median, min and max over
     ``rounds``) and the real-time factor of the median at the first batch size."""
-    from .features import log_mel
+    from ..audio.features import log_mel
 
     cfg = judge.features
     timed = reference.waves[:: max(1, len(reference.waves) // timed_clips)][:timed_clips]
