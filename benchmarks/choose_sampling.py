@@ -27,6 +27,7 @@ from engine.audio.datasets import DEFAULT_DATA
 from engine.api import Engine
 from engine.diffusion.solvers import SOLVERS, SamplerSpec
 from engine.evaluation.quality import QualityJudge, evaluate_quality
+from engine.evaluation.render import Panel, Series, save_plot
 from engine.evaluation.timing import timed
 from engine.models.registry import score_network_kind
 from engine.storage.atomic import atomic_write_bytes
@@ -128,31 +129,22 @@ def render(rows: list[dict], args, ref: dict | None, chosen: dict | None) -> str
 
 
 def plot(rows: list[dict], args, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(args.models), 2, figsize=(11, 4 * len(args.models)), squeeze=False)
-    for m, model in enumerate(args.models):
+    """Recognised fraction and FD against NFE, one line per solver, one row of panels per model."""
+    panels = []
+    for model in args.models:
+        series = {"recognised": [], "fd": []}
         for solver in args.solvers:
             pts = sorted((r["nfe"], r["recognised"], r["fd"]) for r in rows
                          if r["model"] == model and r["solver"] == solver and r["fade"] == args.fades[0]
                          and r.get("rho") == args.rhos[0])
             if pts:
                 nfe, rec, fd = zip(*pts)
-                axes[m][0].plot(nfe, rec, marker="o", label=solver)
-                axes[m][1].plot(nfe, fd, marker="o", label=solver)
-        axes[m][1].set_yscale("log")
-        for ax, what in zip(axes[m], ("recognised fraction", "Frechet distance (log scale)")):
-            ax.set_xscale("log")
-            ax.set_xticks(args.nfe, [str(n) for n in args.nfe])
-            ax.set_xlabel("score evaluations per clip (NFE)")
-            ax.set_title(f"{model}: {what}")
-            ax.grid(alpha=0.3)
-        axes[m][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+                series["recognised"].append(Series(solver, nfe, rec))
+                series["fd"].append(Series(solver, nfe, fd))
+        x = "score evaluations per clip (NFE)"
+        panels += [Panel(f"{model}: recognised fraction", x, series["recognised"], xlog=10, xticks=args.nfe),
+                   Panel(f"{model}: Frechet distance (log scale)", x, series["fd"], xlog=10, ylog=True, xticks=args.nfe)]
+    save_plot(path, panels, columns=2)
 
 
 def main() -> int:

@@ -17,12 +17,12 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from report import emit, header
 
 from engine.cli_parser import build_parser, subcommands
+from engine.evaluation.timing import timed
 
 
 def default_launcher() -> list[str]:
@@ -36,19 +36,19 @@ def help_commands() -> list[list[str]]:
 
 
 def time_command(argv: list[str], runs: int, cwd: str | None) -> tuple[list[float], int]:
-    """Wall times of ``runs`` runs after one warm-up, and the exit status (the first nonzero one, else 0)."""
+    """Wall times of ``runs`` runs after one warm-up (it warms the file cache), and the exit status (the first
+    nonzero one, else 0)."""
     env = {**os.environ, "COLUMNS": "100"}
-    times, status = [], 0
-    for i in range(runs + 1):  # the first run warms the file cache and is not counted
-        t0 = time.perf_counter()
+    statuses = []
+
+    def run() -> None:
         done = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        elapsed = time.perf_counter() - t0
         if done.returncode != 0:
             print(f"{shlex.join(argv)} exited {done.returncode}: {done.stderr.strip()[-300:]}", file=sys.stderr)
-            status = status or done.returncode
-        if i:
-            times.append(elapsed)
-    return times, status
+        statuses.append(done.returncode)
+
+    times = timed(run, repeats=runs, warmup=1)
+    return times, next((s for s in statuses if s), 0)
 
 
 def main() -> int:

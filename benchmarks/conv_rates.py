@@ -25,6 +25,7 @@ from report import emit, header
 from engine.bundle import load_bundle
 from engine.diffusion.score_model import score_model
 from engine.evaluation.cost import score_eval
+from engine.evaluation.render import spread_cell
 from engine.evaluation.timing import quantiles, timed
 
 SYSTEMS = ("tapdiff", "two-model")
@@ -80,8 +81,7 @@ def replayer(calls: list):
 
 
 def spread(values: list[float]) -> str:
-    q = quantiles(values)
-    return f"{q['median']:.3f} [{q['p10']:.3f}, {q['p90']:.3f}]"
+    return spread_cell(quantiles(values), spec=".3f")
 
 
 @torch.no_grad()

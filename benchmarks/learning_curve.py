@@ -30,6 +30,7 @@ from report import cache_key, emit, header, load_cache, record, save_cache
 from engine.audio.datasets import DEFAULT_DATA
 from engine.api import Engine
 from engine.evaluation.quality import QualityJudge, evaluate_quality
+from engine.evaluation.render import Panel, Series, save_plot
 from engine.models.registry import score_network_kind
 from engine.storage.atomic import atomic_write_bytes
 from engine.bundle import load_bundle
@@ -203,33 +204,24 @@ def render(result: dict) -> str:
 
 
 def plot(result: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    for model, pts in result["curves"].items():
-        judged = [p for p in pts if "fd" in p]
-        for row, x in enumerate(("seconds", "step")):
-            axes[row, 0].plot([p[x] for p in judged], [p["recognised"] for p in judged], "o-", label=model)
-            axes[row, 1].plot([p[x] for p in judged], [p["fd"] for p in judged], "o-", label=model)
+    """Recognised fraction, FD and the held-out loss per noise band against training seconds (top row) and
+    steps (bottom row), one colour per model."""
+    panels = []
+    for x, xlabel in (("seconds", "training seconds"), ("step", "training steps")):
+        recognised, fd, heldout = [], [], []
+        for i, (model, pts) in enumerate(result["curves"].items()):
+            judged = [p for p in pts if "fd" in p]
+            colour = {"color": f"C{i % 10}"}
+            recognised.append(Series(model, [p[x] for p in judged], [p["recognised"] for p in judged], style=colour))
+            fd.append(Series(model, [p[x] for p in judged], [p["fd"] for p in judged], style=colour))
             held = [p for p in pts if p.get("heldout")]
-            for band in [k for k in (held[0]["heldout"] if held else {}) if k != "all"]:
-                axes[row, 2].plot([p[x] for p in held], [p["heldout"][band] for p in held], ".-",
-                                  label=f"{model} σ {band}")
-    for row, x in enumerate(("training seconds", "training steps")):
-        for col, y in enumerate(("recognised (guided)", "FD (log)", "held-out DSM loss (log)")):
-            ax = axes[row, col]
-            ax.set_xlabel(x)
-            ax.set_ylabel(y)
-            if col:
-                ax.set_yscale("log")
-            ax.grid(alpha=0.3)
-    axes[0, 0].legend()
-    axes[0, 2].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+            bands = [k for k in (held[0]["heldout"] if held else {}) if k != "all"]
+            for j, band in enumerate(bands):
+                heldout.append(Series(f"{model} σ {band}", [p[x] for p in held], [p["heldout"][band] for p in held],
+                                      style={**colour, "marker": ".", "alpha": 0.4 + 0.6 * (j + 1) / len(bands)}))
+        panels += [Panel("recognised (guided)", xlabel, recognised), Panel("FD (log)", xlabel, fd, ylog=True),
+                   Panel("held-out DSM loss (log)", xlabel, heldout, ylog=True)]
+    save_plot(path, panels, columns=3)
 
 
 def main() -> int:

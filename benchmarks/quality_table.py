@@ -27,6 +27,7 @@ from engine.api import Engine
 from engine.evaluation.cost import step_cost, time_score_eval
 from engine.evaluation.memory import MIB
 from engine.evaluation.memory.process_probe import Runtime, measured_memory
+from engine.evaluation.render import table
 from engine.evaluation.quality import QualityJudge, evaluate_quality
 from engine.models.registry import SCORE_NETWORKS
 from engine.bundle import has_model, load_bundle
@@ -113,25 +114,25 @@ def render(rows: list[dict], args) -> str:
         "float32 parameters of everything the system keeps loaded. MACs per clip per score evaluation are counted "
         "on the exported ONNX graph (export/onnx_macs.py) and equal torch's FlopCounterMode count of the eager code.",
         "",
-        "| regime (digits) | system | recognised guided | FD guided | recognised unguided | FD unguided | "
-        "FD floor (real halves) | params total / trainable | training s / steps | GMAC guided / unguided | "
-        "ms b1 g / u | ms b16 g / u | peak MB b1 g / u | peak MB b16 g / u | weights MB |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|---|---|---:|",
     ]
+
+    def pair(pf: dict, b: int, key: str, scale: float, fmt: str) -> str:
+        return " / ".join(format(scale * pf[f"{b}/{gm}"][key], fmt) for gm in GAMMAS)
+
+    cells = []
     for r in rows:
         q, c, pf = r["quality"], r["cost"], r["perf"]
         g, u = q[str(GAMMAS[0])], q[str(GAMMAS[1])]
-
-        def pair(b: int, key: str, scale: float, fmt: str) -> str:
-            return " / ".join(format(scale * pf[f"{b}/{gm}"][key], fmt) for gm in GAMMAS)
-
-        lines.append(
-            f"| {r['regime']} ({','.join(map(str, q['labels']))}) | {r['model']} | {g['recognised']:.2f} | {g['fd']:.1f} | "
-            f"{u['recognised']:.2f} | {u['fd']:.1f} | {q['fd_floor']:.1f} | "
-            f"{c.total_params / 1e6:.2f}M / {c.trainable_params / 1e6:.2f}M | {r['budget']} | "
-            f"{c.guided_macs / 1e9:.3f} / {c.unguided_macs / 1e9:.3f} | {pair(1, 'median_s', 1e3, '.1f')} | "
-            f"{pair(16, 'median_s', 1e3, '.0f')} | {pair(1, 'peak_mb', 1, '.0f')} | {pair(16, 'peak_mb', 1, '.0f')} | "
-            f"{r['weights_mb']:.1f} |")
+        cells.append([f"{r['regime']} ({','.join(map(str, q['labels']))})", r["model"], f"{g['recognised']:.2f}",
+                      f"{g['fd']:.1f}", f"{u['recognised']:.2f}", f"{u['fd']:.1f}", f"{q['fd_floor']:.1f}",
+                      f"{c.total_params / 1e6:.2f}M / {c.trainable_params / 1e6:.2f}M", r["budget"],
+                      f"{c.guided_macs / 1e9:.3f} / {c.unguided_macs / 1e9:.3f}", pair(pf, 1, "median_s", 1e3, ".1f"),
+                      pair(pf, 16, "median_s", 1e3, ".0f"), pair(pf, 1, "peak_mb", 1, ".0f"),
+                      pair(pf, 16, "peak_mb", 1, ".0f"), f"{r['weights_mb']:.1f}"])
+    lines += table(["regime (digits)", "system", "recognised guided", "FD guided", "recognised unguided", "FD unguided",
+                    "FD floor (real halves)", "params total / trainable", "training s / steps", "GMAC guided / unguided",
+                    "ms b1 g / u", "ms b16 g / u", "peak MB b1 g / u", "peak MB b16 g / u", "weights MB"],
+                   cells, "llrrrrrlllllllr")
     return "\n".join(lines) + "\n"
 
 

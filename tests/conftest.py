@@ -105,7 +105,7 @@ def tiny_with_baselines(tiny_checkpoint, fsdd_root):
 # quick tier for the edit-test loop; the browser and Ray modules are slow too; the README's command runs everything).
 SLOW_MODULES = {"test_concurrency", "test_faults", "test_serve", "test_output_folder", "test_distill",
                 "test_width_sweep", "test_learning_curve", "test_quality_table", "test_choose_sampling",
-                "test_shift_study", "test_hardening", "test_gpu_check", "test_serve_replicas",
+                "test_shift_study", "test_hardening", "test_serve_replicas",
                 "test_batch_invariance", "test_serve_page"}
 MODULE_MARKERS = {"test_serve_page": "browser", "test_serve_replicas": "ray"}
 

@@ -3,8 +3,6 @@ which order, resuming from its markers, stopping at a failure; and the table it 
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import shift_study  # noqa: E402

@@ -1,7 +1,6 @@
 """The checkpoint that ships with the package: it loads, and guidance makes the requested digit more
 recognisable to the independent evaluation classifier (judged on re-analysed audio)."""
 import pytest
-import torch
 
 from engine.api import Engine
 from engine.evaluation.quality import QualityJudge, evaluate_quality

@@ -24,6 +24,7 @@ from ..api import Engine
 from ..audio.datasets import DEFAULT_DATA
 from ..bundle import has_model, load_bundle
 from .cost import score_eval, step_cost
+from .render import spread_cell, table
 from .timing import RateWatch, device_sync, interleaved, paired_ratio, quantiles, spread_too_wide, warning_line
 from ..errors import InvalidInput
 
@@ -334,38 +335,32 @@ def render(result: dict, header: str) -> str:
         lines += [warning_line(result["disturbed"]), ""]
     if result["skipped"]:
         lines += ["Skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped"].items()), ""]
-    lines += ["| system | params total / trainable | GMAC per clip guided / unguided | solver |", "|---|---|---|---|"]
-    for n, s in sy.items():
-        lines.append(f"| {n} | {s['params_total'] / 1e6:.2f}M / {s['params_trainable'] / 1e6:.2f}M | "
-                     f"{s['macs_guided'] / 1e9:.3f} / {s['macs_unguided'] / 1e9:.3f} | {s['sampler']} |")
-    lines += ["", "#### One score evaluation", "", "| batch | guidance | system | ms | ms per clip | live activations "
-              "(planned) MiB | process peak over pre-evaluation state (measured) MiB | peak over warmed process MB |",
-              "|---:|---:|---|---|---:|---:|---:|---:|"]
+    lines += table(["system", "params total / trainable", "GMAC per clip guided / unguided", "solver"], [
+        [n, f"{s['params_total'] / 1e6:.2f}M / {s['params_trainable'] / 1e6:.2f}M",
+         f"{s['macs_guided'] / 1e9:.3f} / {s['macs_unguided'] / 1e9:.3f}", s["sampler"]] for n, s in sy.items()], "llll")
 
     def fig(r, key, n, spec):
         v = r.get(key, {}).get(n)
         return ("" if key not in r else "n/a") if v is None else format(v, spec)
 
-    for r in result["score_eval"]:
-        for n, q in r["latency_s"].items():
-            mem = f"{fig(r, 'planned_mib', n, '.1f')} | {fig(r, 'measured_mib', n, '.1f')} | {fig(r, 'peak_mb', n, '.0f')}"
-            lines.append(f"| {r['batch']} | {r['guidance']:g} | {n} | {1e3 * q['median']:.1f} [{1e3 * q['p10']:.1f}, "
-                         f"{1e3 * q['p90']:.1f}] | {1e3 * q['median'] / r['batch']:.1f} | {mem} |")
-    lines += ["", "| batch | guidance | ratio | median [p10, p90] |", "|---:|---:|---|---|"]
-    for r in result["score_eval"]:
-        for k, q in r["ratios"].items():
-            lines.append(f"| {r['batch']} | {r['guidance']:g} | {k} | {q['median']:.2f} [{q['p10']:.2f}, {q['p90']:.2f}] |")
+    lines += ["", "#### One score evaluation", ""]
+    lines += table(["batch", "guidance", "system", "ms", "ms per clip", "live activations (planned) MiB",
+                    "process peak over pre-evaluation state (measured) MiB", "peak over warmed process MB"],
+                   [[r["batch"], f"{r['guidance']:g}", n, spread_cell(q, 1e3), f"{1e3 * q['median'] / r['batch']:.1f}",
+                     fig(r, "planned_mib", n, ".1f"), fig(r, "measured_mib", n, ".1f"), fig(r, "peak_mb", n, ".0f")]
+                    for r in result["score_eval"] for n, q in r["latency_s"].items()], "rrllrrrr")
+    lines += [""] + table(["batch", "guidance", "ratio", "median [p10, p90]"],
+                          [[r["batch"], f"{r['guidance']:g}", k, spread_cell(q, spec=".2f")]
+                           for r in result["score_eval"] for k, q in r["ratios"].items()], "rrll")
     lines += ["", f"#### Whole generate (guided, vocoder {result.get('vocoder', 'griffin-lim')} included; a clip is "
-              f"{result['clip_seconds']:.2f} s of audio)", "",
-              "| clips | system | s | s per clip | clips/s | real-time factor |", "|---:|---|---|---:|---:|---:|"]
-    for r in result["generate"]:
-        for n, q in r["seconds"].items():
-            lines.append(f"| {r['batch']} | {n} | {q['median']:.2f} [{q['p10']:.2f}, {q['p90']:.2f}] | "
-                         f"{r['seconds_per_clip'][n]['median']:.3f} | {r['clips_per_s'][n]:.2f} | {r['rtf'][n]:.3f} |")
-    lines += ["", "| clips | ratio | median [p10, p90] |", "|---:|---|---|"]
-    for r in result["generate"]:
-        for k, q in r["ratios"].items():
-            lines.append(f"| {r['batch']} | {k} | {q['median']:.2f} [{q['p10']:.2f}, {q['p90']:.2f}] |")
+              f"{result['clip_seconds']:.2f} s of audio)", ""]
+    lines += table(["clips", "system", "s", "s per clip", "clips/s", "real-time factor"],
+                   [[r["batch"], n, spread_cell(q, spec=".2f"), f"{r['seconds_per_clip'][n]['median']:.3f}",
+                     f"{r['clips_per_s'][n]:.2f}", f"{r['rtf'][n]:.3f}"]
+                    for r in result["generate"] for n, q in r["seconds"].items()], "rllrrr")
+    lines += [""] + table(["clips", "ratio", "median [p10, p90]"],
+                          [[r["batch"], k, spread_cell(q, spec=".2f")]
+                           for r in result["generate"] for k, q in r["ratios"].items()], "rll")
     lines += ["", "Scaling: " + "; ".join(f"{n} saturates at batch {s['saturates_at_batch']} "
                                           f"({max(s['clips_per_s'].values()):.1f} clips/s)"
                                           for n, s in result["scaling"].items()) + "."]
@@ -374,59 +369,43 @@ def render(result: dict, header: str) -> str:
             f"{k}: max |difference| {p['max_abs_diff']:.1e} on values up to {p['max_abs']:.1f} (relative "
             f"{p['max_rel_diff']:.1e}), {p['clips']} clips" for k, p in result["parity"].items()) + "."]
     if result["quality"]:
-        lines += ["", "| system @ guidance | recognised | FD | FD floor | solver |", "|---|---:|---:|---:|---|"]
-        lines += [f"| {k} | {q['recognised']:.2f} | {q['fd']:.1f} | {q['fd_floor']:.1f} | {q['sampler']}, {q['nfe']} NFE |"
-                  for k, q in result["quality"].items()]
+        lines += [""] + table(["system @ guidance", "recognised", "FD", "FD floor", "solver"],
+                              [[k, f"{q['recognised']:.2f}", f"{q['fd']:.1f}", f"{q['fd_floor']:.1f}",
+                                f"{q['sampler']}, {q['nfe']} NFE"] for k, q in result["quality"].items()], "lrrrl")
     t = targets(result, result.get("targets", []))
     if t:
-        lines += ["", "#### Targets on this machine", "", "| target | measured | limit | met | missed by | what bounds it |",
-                  "|---|---:|---:|---|---|---|"]
-        lines += [f"| {w} | {v:.2f} | {lim:g} | {'yes' if ok else '**no**'} | {missed_by(v, lim)} | {'' if ok else bound} |"
-                  for w, v, lim, ok, bound in t]
+        lines += ["", "#### Targets on this machine", ""]
+        lines += table(["target", "measured", "limit", "met", "missed by", "what bounds it"],
+                       [[w, f"{v:.2f}", f"{lim:g}", "yes" if ok else "**no**", missed_by(v, lim), "" if ok else bound]
+                        for w, v, lim, ok, bound in t], "lrrlll")
     return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path) -> None:
-    """Two panels: end-to-end seconds per clip (median, p10-p90 bars) and MiB per guided score evaluation
-    (measured solid, planned dashed) against batch size; one colour per model, one marker per backend, one
-    legend beside the panels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Two panels against batch size: end-to-end seconds per clip (median, p10-p90 bars) and MiB per guided score
+    evaluation (measured solid, planned dashed); one colour per model, one marker per backend, one legend beside
+    the panels (``render.save_plot``)."""
+    from .render import Panel, Series, save_plot
 
     names = list(result["systems"])
     models = list(dict.fromkeys(n.split("/")[0] for n in names))
     backends = list(dict.fromkeys(n.split("/")[-1] for n in names))
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
-    markers = {b: "osD^v"[i % 5] for i, b in enumerate(backends)}
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13.5, 4.2))
     gen = result["generate"]
     ev = [r for r in result["score_eval"]
           if r["guidance"] == max(result["config"]["guidances"]) and "measured_mib" in r]
+    seconds, memory = [], []
     for n in names:
         model, backend = n.split("/")[0], n.split("/")[-1]
-        style = {"color": colours[model], "marker": markers[backend], "markersize": 5}
-        batches = [r["batch"] for r in gen]
-        med = [r["seconds_per_clip"][n]["median"] for r in gen]
-        low = [m - r["seconds_per_clip"][n]["p10"] for m, r in zip(med, gen)]
-        high = [r["seconds_per_clip"][n]["p90"] - m for m, r in zip(med, gen)]
-        a.errorbar(batches, med, yerr=[low, high], capsize=3, label=n, **style)
-        if ev:
-            def values(key):
-                return [float("nan") if r[key].get(n) is None else r[key][n] for r in ev]
-
-            b.plot([r["batch"] for r in ev], values("measured_mib"), **style)
-            b.plot([r["batch"] for r in ev], values("planned_mib"), linestyle="--", alpha=0.6, **style)
-    for ax, what in ((a, "seconds per clip, end to end (median, p10-p90)"),
-                     (b, "MiB per guided score evaluation (solid measured, dashed planned)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("clips per batch")
-        ax.set_title(what, fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-    fig.legend(*a.get_legend_handles_labels(), loc="center left", bbox_to_anchor=(0.8, 0.5), fontsize=8,
-               frameon=False)
-    fig.tight_layout(rect=(0, 0, 0.79, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        style = {"color": f"C{models.index(model) % 10}", "marker": "osD^v"[backends.index(backend) % 5]}
+        q = [r["seconds_per_clip"][n] for r in gen]
+        seconds.append(Series(n, [r["batch"] for r in gen], [x["median"] for x in q], [x["p10"] for x in q],
+                              [x["p90"] for x in q], style))
+        for key, extra in (("measured_mib", {}), ("planned_mib", {"linestyle": "--", "alpha": 0.6})):
+            memory.append(Series(None, [r["batch"] for r in ev], [r[key].get(n) for r in ev], style={**style, **extra}))
+    batches = sorted({r["batch"] for r in gen + ev})
+    panels = [Panel("seconds per clip, end to end (median, p10-p90)", "clips per batch", seconds, xlog=2, ylog=True,
+                    xticks=batches)]
+    if ev:
+        panels.append(Panel("MiB per guided score evaluation (solid measured, dashed planned)", "clips per batch",
+                            memory, xlog=2, ylog=True, xticks=batches))
+    save_plot(path, panels)

@@ -23,6 +23,7 @@ from ..diffusion.solvers import get_solver
 from ..stages import STAGES, current_stage, stage
 from ..storage.atomic import atomic_write, atomic_write_bytes, make_folder
 from .cost import _EXTRA_FORMULAS
+from .render import table
 from .timing import RateWatch, device_sync, interleaved, quantiles, spread_too_wide, warning_line
 
 STEP = "preconditioning, guidance and solver update"
@@ -145,16 +146,15 @@ def profile_sampling(engine, batch: int = 16, steps: int = 5, guidance: float = 
 
 def render_profile(result: dict) -> str:
     lines = [f"### {result['model']} ({result['backend']}), batch {result['batch']}, guidance {result['guidance']:g}, "
-             f"{result['sampler']}: {result['steps']} steps profiled", "",
-             "| stage | ms per step | share | GMAC per step | GMAC/s | of matmul rate | top operators (ms per step) |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             f"{result['sampler']}: {result['steps']} steps profiled", ""]
     if result.get("disturbed"):
-        lines[1:1] = [warning_line(result["disturbed"]), ""]
-    for r in result["stages"]:
-        share = "" if r["share_of_step"] is None else f"{r['share_of_step']:.0%}"
-        top = ", ".join(f"{k} {1e3 * v:.1f}" for k, v in r["top_ops"])
-        lines.append(f"| {r['stage']} | {1e3 * r['seconds_per_step']:.1f} | {share} | {r['macs_per_step'] / 1e9:.3f} | "
-                     f"{r['gmac_per_s']:.1f} | {r['of_matmul_rate']:.0%} | {top} |")
+        lines += [warning_line(result["disturbed"]), ""]
+    lines += table(["stage", "ms per step", "share", "GMAC per step", "GMAC/s", "of matmul rate",
+                    "top operators (ms per step)"],
+                   [[r["stage"], f"{1e3 * r['seconds_per_step']:.1f}",
+                     "" if r["share_of_step"] is None else f"{r['share_of_step']:.0%}", f"{r['macs_per_step'] / 1e9:.3f}",
+                     f"{r['gmac_per_s']:.1f}", f"{r['of_matmul_rate']:.0%}",
+                     ", ".join(f"{k} {1e3 * v:.1f}" for k, v in r["top_ops"])] for r in result["stages"]], "lrrrrrl")
     lines += ["", f"Stages of a step sum to {1e3 * result['profiled_step_s']:.1f} ms under the profiler; the same steps "
                   f"without it took {1e3 * result['measured_step_s']:.1f} ms (ratio {result['stages_sum_over_measured']:.2f}). "
                   f"Vocoder row: per batch ({1e3 * result['measured_vocoder_s']:.0f} ms measured). Matmul rate of this "

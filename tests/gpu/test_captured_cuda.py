@@ -1,54 +1,51 @@
 """The static-buffer runner on a real GPU: every solver captured in CUDA graphs with the shipped score model, one
 runner run twice with new noise and new conditioning (refilled static buffers), each run matching the eager loop,
-so a replay that kept the first run's inputs fails. Collected only where CUDA is available (tests/conftest.py)."""
+so a replay that kept the first run's inputs fails; and the Engine's kept runners (captured) against its eager
+loop (``Engine(capture=False)``) over two requests. The same check runs on CPU, where the runner steps eagerly
+over its static buffers (tests/test_gpu_kit.py). Tolerance: tests/tolerances.py (CAPTURED_TOL)."""
 import pytest
 import torch
 
-from engine.diffusion.captured import CapturedSampler
-from engine.diffusion.guidance import conditioned
-from engine.diffusion.noise import clip_seed, draw_noise
-from engine.diffusion.score_model import score_model
-from engine.diffusion.solvers import SOLVERS, SamplerSpec, get_solver, sample
-from engine.diffusion.taps import onehot
-from engine.bundle import load_bundle
-from engine.storage.checkpoint import DEFAULT_CHECKPOINT
+from engine.diffusion.solvers import SOLVERS, SamplerSpec
+from gpu_checks import CAPTURED_RUNS, captured_vs_eager, compare, fmt, timeout_marks
+from tolerances import APART_FACTOR, CAPTURED_TOL, CAPTURED_WHY, captured_scale
 
-# Same device, same kernels: at most an algorithm choice differs under capture (<= 1e-5 relative per evaluation,
-# amplified 7-40x over the run), in normalised units relative to max(1, max |eager|).
-TOL = 2e-4
+pytestmark = [pytest.mark.gpu, *timeout_marks(120)]
 
 
-@pytest.fixture(scope="module")
-def bundle_and_model():
-    bundle = load_bundle(DEFAULT_CHECKPOINT)
-    return bundle, score_model(bundle).cuda()
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_one_captured_runner_matches_eager_on_new_noise_and_conditioning(engines, solver, no_tf32,
+                                                                         record_property):
+    eng = engines("cuda")
+    spec, feats = SamplerSpec(solver, 8), eng.bundle.features
+    check = captured_vs_eager(eng.torch_denoiser, eng.torch_denoiser.n_classes, solver, spec.schedule(eng.bundle.sde),
+                              CAPTURED_RUNS, "cuda", shape=(1, feats.n_mels, feats.frames),
+                              options=dict(spec.options), require_capture=True)
+    record_property("detail", check.detail)
+    assert check.ok, check.detail
 
 
-@pytest.fixture
-def no_tf32():
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-@pytest.mark.parametrize("name", sorted(SOLVERS))
-def test_one_captured_runner_matches_eager_on_new_noise_and_conditioning(bundle_and_model, name, no_tf32):
-    bundle, model = bundle_and_model
-    spec, solver = SamplerSpec(name, 6), get_solver(name)
-    sigmas, shape, n = spec.schedule(bundle.sde), (1, bundle.features.n_mels, bundle.features.frames), model.n_classes
-    onehot_buf, gamma_buf = torch.zeros(2, n, device="cuda"), torch.zeros(2, device="cuda")
-    runner = CapturedSampler(conditioned(model, onehot_buf, gamma_buf), solver, (2, *shape), "cuda")
-    refs = []
-    for seed, labels, gammas in ((0, [3, 7], [3.0, 1.5]), (1, [5, 1], [2.0, 4.0])):
-        noise = draw_noise([clip_seed(seed, k) for k in range(2)], shape, 6, solver.noise_per_step, "cuda")
-        oh, g = onehot(torch.tensor(labels, device="cuda"), n), torch.tensor(gammas, device="cuda")
-        onehot_buf.copy_(oh)
-        gamma_buf.copy_(g)
-        got = runner.run(sigmas, noise)
-        with torch.no_grad():
-            ref = sample(conditioned(model, oh, g), sigmas, noise, solver)
-        assert float((got - ref).abs().max()) <= TOL * max(1.0, float(ref.abs().max())), (name, seed)
+@pytest.mark.parametrize("model", ["tapdiff", "two-model"])
+def test_the_engines_kept_runner_matches_its_eager_loop_over_two_requests(engines, model, no_tf32, record_property):
+    """Two requests (other digits, guidance and seed) through one captured Engine, whose second request replays the
+    runner the first one captured, each against ``Engine(capture=False)`` in normalised units."""
+    captured, eager = engines("cuda", model=model), engines("cuda", model=model, capture=False)
+    assert captured.static_runners and not eager.static_runners
+    spec = captured.sampler_spec()
+    parts, refs = [], []
+    for digits, guidance, seed in (([3, 7, 5, 1], 3.0, 0), ([5, 1, 8, 0], 1.5, 1)):
+        got = captured.sample_clips(captured.request_clips(digits, 1, guidance, seed), spec)
+        ref = eager.sample_clips(eager.request_clips(digits, 1, guidance, seed), spec)
+        c = compare(got, ref, CAPTURED_TOL, captured_scale(ref))
+        parts.append(c)
         refs.append(ref)
-    assert runner.capture and runner.graphs  # it really replayed CUDA graphs
-    assert float((refs[0] - refs[1]).abs().max()) > 100 * TOL * max(1.0, float(refs[0].abs().max()))
+    runners = [entry[0] for entry in captured._runners.values()]  # (runner, onehot, gamma, lock) per spec and batch
+    apart = compare(refs[1], refs[0], float("inf"), captured_scale(refs[0]))["rel"]
+    detail = (f"{model}, {spec.label()}, batch 4, {len(runners)} runner(s) kept: "
+              + "; ".join(f"request {i + 1} {fmt(c)}" for i, c in enumerate(parts))
+              + f"; requests differ by {apart:.3g} [{CAPTURED_WHY}]")
+    record_property("detail", detail)
+    assert len(runners) == 1 and runners[0].capture and runners[0].graphs, detail
+    assert all(c["ok"] for c in parts), detail
+    assert apart > APART_FACTOR * CAPTURED_TOL, detail  # else a stale replay would pass
+    assert torch.isfinite(refs[0]).all()

@@ -13,6 +13,7 @@ import torch
 from . import MIB
 from .graph_plan import ort_optimised_graph, planned_onnx, planned_ort_as_run, score_graph
 from .live_tensors import planned_torch
+from ..render import table
 from .process_probe import RUNTIME_NAMES, RUNTIMES, Runtime, measured_repeated
 
 logger = logging.getLogger(__name__)
@@ -152,31 +153,29 @@ def render(report: dict, header: str) -> str:
              f"[min-max] over {report['processes']} processes. Resident pages: what is touched, not what is reserved.",
              f"- **agree?**: measured within [{m['low']:g} x planned, {m['high']:g} x planned + {m['fixed_mib']:g} MiB] "
              "(the fixed part: what a first evaluation sets up once at any batch); first against the exported "
-             "graph's plan, then against the plan as run.", "",
-             "| system | backend | batch | planned MiB | planned as run MiB | measured MiB median [min-max] | "
-             "measured / planned | agree? | agree as run? |", "|---|---|---:|---:|---:|---|---:|---|---|"]
-    for r in report["rows"]:
-        ms = r["measured"]
-        meas = (f"n/a ({ms.get('reason', '')})" if r["measured_mib"] is None else
-                f"{ms['median_mib']:.1f} [{ms['min_mib']:.1f}-{ms['max_mib']:.1f}]")
-        lines.append(f"| {r['model']} | {r['runtime']} | {r['batch']} | {_f(r['planned_mib'])} | "
-                     f"{_f(r['planned_as_run_mib'])} | {meas} | {_f(r['ratio'], '.2f')} | "
-                     f"{_verdict(r['agree'], r['why'])} | {_verdict(r['agree_as_run'], r['why_as_run'])} |")
+             "graph's plan, then against the plan as run.", ""]
+    lines += table(["system", "backend", "batch", "planned MiB", "planned as run MiB", "measured MiB median [min-max]",
+                    "measured / planned", "agree?", "agree as run?"],
+                   [[r["model"], r["runtime"], r["batch"], _f(r["planned_mib"]), _f(r["planned_as_run_mib"]),
+                     f"n/a ({r['measured'].get('reason', '')})" if r["measured_mib"] is None else
+                     f"{r['measured']['median_mib']:.1f} [{r['measured']['min_mib']:.1f}-{r['measured']['max_mib']:.1f}]",
+                     _f(r["ratio"], ".2f"), _verdict(r["agree"], r["why"]), _verdict(r["agree_as_run"], r["why_as_run"])]
+                    for r in report["rows"]], "llrrrlrll")
     if report["ratios"]:
         a, b = report["models"][:2]
-        lines += ["", f"#### {a} / {b}, by each figure", "",
-                  "| backend | batch | planned | planned as run | measured |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {q['runtime']} | {q['batch']} | {_f(q['planned'], '.2f')} | {_f(q['planned_as_run'], '.2f')} | "
-                  f"{_f(q['measured'], '.2f')} |" for q in report["ratios"]]
-    lines += ["", "#### The plans", "",
-              "| system | batch | exported graph: nodes / activations / shapes from a run | planned MiB | "
-              "onnxruntime's graph: nodes / shapes from a run | as run MiB | weights MiB | torch allocator MiB | "
-              "torch op outputs MiB |", "|---|---:|---|---:|---|---:|---:|---:|---:|"]
-    for p in report["plans"].values():
-        o, r, t = p["onnx"], p["ort_optimised"], p["torch"]
-        lines.append(f"| {p['model']} | {p['batch']} | {o['n_nodes']} / {o['n_tensors']} / {o['n_fallback']} | "
-                     f"{o['peak_mib']:.1f} | {r['n_nodes']} / {r['n_fallback']} | {r['peak_mib']:.1f} | "
-                     f"{o['weights_mib']:.1f} | {t['peak_mib']:.1f} | {t['tensors_peak_mib']:.1f} |")
+        lines += ["", f"#### {a} / {b}, by each figure", ""]
+        lines += table(["backend", "batch", "planned", "planned as run", "measured"],
+                       [[q["runtime"], q["batch"], _f(q["planned"], ".2f"), _f(q["planned_as_run"], ".2f"),
+                         _f(q["measured"], ".2f")] for q in report["ratios"]])
+    lines += ["", "#### The plans", ""]
+    lines += table(["system", "batch", "exported graph: nodes / activations / shapes from a run", "planned MiB",
+                    "onnxruntime's graph: nodes / shapes from a run", "as run MiB", "weights MiB", "torch allocator MiB",
+                    "torch op outputs MiB"],
+                   [[p["model"], p["batch"], f"{p['onnx']['n_nodes']} / {p['onnx']['n_tensors']} / {p['onnx']['n_fallback']}",
+                     f"{p['onnx']['peak_mib']:.1f}", f"{p['ort_optimised']['n_nodes']} / {p['ort_optimised']['n_fallback']}",
+                     f"{p['ort_optimised']['peak_mib']:.1f}", f"{p['onnx']['weights_mib']:.1f}",
+                     f"{p['torch']['peak_mib']:.1f}", f"{p['torch']['tensors_peak_mib']:.1f}"]
+                    for p in report["plans"].values()], "lrlrlrrrr")
     lines += ["", "#### Where the peak sits", ""]
 
     def alive(plan):
