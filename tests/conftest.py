@@ -101,11 +101,12 @@ def tiny_with_baselines(tiny_checkpoint, fsdd_root):
     return tiny_checkpoint
 
 
-# Tiers: whole modules by what they cost or need, besides single tests marked slow (``pytest -m "not slow"`` is the
-# quick tier for the edit-test loop; the browser and Ray modules are slow too; the README's command runs everything).
+# Tiers: whole modules by what they cost or need, less their cheap tests of core behaviour (marked ``core``), and
+# single costly tests of other modules (marked ``slow`` themselves). ``pytest -m "not slow"`` is the quick tier for
+# the edit-test loop; the browser and Ray modules are slow too; the README's command runs everything.
 SLOW_MODULES = {"test_concurrency", "test_faults", "test_serve", "test_output_folder", "test_distill",
                 "test_width_sweep", "test_learning_curve", "test_quality_table", "test_choose_sampling",
-                "test_shift_study", "test_hardening", "test_serve_replicas",
+                "test_hardening", "test_serve_replicas",
                 "test_batch_invariance", "test_serve_page"}
 MODULE_MARKERS = {"test_serve_page": "browser", "test_serve_replicas": "ray"}
 
@@ -113,7 +114,7 @@ MODULE_MARKERS = {"test_serve_page": "browser", "test_serve_replicas": "ray"}
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.path.stem
-        if module in SLOW_MODULES:
+        if module in SLOW_MODULES and item.get_closest_marker("core") is None:
             item.add_marker(pytest.mark.slow)
         if module in MODULE_MARKERS:
             item.add_marker(getattr(pytest.mark, MODULE_MARKERS[module]))

@@ -82,11 +82,12 @@ def test_artifacts_are_reused_and_rebuilt_when_stale_or_corrupt(tiny_checkpoint,
     assert "missing" in lines[2] and artifacts.stale_reason(guided, spec) is None
 
 
+@pytest.mark.slow  # two exports; tests/test_cache_identity.py keeps artifact identity in the quick tier
 def test_other_weights_get_another_artifact(tiny_checkpoint, tmp_path, fsdd_root):
     other = tmp_path / "other"
     shutil.copytree(tiny_checkpoint, other, ignore=shutil.ignore_patterns("state"))
-    assert main(["train-score", "--checkpoint", str(other), "--seconds", "1", "--widths", "8,8,16,16", "--seed", "5",
-                 "--data", str(fsdd_root)]) == 0
+    assert main(["train-score", "--checkpoint", str(other), "--seconds", "60", "--max-steps", "3", "--widths", "8,8,16,16",
+                 "--seed", "5", "--heldout-clips", "0", "--data", str(fsdd_root)]) == 0
     a, _ = _graphs(tiny_checkpoint, tmp_path / "cache")
     b, _ = _graphs(other, tmp_path / "cache")
     assert a[(True, None)].parent != b[(True, None)].parent  # keyed by the weights' sha256

@@ -44,6 +44,7 @@ def _inputs(bundle, rows: int, seed: int, sigma=None):
     return x, sig, oh, gamma
 
 
+@pytest.mark.core
 def test_row_forms_equal_their_plain_ops_to_rounding():
     x, w, b = torch.randn(5, 7), torch.randn(3, 7), torch.randn(3)
     torch.testing.assert_close(row_linear(x, w, b), torch.nn.functional.linear(x, w, b), rtol=1e-6, atol=1e-6)
@@ -86,6 +87,7 @@ def test_every_row_equals_its_batch_of_one(shipped, name, rows, data, guided, se
             assert torch.equal(full[p:p + 1], alone), f"{name} row {p} of {rows}"
 
 
+@pytest.mark.core
 def test_the_probe_names_a_batch_dependent_op():
     """The module probe finds a GEMM-backed layer (nn.Linear) whose rows change with the batch size, and passes
     its row-invariant replacement."""

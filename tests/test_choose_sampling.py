@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from choose_sampling import choose  # noqa: E402
@@ -14,6 +16,7 @@ def _row(solver, nfe, rec, fd, model="tapdiff"):
     return {"model": model, "solver": solver, "nfe": nfe, "nfe_budget": nfe, "fade": 0.0, "recognised": rec, "fd": fd}
 
 
+@pytest.mark.core
 def test_choice_is_the_fewest_evaluations_within_the_target():
     rows = [_row("euler_maruyama", 100, 0.96, 60.0), _row("a", 10, 0.99, 70.0),  # FD 1.17x: out
             _row("b", 15, 0.93, 50.0),  # recognised 0.03 below: out

@@ -89,6 +89,7 @@ def test_guided_taps_carry_the_guidance_cotangent_in_one_pass(tiny_with_baseline
         dataclasses.replace(bundle.score_net.cfg, guided_taps=True)  # a teacher takes no label
 
 
+@pytest.mark.core
 def test_conditions_mix_unconditional_default_and_spread_gamma():
     settings = TrajectorySettings(count=4000)
     labels, gammas = draw_conditions(4000, (1, 7), settings, torch.Generator().manual_seed(0))
@@ -216,6 +217,7 @@ def test_the_default_model_is_the_student_only_once_it_met_the_rule(distilled, t
         Engine(ck)
 
 
+@pytest.mark.core
 def test_the_quality_rule_compares_means_beyond_the_seed_spread():
     import sys
     from pathlib import Path

@@ -98,6 +98,7 @@ def _wav(path, data: bytes, channels=1, width=2, rate=16000):
         w.writeframes(data)
 
 
+@pytest.mark.core
 def test_odd_wav_files_are_read_correctly_or_refused_by_name(tmp_path):
     tone = (np.sin(np.arange(800) * 0.3) * 0.5).astype(np.float32)
     _wav(tmp_path / "empty.wav", b"")
@@ -119,6 +120,7 @@ def test_odd_wav_files_are_read_correctly_or_refused_by_name(tmp_path):
         read_wav(tmp_path / "cut.wav")
 
 
+@pytest.mark.core
 def test_a_write_that_fails_midway_leaves_the_previous_file_and_nothing_else(tmp_path):
     target = tmp_path / "weights.bin"
     target.write_bytes(b"good")

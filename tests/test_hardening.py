@@ -62,6 +62,7 @@ def test_a_pickle_planted_in_a_shared_checkpoint_folder_never_runs(tiny_checkpoi
     assert marker.read_text() == "ran"
 
 
+@pytest.mark.core
 def test_training_state_round_trips_exactly_and_a_corrupt_one_is_named(tmp_path):
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters())
@@ -84,6 +85,7 @@ def test_training_state_round_trips_exactly_and_a_corrupt_one_is_named(tmp_path)
         load_state(tmp_path / "cut.state.safetensors")
 
 
+@pytest.mark.core
 def test_no_module_unpickles():
     """No torch.load without weights_only=True and no pickle/marshal/shelve import in the engine's code."""
     offenders = []
@@ -237,6 +239,7 @@ def test_any_config_edit_loads_or_fails_by_name(tiny_checkpoint, tmp_path_factor
     assert torch.isfinite(engine.generate(engine.labels[0], n=1, nfe=1).waves).all()
 
 
+@pytest.mark.core
 # ------------------------------------------------------------------------------------- bounded requests
 def test_requests_beyond_the_limits_are_refused_by_name_before_any_work(tiny_checkpoint):
     engine = Engine(tiny_checkpoint, backend="torch", limits=Limits(max_clips=6, max_nfe=8, max_guidance=10))
@@ -335,6 +338,7 @@ def test_a_rho_or_fade_the_arithmetic_cannot_take_is_exit_2_not_a_traceback(tiny
     assert run.returncode == 2 and reason in run.stderr and "Traceback" not in run.stderr, run.stderr
 
 
+@pytest.mark.core
 def test_built_guidance_fades_are_bounded_and_a_service_never_builds_one():
     """Each new fade builds a denoiser; an engine keeps at most Limits.max_fades of them (the checkpoint's always),
     and ``build=False`` (what the server asks) refuses a fade not built instead of exporting."""

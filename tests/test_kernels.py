@@ -241,22 +241,50 @@ def _interpret_main() -> None:
 # --------------------------------------------------------------------------------------------------------------
 # Fixtures: the two subprocesses.
 # --------------------------------------------------------------------------------------------------------------
-def _run(args: list[str], **env) -> str:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TRITON_DEFAULT_FP_FUSION": "1", **env}
-    out = subprocess.run([sys.executable, *args], env=full_env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
+class _Run:
+    """A subprocess writing to files (a pipe nobody reads until the end could fill and stall it)."""
+
+    def __init__(self, folder: Path, args: list[str], **env):
+        full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TRITON_DEFAULT_FP_FUSION": "1",
+                    **env}
+        self.out, self.err = folder / "stdout", folder / "stderr"
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.process = subprocess.Popen([sys.executable, *args], env=full_env, cwd=ROOT, stdout=out, stderr=err)
+
+    def output(self) -> str:
+        try:
+            self.process.wait(timeout=300)
+        finally:
+            self.stop()
+        assert self.process.returncode == 0, self.err.read_text()[-3000:]
+        return self.out.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 @pytest.fixture(scope="module")
-def interpreted() -> dict:
-    return json.loads(_run([__file__, "--interpret"], TRITON_INTERPRET="1").strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="module")
-def compiled(tmp_path_factory) -> list[dict]:
+def kernel_runs(tmp_path_factory) -> dict:
+    """The interpreter run and the compile run, started together (each keeps one core busy for several seconds)."""
     cache = tmp_path_factory.mktemp("triton_cache")  # empty: every kernel is really compiled
-    stdout = _run(["-m", "kernels.aot"], TRITON_CACHE_DIR=str(cache), TRITON_INTERPRET="0")
+    runs = {"interpreted": _Run(tmp_path_factory.mktemp("interpreted"), [__file__, "--interpret"], TRITON_INTERPRET="1"),
+            "compiled": _Run(tmp_path_factory.mktemp("compiled"), ["-m", "kernels.aot"], TRITON_CACHE_DIR=str(cache),
+                             TRITON_INTERPRET="0")}
+    yield runs
+    for run in runs.values():
+        run.stop()
+
+
+@pytest.fixture(scope="module")
+def interpreted(kernel_runs) -> dict:
+    return json.loads(kernel_runs["interpreted"].output().strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def compiled(kernel_runs) -> list[dict]:
+    stdout = kernel_runs["compiled"].output()
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from learning_curve import earlier_points, equal_quality, first_reaching, render  # noqa: E402
@@ -14,6 +16,7 @@ def _pt(seconds, step, fd, rec=0.9):
     return {"seconds": seconds, "step": step, "fd": fd, "recognised": rec, "snapshot": f"{seconds:06d}s"}
 
 
+@pytest.mark.core
 def test_equal_quality_takes_the_first_point_at_or_below_each_level():
     curves = {"tapdiff": [_pt(3000, 7000, 66.0), _pt(4000, 9000, 64.0), _pt(5000, 11000, 59.0)],
               "two-model": [_pt(3000, 4000, 104.0), _pt(6000, 8000, 79.0), {"seconds": 9000, "step": 12000}]}
@@ -80,6 +83,7 @@ def test_curves_of_a_continued_run_end_to_end(tiny_with_baselines, fsdd_root, tm
         assert kept == {p["step"]: p["fd"] for p in result["curves"][model] if "fd" in p}
 
 
+@pytest.mark.core
 def test_earlier_points_only_from_results_judged_the_same_way(tmp_path):
     pts = {"tapdiff": [_pt(3000, 7000, 66.0), {"seconds": 600, "step": 1381, "snapshot": "000600s"}]}
     same, other = tmp_path / "same.json", tmp_path / "other.json"

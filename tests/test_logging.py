@@ -91,6 +91,7 @@ def test_generate_q_prints_only_the_paths_and_the_clip_line_counts_the_whole_wai
     assert loading >= 0.5 and total >= loading and abs(total - loading - generating) <= 0.11, line
 
 
+@pytest.mark.slow  # three exports; the quick tier keeps the other logging tests
 def test_an_application_quiets_the_engine_through_its_loggers(tiny_checkpoint, tmp_path, caplog):
     """What an application that shows info records sees of an export on a CPU machine (a warning that no
     TensorRT plans are built, an info line per exported graph), and that the loggers "engine" and "export"

@@ -22,6 +22,7 @@ def ctrl_c_interrupts():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.core
 def test_sigint_is_held_back_until_the_block_ends(ctrl_c_interrupts):
     got = []
     with pytest.raises(KeyboardInterrupt):
@@ -55,6 +56,7 @@ def test_sigint_during_the_final_renames_leaves_all_files_not_some(tmp_path, mon
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{k}.wav" for k in range(20))
 
 
+@pytest.mark.core
 def test_staging_of_a_killed_run_is_removed_and_a_live_ones_kept(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     orphan = tmp_path / f"{STAGING_PREFIX}{int(dead.stdout)}-abc"

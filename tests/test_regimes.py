@@ -65,7 +65,7 @@ def test_the_regime_changes_the_features_and_round_trips_through_the_config(fsdd
 def test_training_commands_take_and_record_the_regime(fsdd_root, tmp_path):
     out = tmp_path / "ck"
     data = ["--data", str(fsdd_root)]
-    regime = ["--speakers", "george,jackson,nicolas", "--labels", "1,7", "--widths", "8,8,16,16"]
+    regime = ["--speakers", "george,jackson,nicolas", "--digit", "1,7", "--widths", "8,8,16,16"]
     assert main(["train-classifier", "--out", str(out), "--seconds", "60", "--max-steps", "40", *regime, *data]) == 0
     shifted = ["--speakers", "theo,yweweler", "--noise-snr-db", "10", "--rt60", "0.2"]
     assert main(["train-score", "--checkpoint", str(out), "--seconds", "60", "--max-steps", "20", "--widths", "8,8,16,16",

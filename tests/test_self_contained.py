@@ -65,4 +65,4 @@ def test_the_tensorrt_operator_matrix_ships_in_the_export_package(monkeypatch):
 
 def test_the_markers_are_registered():
     markers = _pyproject()["tool"]["pytest"]["ini_options"]["markers"]
-    assert {m.split(":")[0] for m in markers} == {"slow", "browser", "ray", "gpu"}
+    assert {m.split(":")[0] for m in markers} == {"slow", "browser", "ray", "gpu", "core"}

@@ -443,6 +443,7 @@ def test_a_foreign_host_header_is_refused_and_docs_load_no_third_party_script(st
     assert "/generate" in httpx.get(f"{strict}/openapi.json", timeout=10).json()["paths"]
 
 
+@pytest.mark.core
 def test_a_nan_from_sampling_is_a_500_with_a_request_id_not_a_422():
     """A valid request whose sampling fails numerically is the server's fault: 500, its request id, no trace."""
     import asyncio

@@ -65,9 +65,10 @@ def test_score_model_data_regime_restricts_generation(tiny_checkpoint, tmp_path,
 
     ck = tmp_path / "regime"
     shutil.copytree(tiny_checkpoint, ck, ignore=shutil.ignore_patterns("state"))
-    args = ["train-score", "--checkpoint", str(ck), "--seconds", "1", "--widths", "8,8,16,16", "--data", str(fsdd_root)]
-    assert main([*args, "--labels", "3"]) == 2  # not a label of the classifier (1, 7)
-    assert main([*args, "--labels", "7"]) == 0
+    args = ["train-score", "--checkpoint", str(ck), "--seconds", "60", "--max-steps", "3", "--widths", "8,8,16,16",
+            "--heldout-clips", "0", "--data", str(fsdd_root)]
+    assert main([*args, "--digit", "3"]) == 2  # not a label of the classifier (1, 7)
+    assert main([*args, "--digit", "7"]) == 0
     engine = Engine(ck)
     assert engine.labels == (7,)
     with pytest.raises(ValueError, match="unknown digit 1"):
