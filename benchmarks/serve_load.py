@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
+import re
 import statistics
 import subprocess
 import sys
@@ -36,10 +36,29 @@ from engine.api import Engine
 from engine.storage.checkpoint import DEFAULT_CHECKPOINT
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SERVING = re.compile(r"serving (?:\d+ replicas )?on (http://[^\s]+)")
+
+
+def _serving_url(server: subprocess.Popen, seconds: float = 600) -> tuple[str, list[str]]:
+    """The URL the server logs once it listens (it binds --port 0: a port the kernel picks, no race), read from its
+    stderr, and its log lines so far; a thread keeps draining the log into them, so a full pipe never stalls it."""
+    found: list[str] = []
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read():
+        for line in server.stderr:
+            lines.append(line)
+            if not found and (m := SERVING.search(line)):
+                found.append(m.group(1))
+                ready.set()
+        ready.set()  # the server exited
+
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(seconds) or not found:
+        server.kill()
+        raise RuntimeError("".join(lines)[-2000:] or "the server never said where it serves")
+    return found[0], lines
 
 
 def _samples(wav: bytes) -> np.ndarray:
@@ -48,15 +67,14 @@ def _samples(wav: bytes) -> np.ndarray:
 
 
 def run_setting(args, name: str, threads: int, replicas: int, delay_ms: float, reference: list[bytes]) -> dict:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "engine.cli", "serve", "--checkpoint", args.checkpoint, "--port", str(port),
+    cmd = [sys.executable, "-m", "engine.cli", "serve", "--checkpoint", args.checkpoint, "--port", "0",
            "--max-batch", "16", "--max-delay-ms", str(delay_ms), "--max-clips", "4", "--max-queued", str(4 * args.clients)]
     if replicas > 1:
         cmd += ["--replicas", str(replicas), "--threads", str(threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     t_start = time.perf_counter()
+    url, log = _serving_url(server)
     try:
         for _ in range(3000):  # Ray's start-up takes tens of seconds
             try:
@@ -65,7 +83,7 @@ def run_setting(args, name: str, threads: int, replicas: int, delay_ms: float, r
             except httpx.TransportError:
                 time.sleep(0.1)
             if server.poll() is not None:
-                raise RuntimeError(server.stderr.read().decode()[-2000:])
+                raise RuntimeError("".join(log)[-2000:])
         if replicas > 1:  # the proxy answers before every replica is up: wait until both have answered
             seen = set()
             while len(seen) < replicas and time.perf_counter() - t_start < 600:

@@ -162,9 +162,10 @@ def test_ddp_under_torchrun_matches_the_single_process_loss_curve_at_equal_globa
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one"), "16"], env=env, capture_output=True,
                          text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29519", str(script), str(tmp_path / "two"), "16"], env=env, capture_output=True, text=True,
-                         timeout=600)
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)  # the workers share torchrun's store (tests/test_concurrency.py)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                          "--nproc_per_node", "2", str(script), str(tmp_path / "two"), "16"], env=env,
+                         capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
     r0, r1 = (load_file(str(tmp_path / f"two.rank{r}")) for r in (0, 1))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # gradients averaged: the ranks hold one model
