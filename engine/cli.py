@@ -162,6 +162,7 @@ def cmd_train_evaluator(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .api import Engine
+    from .audio.datasets import list_items
     from .bundle import load_bundle
     from .evaluation.quality import QualityJudge, evaluate_quality
     from .provenance import run_record
@@ -177,6 +178,8 @@ def cmd_evaluate(args) -> int:
         if args.json:
             _write_json(args.json, report)
         return 0
+    # the test clips are found before the Engine exists: a wrong --data is one line, not one after an export
+    list_items(args.data, "test", tuple(args.digit) if args.digit else None, regime.speakers)
     engine = Engine(args.checkpoint, vocoder=args.vocoder, progress=True, model=args.model, backend=args.backend,
                     artifacts=args.artifacts, device=args.device)
     judge = QualityJudge(load_bundle(args.evaluator or args.checkpoint, model=None, need_evaluator=True), args.data,
@@ -280,15 +283,21 @@ def cmd_serve(args) -> int:
         from .serve_replicas import serve_replicas
 
         serve_replicas(engine_kwargs, args.replicas, args.host, args.port, args.max_batch, args.max_delay_ms, limits,
-                       args.threads, set(args.allowed_hosts) if args.allowed_hosts else None, args.log_level)
+                       args.threads, set(args.allowed_hosts) if args.allowed_hosts else None, args.log_level,
+                       on_ready=_print_url)
         return 0
     sock = listening_socket(args.host, args.port)  # a taken port fails now, not after the engine has loaded
     with sock:
         engine = Engine(**engine_kwargs)
         engine.warmup()  # every graph built and run once before the server reports ready
         serve(engine, args.host, args.port, args.max_batch, args.max_delay_ms, limits,
-              set(args.allowed_hosts) if args.allowed_hosts else None, sock)
+              set(args.allowed_hosts) if args.allowed_hosts else None, sock, on_ready=_print_url)
     return 0
+
+
+def _print_url(url: str) -> None:
+    """The command's output: where it serves, on stdout (the log, on stderr, may be quieted with -q)."""
+    print(url, flush=True)
 
 
 def cmd_vocoder_import(args) -> int:

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 import zipfile
-from typing import Literal, Optional, Union
+from typing import Callable, Literal, Optional, Union
 
 from .api import DEFAULT_GUIDANCE, Engine, Generation
 from .audio.wav import wav_bytes
@@ -366,10 +366,11 @@ def _http_protocol() -> type:
 
 def serve(engine: Engine, host: str, port: int, max_batch: int, max_delay_ms: float,
           limits: ServerLimits = ServerLimits(), allowed_hosts: set[str] | None = None,
-          sock: socket.socket | None = None) -> None:
+          sock: socket.socket | None = None, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT; ``port`` 0 takes a free port (the line saying where it serves names it);
     ``sock``: ``listening_socket(host, port)`` made earlier (the CLI binds before it loads the engine);
-    ``allowed_hosts`` default: ``allowed_hosts_for(host, port)``."""
+    ``allowed_hosts`` default: ``allowed_hosts_for(host, port)``; ``on_ready``: called with the URL once the server
+    answers (the CLI prints it, so that ``-q`` still says where it serves)."""
     try:
         import uvicorn
     except ImportError as e:
@@ -386,6 +387,8 @@ def serve(engine: Engine, host: str, port: int, max_batch: int, max_delay_ms: fl
                 await super().startup(sockets)
                 if self.started:
                     logger.info(f"serving on http://{host}:{port}")
+                    if on_ready:
+                        on_ready(f"http://{host}:{port}")
 
         config = uvicorn.Config(asgi, log_level="warning",
                                 http=closing_idle_connections(_http_protocol(), limits.idle_timeout_s))

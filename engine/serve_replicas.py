@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 from concurrent.futures import Future
+from typing import Callable
 
 import torch
 
@@ -170,13 +171,13 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 def serve_replicas(engine_kwargs: dict, replicas: int, host: str, port: int, max_batch: int, max_delay_ms: float,
                    limits: ServerLimits = ServerLimits(), threads: int = 1, allowed_hosts: set[str] | None = None,
-                   log_level: int = logging.INFO) -> None:
+                   log_level: int = logging.INFO, on_ready: Callable[[str], None] | None = None) -> None:
     """Start a local Ray instance, serve ``replicas`` replicas on ``host:port`` (``port`` 0: a free one; the line
     saying where it serves names it) until SIGTERM or Ctrl-C, then shut Serve down (each replica finishes its
     requests in flight, up to the graceful shutdown timeout). Each replica's app answers the Host headers
     ``allowed_hosts`` (default: ``engine.serve.allowed_hosts_for(host, port)``), as the single-process server does.
     Each replica shows its log records on stderr at ``log_level`` (``engine.cli_logging``), which Ray passes on to
-    this process."""
+    this process. ``on_ready``: called with the URL once Serve answers (the CLI prints it)."""
     from .serve import allowed_hosts_for
 
     try:
@@ -205,6 +206,8 @@ def serve_replicas(engine_kwargs: dict, replicas: int, host: str, port: int, max
                                                          log_level),
                       name="tapdiff", route_prefix="/")
             logger.info(f"serving {replicas} replicas on http://{host}:{port}")
+            if on_ready:
+                on_ready(f"http://{host}:{port}")
             stop.wait()
         finally:
             serve.shutdown()

@@ -44,6 +44,14 @@ def test_cli_trains_generates_and_evaluates(tiny_checkpoint, tmp_path, fsdd_root
         assert abs(r["fd"] - want["fd"]) < 1e-3 * want["fd"] and r["fd_real_halves"] == want["fd_real_halves"]
 
 
+def test_evaluate_with_a_wrong_data_folder_says_so_before_exporting_anything(tiny_checkpoint, tmp_path, capsys):
+    artifacts = tmp_path / "artifacts"
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "no_such_folder"),
+                 "--backend", "onnxruntime", "--artifacts", str(artifacts), "-n", "1"]) == 2
+    assert "no_such_folder does not exist" in capsys.readouterr().err
+    assert not artifacts.exists() or not any(artifacts.iterdir())  # no graph was exported first
+
+
 def test_same_seed_same_output_and_different_seed_differs(tiny_checkpoint):
     engine = Engine(tiny_checkpoint)
     a = engine.generate(7, n=2, steps=3, seed=3)

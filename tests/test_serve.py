@@ -3,6 +3,7 @@ bad requests get 422 with the reason, limits give 429."""
 import io
 import json
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -226,6 +227,21 @@ def test_a_taken_port_is_one_line_and_never_says_serving(tiny_checkpoint):
                             "--port", str(taken.getsockname()[1])], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr and "serving on" not in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_quiet_server_still_prints_where_it_serves(tiny_checkpoint):
+    """-q quiets the log (stderr); the URL, the command's output, comes on stdout once the server answers."""
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "-q", "--checkpoint", str(tiny_checkpoint),
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 120)  # a deadline against a server that never says
+        url = proc.stdout.readline().strip() if ready else ""
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url), (url, proc.poll())
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert "serving on" not in err  # the log line itself was quieted
 
 
 def test_info_does_not_expose_local_paths(strict, tiny_checkpoint):
