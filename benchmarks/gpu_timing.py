@@ -46,16 +46,10 @@ def peak_mib(fn, device: torch.device) -> float:
 
 
 def graphed(fn):
-    """``fn`` captured in a CUDA graph after two warm-up calls on a side stream; returns the graph's replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    """``fn`` captured in a CUDA graph (``engine.diffusion.captured.capture_graph``); returns the graph's replay."""
+    from engine.diffusion.captured import capture_graph
+
+    graph, _ = capture_graph(fn, torch.cuda.current_device())
     return graph.replay
 
 

@@ -214,16 +214,10 @@ def _double(a):
 
 def cuda_graph_capture(fn: Callable[[], tuple]):
     """Capture ``fn`` (already run once, so compiled) in a CUDA graph: (replay, the graph's static outputs)."""
+    from engine.diffusion.captured import capture_graph
+
     sync()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()  # warm-up on a side stream, as torch.cuda.graphs recommends
-    torch.cuda.current_stream().wait_stream(side)
-    sync()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
+    graph, out = capture_graph(fn, torch.cuda.current_device(), warmup=1, before_capture=sync)
     return graph.replay, out
 
 

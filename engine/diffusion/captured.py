@@ -9,7 +9,7 @@ same buffers, which is how its logic is tested on CPU.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -19,6 +19,27 @@ from .solvers import Callback, Denoiser, Solver, check_noise, get_solver
 
 def can_capture(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda" and torch.cuda.is_available()
+
+
+def capture_graph(fn: Callable[[], object], device: torch.device | str, warmup: int = 2,
+                  before_capture: Callable[[], None] | None = None) -> tuple[torch.cuda.CUDAGraph, object]:
+    """``fn`` captured in a CUDA graph on ``device``: (the graph, what ``fn`` returned while captured: its static
+    outputs). ``fn`` first runs ``warmup`` times on a side stream (lazy initialisation, cuDNN autotune), then
+    ``before_capture`` (e.g. put back buffers the warm-up changed), then once under capture; the capture is
+    thread-local, so another thread's allocations meanwhile do not invalidate it."""
+    device = torch.device(device)
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    if before_capture is not None:
+        before_capture()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        out = fn()
+    return graph, out
 
 
 class CapturedSampler:
@@ -47,21 +68,14 @@ class CapturedSampler:
         self.denoised.copy_(denoised)
 
     def _capture(self, final: bool) -> None:
-        # Warm up on a side stream (lazy init, cuDNN autotune), put the buffers back, then capture one step.
+        # the warm-up steps change the buffers: they are put back before the step is captured
         saved = [b.clone() for b in self.buffers()]
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._step(final)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        for b, s in zip(self.buffers(), saved):
-            b.copy_(s)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: another thread's allocations during this capture do not invalidate it
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self._step(final)
-        self.graphs[final] = graph
+
+        def restore() -> None:
+            for b, s in zip(self.buffers(), saved):
+                b.copy_(s)
+
+        self.graphs[final], _ = capture_graph(lambda: self._step(final), self.device, before_capture=restore)
 
     @torch.no_grad()
     def run(self, sigmas: torch.Tensor, noise, options: Mapping[str, float] | None = None,
